@@ -1,3 +1,9 @@
 """apb: Automatic Prune Binarization for PyTorch, with bitwise CPU kernels."""
 
 __version__ = "0.1.0"
+
+from . import memory, methods, nn  # noqa: E402
+from .methods import compress_  # noqa: E402
+from .summary import summary  # noqa: E402
+
+__all__ = ["compress_", "memory", "methods", "nn", "summary"]

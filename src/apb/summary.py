@@ -1,0 +1,137 @@
+"""Per-layer memory table of a (compressed) model, from the layers' declared storage.
+
+Larq-style: every compressed layer's weight quantizer states what the packed format stores
+(:class:`apb.memory.LayerStorage`); everything else counts at fp32.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from .memory import dense_storage
+from .nn import COMPRESSED_TYPES
+from .nn.weight_quantizer import WeightQuantizer
+
+FLOAT_BYTES = 4
+
+
+@dataclass
+class LayerRow:
+    name: str
+    shape: tuple[int, ...]
+    method: str
+    act_bits: int
+    format: str
+    alpha: float | None
+    delta: float | None
+    fp_fraction: float
+    bits_per_weight: float
+    bytes: int
+
+
+@dataclass
+class ModelSummary:
+    rows: list[LayerRow]
+    compressed_weights: int
+    compressed_bits: int
+    compressed_fp: int
+    other_bytes: int  # biases, BatchNorm, uncompressed layers' extras, activation scales
+    layer_bytes: int  # weights of all Conv2d/Linear layers as stored
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per weight over the compressed layers (32.0 if nothing is compressed)."""
+        if not self.compressed_weights:
+            return 32.0
+        return self.compressed_bits / self.compressed_weights
+
+    @property
+    def fp_fraction(self) -> float:
+        """Fraction of the compressed layers' weights stored at full precision."""
+        if not self.compressed_weights:
+            return 1.0
+        return self.compressed_fp / self.compressed_weights
+
+    @property
+    def model_bytes(self) -> int:
+        return self.layer_bytes + self.other_bytes
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": [asdict(r) for r in self.rows],
+            "bits_per_weight": self.bits_per_weight,
+            "fp_fraction": self.fp_fraction,
+            "model_bytes": self.model_bytes,
+            "other_bytes": self.other_bytes,
+        }
+
+    def table(self) -> str:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="apb summary", show_footer=True)
+        cols = ["layer", "shape", "method", "act", "alpha", "delta", "fp frac", "bits/w", "bytes"]
+        footer = {
+            "layer": "total", "fp frac": f"{self.fp_fraction:.4f}",
+            "bits/w": f"{self.bits_per_weight:.3f}", "bytes": f"{self.model_bytes:,}",
+        }
+        for c in cols:
+            t.add_column(c, footer=footer.get(c, ""), justify="left" if c == "layer" else "right")
+        for r in self.rows:
+            t.add_row(
+                r.name, "x".join(map(str, r.shape)), r.method, str(r.act_bits),
+                "" if r.alpha is None else f"{r.alpha:.4g}",
+                "" if r.delta is None else f"{r.delta:.4g}",
+                f"{r.fp_fraction:.4f}", f"{r.bits_per_weight:.3f}", f"{r.bytes:,}",
+            )
+        t.add_row("(other: biases, BN, scales)", "", "", "", "", "", "", "", f"{self.other_bytes:,}")
+        buf = io.StringIO()
+        Console(file=buf, width=120, force_terminal=False).print(t)
+        return buf.getvalue() + "bits/w and fp frac: over compressed layers; bytes: whole model\n"
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def summary(model: nn.Module) -> ModelSummary:
+    """Per-layer table (shape, method, α, δ, fp fraction, bits per weight, bytes) with
+    totals, using the accounting of :mod:`apb.memory`. ``print(apb.summary(model))``."""
+    rows: list[LayerRow] = []
+    counted: set[int] = set()
+    comp_n = comp_bits = comp_fp = layer_bytes = 0
+    for name, m in model.named_modules():
+        if isinstance(m, COMPRESSED_TYPES):
+            q = m.weight_quantizer
+            st = q.storage(m.weight)
+            info = q.describe(m.weight)
+            comp_n += st.n_weights
+            comp_bits += st.total_bits
+            comp_fp += st.n_fp
+            act = m.act_bits
+            method = q.method
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            st, info, act, method = dense_storage(m.weight.numel()), {}, 32, "fp"
+        else:
+            continue
+        counted.add(id(m.weight))
+        layer_bytes += st.total_bytes
+        rows.append(LayerRow(
+            name=name, shape=tuple(m.weight.shape), method=method, act_bits=act,
+            format=st.format, alpha=info.get("alpha"), delta=info.get("delta"),
+            fp_fraction=st.fp_fraction, bits_per_weight=st.bits_per_weight, bytes=st.total_bytes,
+        ))
+    other = 0
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, WeightQuantizer):
+            continue  # α is in the layer storage; δ, masks and bookkeeping are not stored
+        for p in mod.parameters(recurse=False):
+            if id(p) not in counted:
+                other += p.numel() * FLOAT_BYTES
+        for b in mod.buffers(recurse=False):
+            if b.is_floating_point():
+                other += b.numel() * FLOAT_BYTES
+    return ModelSummary(rows, comp_n, comp_bits, comp_fp, other, layer_bytes)
