@@ -3,7 +3,16 @@
 __version__ = "0.1.0"
 
 from . import memory, methods, nn  # noqa: E402
+from .kernels.runtime import get_num_threads, set_num_threads  # noqa: E402
 from .methods import compress_  # noqa: E402
 from .summary import summary  # noqa: E402
 
-__all__ = ["compress_", "memory", "methods", "nn", "summary"]
+__all__ = [
+    "compress_",
+    "get_num_threads",
+    "memory",
+    "methods",
+    "nn",
+    "set_num_threads",
+    "summary",
+]

@@ -125,7 +125,7 @@ def summary(model: nn.Module) -> ModelSummary:
             fp_fraction=st.fp_fraction, bits_per_weight=st.bits_per_weight, bytes=st.total_bytes,
         ))
     other = 0
-    for mod_name, mod in model.named_modules():
+    for mod in model.modules():
         if isinstance(mod, WeightQuantizer):
             continue  # α is in the layer storage; δ, masks and bookkeeping are not stored
         for p in mod.parameters(recurse=False):

@@ -1,0 +1,227 @@
+"""The ``apb`` command: ``apb train | summary | demo``.
+
+``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
+method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
+dataclass. Errors a user can fix print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _parse_bool_or_path(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    return text
+
+
+def _arg_type(annotation):
+    """The argparse ``type`` for a dataclass field annotation (None for booleans)."""
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or (
+        typing.get_origin(annotation) is typing.Union
+    ) else (annotation,)
+    hints = tuple(h for h in hints if h is not type(None))
+    if bool in hints and str in hints:
+        return _parse_bool_or_path
+    if hints == (bool,):
+        return None
+    for kind in (int, float, str):
+        if kind in hints:
+            return kind
+    if any(typing.get_origin(h) is dict or h is dict for h in hints):
+        return _parse_json_dict
+    if any(typing.get_origin(h) is tuple for h in hints):
+        return lambda s: tuple(x.strip() for x in s.split(",") if x.strip())
+    return str
+
+
+def _add_dataclass_flags(parser, cls, *, dest_prefix: str = "", defaults_to_none=False,
+                         skip=()):
+    hints = typing.get_type_hints(cls)
+    doc = cls.__doc__ or ""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = _arg_type(hints[f.name])
+        dest = dest_prefix + f.name
+        default = None if defaults_to_none else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        )
+        help_text = _field_help(doc, f.name)
+        if kind is None:
+            parser.add_argument(_flag(f.name), dest=dest, default=default,
+                                action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), dest=dest, default=default, type=kind,
+                                metavar=f.name.upper(), help=help_text)
+
+
+def _field_help(doc: str, name: str) -> str | None:
+    """The text documenting ``name`` in a dataclass docstring: a ``name: text`` or
+    ``name, other: text`` line and its more-indented continuation lines."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        head, sep, text = line.strip().partition(":")
+        if not sep or name not in [h.strip() for h in head.split(",")]:
+            continue
+        indent = len(line) - len(line.lstrip())
+        parts = [text.strip()]
+        for nxt in lines[i + 1:]:
+            if not nxt.strip() or len(nxt) - len(nxt.lstrip()) <= indent:
+                break
+            parts.append(nxt.strip())
+        return " ".join(parts).replace("``", "").replace("%", "%%")
+    return None
+
+
+def _method_option_owners() -> dict[str, type]:
+    """Each distinct method option, with the first method config that declares it."""
+    from .methods import available, config_class
+
+    owners: dict[str, type] = {}
+    for name in available():
+        cls = config_class(name)
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, cls)
+    return owners
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import DemoConfig
+    from .methods import available
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="apb",
+        description="Automatic Prune Binarization: train, inspect and demo compressed models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_train = sub.add_parser(
+        "train", help="train a model with a compression method",
+        description="Train a model; flags are the fields of apb.train.TrainConfig, and the "
+                    "method flags are the fields of the chosen method's config.",
+    )
+    _add_dataclass_flags(p_train, TrainConfig)
+    group = p_train.add_argument_group(
+        "method options", "fields of the method's config (apb.methods.config_class(METHOD)); "
+        "methods: " + ", ".join(available()))
+    for fname, owner in _method_option_owners().items():
+        kind = _arg_type(typing.get_type_hints(owner)[fname])
+        help_text = _field_help(_all_docs(owner), fname)
+        if kind is None:
+            group.add_argument(_flag(fname), dest="method__" + fname, default=None,
+                               action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            group.add_argument(_flag(fname), dest="method__" + fname, default=None, type=kind,
+                               metavar=fname.upper(), help=help_text)
+
+    p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
+    p_sum.add_argument("checkpoint", help="a checkpoint written by apb train (last.pt/best.pt)")
+    p_sum.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
+
+    p_demo = sub.add_parser(
+        "demo", help="the main job: fp, BNN and APB LeNet-5 on the real MNIST-5k digits",
+        description="Train fp, bnn and apb LeNet-5 models on mnist5k with several seeds, print "
+                    "mean ± std test accuracy and memory, save checkpoints and JSON.",
+    )
+    _add_dataclass_flags(p_demo, DemoConfig, skip=("methods",))
+    return parser
+
+
+def _all_docs(cls) -> str:
+    return "\n".join((c.__doc__ or "") for c in cls.__mro__)
+
+
+def _cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    method_options = dict(values.get("method_options") or {})
+    method_options.update({
+        k[len("method__"):]: v for k, v in vars(args).items()
+        if k.startswith("method__") and v is not None
+    })
+    values["method_options"] = method_options
+    from .methods import create
+
+    create(values["method"], **method_options)  # validate before any file is touched
+    result = train(TrainConfig(**values))
+    print(f"best test acc {result.best_test_acc:.4f}, final {result.final_test_acc:.4f}; "
+          f"bits/weight {result.stats['bits_per_weight']:.3f}; checkpoints in {result.out_dir}")
+    return 0
+
+
+def _cmd_summary(args) -> int:
+    from .io import atomic_write_text
+    from .summary import summary
+    from .train import build_model_from_checkpoint
+
+    model, _ = build_model_from_checkpoint(args.checkpoint)
+    s = summary(model)
+    print(s.table())
+    if args.json:
+        atomic_write_text(args.json, json.dumps(s.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    config = DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    run_demo(config)
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "summary": _cmd_summary, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("apb: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError,
+            CLIError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"apb {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Thin Python wrappers over apb's compiled CPU kernels (``apb._C``).
+
+Every function checks its arguments and raises a TypeError/ValueError saying what is
+wrong and how to fix it, then calls the extension with zero-copy views: numpy arrays
+come back as numpy arrays, CPU torch tensors as torch tensors.
+
+The extension is loaded on the first call, so ``import apb`` works without it; a
+missing build then raises an ImportError naming how to build (``make install``, or
+``make build-inplace`` with ``PYTHONPATH=src`` during development).
+
+Kernels:
+    pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
+
+Run time:
+    active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
+    (``APB_ISA=scalar|avx2|avx512`` in the environment overrides the default choice).
+    set_num_threads, get_num_threads: OpenMP threads of the kernels.
+"""
+
+from apb.kernels.runtime import (
+    ISA_NAMES,
+    active_isa,
+    available_isas,
+    get_num_threads,
+    set_isa,
+    set_num_threads,
+    use_isa,
+)
+from apb.kernels.sign_packing import pack_signs, unpack_signs
+
+__all__ = [
+    "ISA_NAMES",
+    "active_isa",
+    "available_isas",
+    "get_num_threads",
+    "pack_signs",
+    "set_isa",
+    "set_num_threads",
+    "unpack_signs",
+    "use_isa",
+]

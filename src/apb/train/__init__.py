@@ -1,0 +1,29 @@
+"""Training: compress a model while it learns, with exact resume and data parallelism.
+
+>>> from apb.train import TrainConfig, train
+>>> result = train(TrainConfig(model="mlp", dataset="digits", epochs=3, out_dir="runs/d"))
+>>> result.final_test_acc, result.stats["fp_fraction"]
+
+Under ``torchrun --nproc_per_node=N -m apb.train --config-json cfg.json`` the same call
+trains data-parallel. Checkpoints (``last.pt``, ``best.pt``) load with ``weights_only=True``;
+:func:`build_model_from_checkpoint` rebuilds the trained model from one.
+"""
+
+from .build import build_model, model_kwargs_for
+from .checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    build_model_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .metrics import read_metrics
+from .seeding import seed_everything
+from .trainer import TrainResult, evaluate, train
+
+__all__ = [
+    "CHECKPOINT_VERSION", "CheckpointError", "TrainConfig", "TrainResult", "build_model",
+    "build_model_from_checkpoint", "evaluate", "load_checkpoint", "model_kwargs_for",
+    "read_metrics", "save_checkpoint", "seed_everything", "train",
+]

@@ -1,0 +1,154 @@
+"""Training checkpoints: written atomically, read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain Python values only (DESIGN §6: nothing a
+``weights_only`` load refuses), with these entries:
+
+========================  =====================================================================
+``format``                ``"apb.train.checkpoint"``: tells our files from any other ``.pt``
+``format_version``        :data:`CHECKPOINT_VERSION`; a newer one is refused
+``epoch``                 epochs completed; training resumes at this (0-based) epoch index
+``global_step``           optimizer steps taken
+``finalized``             ``method.finalize`` ran (the run is over)
+``best_test_acc``         best test accuracy so far, and ``best_epoch`` where it was reached
+``model``                 ``{"name", "kwargs"}`` for ``apb.models.create``
+``method``                ``{"name", "config"}`` for ``apb.methods.create``
+``train_config``          :meth:`TrainConfig.to_dict`
+``model_state``           the model's ``state_dict`` (after ``method.prepare``)
+``optimizer_state``       main optimizer; ``scale_optimizer_state`` (None without scales)
+``scheduler_state``       the two LR schedulers likewise (``scale_scheduler_state``)
+``rng``                   one entry per rank: torch / CUDA / numpy / Python RNG states
+``world_size``            processes that trained it
+``history``               the metrics records of the completed epochs
+``versions``              ``{"apb", "torch"}`` that wrote it
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import atomic_write
+from .build import FREEZES, build_model, freezes_due
+from .config import TrainConfig
+
+CHECKPOINT_FORMAT = "apb.train.checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = (
+    "format", "format_version", "epoch", "global_step", "finalized", "best_test_acc",
+    "best_epoch", "model", "method", "train_config", "model_state", "optimizer_state",
+    "scale_optimizer_state", "scheduler_state", "scale_scheduler_state", "rng", "world_size",
+    "history",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt, not ours, or does not fit the run."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (:func:`apb.io.atomic_write`: a temporary file
+    in the same directory, fsync, ``os.replace``): a crash leaves the previous file or the
+    new one, never a mixture, and no temporary file behind."""
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, on CPU).
+
+    Raises :class:`CheckpointError` when the file is missing, cannot be read as a PyTorch
+    file (truncated, corrupt, a text file), holds objects a ``weights_only`` load refuses,
+    is another program's ``.pt``, or was written by a newer format version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():
+            raise CheckpointError(
+                f"cannot read {path} as a checkpoint: it is corrupt or not a PyTorch file "
+                f"({_first_line(err)})"
+            ) from err
+        raise CheckpointError(
+            f"{path} holds Python objects that a safe (weights_only) load refuses, so it is "
+            f"not an apb checkpoint, which holds only tensors and plain values ({_first_line(err)})"
+        ) from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, ... for damaged files
+        raise CheckpointError(
+            f"cannot read {path} as a checkpoint: it is truncated, corrupt or not a PyTorch "
+            f"file ({_first_line(err)})"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not an apb training checkpoint (it has no "
+            f"'format': {CHECKPOINT_FORMAT!r} entry); apb writes last.pt and best.pt into "
+            "its out_dir"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r}; this apb reads versions up to "
+            f"{CHECKPOINT_VERSION}: upgrade apb to read it"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks the entries {', '.join(missing)}: it is damaged")
+    if not isinstance(ckpt["model_state"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in ckpt["model_state"].values()
+    ):
+        raise CheckpointError(f"{path}: 'model_state' is not a state dict of tensors")
+    return ckpt
+
+
+def _first_line(err: BaseException) -> str:
+    """The error's type and its most telling line (torch's messages run to a page)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if "error:" in line.lower()]
+    detail = (telling or lines or [""])[0]
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    return f"{type(err).__name__}: {detail}"
+
+
+def load_model_state(model: nn.Module, ckpt: dict[str, Any], source: str = "checkpoint") -> None:
+    """``model.load_state_dict(ckpt["model_state"])`` with a :class:`CheckpointError` that
+    says which entries did not fit."""
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"the model state in {source} does not fit the model rebuilt from its own "
+            f"description ({ckpt['model']['name']} + {ckpt['method']['name']}): {err}"
+        ) from err
+
+
+def build_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, checkpoint)``: the trained model rebuilt on CPU, in eval mode.
+
+    The architecture and compression come from the checkpoint itself (``models.create`` with
+    the stored kwargs, ``methods.create(...).prepare``), then the state is loaded and the
+    freezes that had happened are re-applied. ``apb.methods.create(ckpt["method"]["name"],
+    **ckpt["method"]["config"])`` gives the method again (for ``stats``).
+    """
+    ckpt = load_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(ckpt["train_config"])
+        model, _ = build_model(
+            ckpt["model"]["name"], ckpt["model"]["kwargs"], ckpt["method"]["name"],
+            ckpt["method"]["config"],
+        )
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"cannot rebuild the model described in {path}: {err}") from err
+    load_model_state(model, ckpt, str(path))
+    done = ckpt["epoch"] - 1  # the last completed epoch; its freezes had happened
+    for name in freezes_due(config, done):
+        FREEZES[name](model)
+    return model.eval(), ckpt

@@ -1,0 +1,246 @@
+"""The training configuration: one dataclass whose fields are the ``apb train`` flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("cosine", "none")
+DEVICES = ("auto", "cpu", "cuda")
+ACTIVATIONS = ("relu", "hardtanh")
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`apb.train.train` needs; the defaults train LeNet-5 on MNIST-5k with APB.
+
+    Model and data:
+        model: architecture name from ``apb.models.available()``.
+        model_options: extra keyword arguments of the model builder (e.g. ``{"hidden": [64]}``
+            for ``mlp``); ``num_classes``, ``in_channels`` and the input size come from the
+            dataset and ``activation`` from the field below, unless given here.
+        dataset: name from ``apb.data.available()``.
+        data_dir: where the dataset's files are (ignored by the shipped mnist5k and digits).
+        data_options: extra keyword arguments of the dataset loader.
+        train_samples, test_samples: train / test on this many samples only, taken at evenly
+            spaced positions of each split (a quick run); None uses all of them.
+        activation: ``"relu"`` or ``"hardtanh"`` (use hardtanh with 1- or 2-bit activations).
+
+    Compression:
+        method: name from ``apb.methods.available()`` (``fp``, ``bnn``, ``apb``, ...).
+        method_options: overrides of the method's config, ``apb.methods.create(method,
+            **method_options)`` (e.g. ``{"act_bits": 2, "fp_fraction": 0.01}``).
+
+    Optimisation (DESIGN §2: the quantizer scales ``α, δ`` and activation clips get their own
+    Adam optimizer; every other parameter goes to the main one):
+        epochs: number of passes over the training set.
+        batch_size: samples per step *per process*; under torchrun the global batch is
+            ``batch_size * world_size``.
+        eval_batch_size: samples per forward when evaluating.
+        optimizer: main optimizer, ``"adam"`` or ``"sgd"`` (SGD uses ``momentum``).
+        lr: peak learning rate of the main optimizer.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay of the main optimizer (5e-4 is typical with SGD).
+        scheduler: ``"cosine"`` (per step, to 0 at the end) or ``"none"`` (constant);
+            applies to both optimizers.
+        warmup_epochs: linear warm-up from 0 over this many epochs (may be fractional).
+        scale_lr: learning rate of the scales' Adam.
+        scale_weight_decay: weight decay of ``α`` and the activation clips.
+        delta_weight_decay: weight decay of ``δ``, the paper's knob between memory and
+            accuracy: it pulls ``δ`` towards 0, narrowing the band, so more weights stay at
+            full precision (more bytes, usually more accuracy).
+        freeze_scales_epoch: at the start of this epoch (0-based) ``α, δ`` stop learning.
+        freeze_masks_epoch: at the start of this epoch the band masks become fixed.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+
+    Run:
+        seed: seeds Python, numpy and torch; the data order is a function of (seed, epoch).
+        deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_workers: DataLoader worker processes.
+        out_dir: where ``last.pt``, ``best.pt``, ``metrics.jsonl`` and ``config.json`` go.
+        resume: False, True (continue from ``out_dir/last.pt``) or a checkpoint path.
+        overwrite: allow a fresh run into an ``out_dir`` that already holds a checkpoint.
+        log_every: steps between progress-bar / log updates.
+        progress: show a progress bar (only on a terminal, only on rank 0).
+    """
+
+    model: str = "lenet5"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    train_samples: int | None = None
+    test_samples: int | None = None
+    activation: str = "relu"
+    method: str = "apb"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0
+    scale_lr: float = 1e-3
+    scale_weight_decay: float = 0.0
+    delta_weight_decay: float = 0.0
+    freeze_scales_epoch: int | None = None
+    freeze_masks_epoch: int | None = None
+    label_smoothing: float = 0.0
+    seed: int = 0
+    deterministic: bool = True
+    device: str = "auto"
+    num_workers: int = 0
+    out_dir: str = "runs/exp"
+    resume: bool | str = False
+    overwrite: bool = False
+    log_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.out_dir, Path):
+            self.out_dir = str(self.out_dir)
+        if isinstance(self.data_dir, Path):
+            self.data_dir = str(self.data_dir)
+        if isinstance(self.resume, Path):
+            self.resume = str(self.resume)
+        self.validate()
+
+    # -- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` (``TypeError`` for a value of the wrong type) naming the first
+        field that is out of range."""
+        for name in ("model", "dataset", "method", "out_dir"):
+            _check_type(self, name, str)
+            if not getattr(self, name):
+                raise ValueError(f"TrainConfig.{name} must not be empty")
+        for name in ("model_options", "data_options", "method_options"):
+            _check_type(self, name, dict)
+        if self.data_dir is not None:
+            _check_type(self, "data_dir", str)
+        _check_choice(self, "activation", ACTIVATIONS)
+        _check_choice(self, "optimizer", OPTIMIZERS)
+        _check_choice(self, "scheduler", SCHEDULERS)
+        _check_int(self, "epochs", low=1)
+        _check_int(self, "batch_size", low=1)
+        _check_int(self, "eval_batch_size", low=1)
+        _check_int(self, "num_workers", low=0)
+        _check_int(self, "log_every", low=1)
+        _check_int(self, "seed", low=0, high=2**32 - 1)
+        for name in ("train_samples", "test_samples"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, low=1)
+        _check_float(self, "lr", low=0.0, low_open=True)
+        _check_float(self, "scale_lr", low=0.0)
+        _check_float(self, "momentum", low=0.0, high=1.0, high_open=True)
+        for name in ("weight_decay", "scale_weight_decay", "delta_weight_decay"):
+            _check_float(self, name, low=0.0)
+        _check_float(self, "label_smoothing", low=0.0, high=1.0, high_open=True)
+        _check_float(self, "warmup_epochs", low=0.0, high=float(self.epochs))
+        for name in ("freeze_scales_epoch", "freeze_masks_epoch"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, low=0, high=self.epochs - 1,
+                           hint="it is the 0-based epoch at whose start the freeze happens")
+        for name in ("deterministic", "overwrite", "progress"):
+            _check_type(self, name, bool)
+        if not isinstance(self.resume, (bool, str)) or self.resume == "":
+            raise ValueError(
+                f"TrainConfig.resume must be True, False or a checkpoint path, got {self.resume!r}"
+            )
+        device = self.device
+        if not isinstance(device, str) or not (
+            device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())
+        ):
+            raise ValueError(
+                f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+            )
+        self._validate_registries()
+
+    def _validate_registries(self) -> None:
+        """Names and options checked against the registries, so a typo fails before training."""
+        from .. import data, methods, models
+
+        if self.model not in models.available():
+            raise ValueError(
+                f"unknown model {self.model!r}; available: {', '.join(models.available())}"
+            )
+        if self.dataset not in data.available():
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; available: {', '.join(data.available())}"
+            )
+        methods.create(self.method, **self.method_options)  # raises on a bad name / option
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config with ``values`` set (missing fields keep their defaults); unknown keys
+        raise ``ValueError``."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a TrainConfig is read from a dict, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig field(s) {', '.join(unknown)}; "
+                f"fields are: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_type(config: TrainConfig, name: str, kind: type) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise TypeError(f"TrainConfig.{name} must be a {kind.__name__}, got {value!r}")
+
+
+def _check_choice(config: TrainConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(
+            f"TrainConfig.{name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
+def _check_int(config: TrainConfig, name: str, low: int, high: int | None = None,
+               hint: str = "") -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"TrainConfig.{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(
+            f"TrainConfig.{name} must be {bound}, got {value}" + (f" ({hint})" if hint else "")
+        )
+
+
+def _check_float(config: TrainConfig, name: str, low: float, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"TrainConfig.{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{name} must be finite, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        bound = f"in {left}{low}, {high}{right}" if high is not None else (
+            f"> {low}" if low_open else f">= {low}"
+        )
+        raise ValueError(f"TrainConfig.{name} must be {bound}, got {value}")
