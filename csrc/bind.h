@@ -1,0 +1,10 @@
+// One registration function per kernel family; bindings.cpp calls each of them.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+namespace apb::bind {
+
+void bind_pack_signs(nanobind::module_ &m);
+
+}  // namespace apb::bind
