@@ -2,9 +2,10 @@
 
 __version__ = "0.1.0"
 
-from . import memory, methods, nn  # noqa: E402
+from . import memory, methods, nn, pack  # noqa: E402
 from .kernels.runtime import get_num_threads, set_num_threads  # noqa: E402
 from .methods import compress_  # noqa: E402
+from .pack import pack_  # noqa: E402
 from .summary import summary  # noqa: E402
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "memory",
     "methods",
     "nn",
+    "pack",
+    "pack_",
     "set_num_threads",
     "summary",
 ]

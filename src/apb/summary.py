@@ -1,7 +1,9 @@
 """Per-layer memory table of a (compressed) model, from the layers' declared storage.
 
 Larq-style: every compressed layer's weight quantizer states what the packed format stores
-(:class:`apb.memory.LayerStorage`); everything else counts at fp32.
+(:class:`apb.memory.LayerStorage`), and so does every packed layer (the same numbers: a
+model summarises to the same bytes before and after ``apb.pack_``); everything else counts
+at fp32.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 from .memory import dense_storage
 from .nn import COMPRESSED_TYPES
 from .nn.weight_quantizer import WeightQuantizer
+from .pack.layers import PackedLayer
 
 FLOAT_BYTES = 4
 
@@ -104,7 +107,13 @@ def summary(model: nn.Module) -> ModelSummary:
     counted: set[int] = set()
     comp_n = comp_bits = comp_fp = layer_bytes = 0
     for name, m in model.named_modules():
-        if isinstance(m, COMPRESSED_TYPES):
+        if isinstance(m, PackedLayer):
+            st, info = m.storage(), m.describe()
+            comp_n += st.n_weights
+            comp_bits += st.total_bits
+            comp_fp += st.n_fp
+            act, method, shape = m.act_bits, m.method, m.weight_shape
+        elif isinstance(m, COMPRESSED_TYPES):
             q = m.weight_quantizer
             st = q.storage(m.weight)
             info = q.describe(m.weight)
@@ -113,14 +122,17 @@ def summary(model: nn.Module) -> ModelSummary:
             comp_fp += st.n_fp
             act = m.act_bits
             method = q.method
+            shape = tuple(m.weight.shape)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             st, info, act, method = dense_storage(m.weight.numel()), {}, 32, "fp"
+            shape = tuple(m.weight.shape)
         else:
             continue
-        counted.add(id(m.weight))
+        if not isinstance(m, PackedLayer):
+            counted.add(id(m.weight))
         layer_bytes += st.total_bytes
         rows.append(LayerRow(
-            name=name, shape=tuple(m.weight.shape), method=method, act_bits=act,
+            name=name, shape=shape, method=method, act_bits=act,
             format=st.format, alpha=info.get("alpha"), delta=info.get("delta"),
             fp_fraction=st.fp_fraction, bits_per_weight=st.bits_per_weight, bytes=st.total_bytes,
         ))
@@ -128,6 +140,11 @@ def summary(model: nn.Module) -> ModelSummary:
     for mod in model.modules():
         if isinstance(mod, WeightQuantizer):
             continue  # α is in the layer storage; δ, masks and bookkeeping are not stored
+        if isinstance(mod, PackedLayer):
+            # its bits, α and CSR are the layer storage; bias and clip scale count here,
+            # as they do for the training layer it came from
+            other += sum(t.numel() for t in mod.stored_extras()) * FLOAT_BYTES
+            continue
         for p in mod.parameters(recurse=False):
             if id(p) not in counted:
                 other += p.numel() * FLOAT_BYTES

@@ -52,6 +52,9 @@ def available() -> list[str]:
 def create(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with the builder's keyword arguments ``kwargs``.
 
+    The model records ``apb_architecture = {"name": name, "kwargs": kwargs}``, which
+    :func:`apb.pack.save_packed` writes into the file to rebuild it.
+
     Raises ``ValueError`` for an unknown name (the message lists the available ones) or an
     invalid argument value, and ``TypeError`` for a keyword the builder does not accept (the
     message lists those it does).
@@ -68,4 +71,7 @@ def create(name: str, **kwargs) -> nn.Module:
             f"model {name!r} got invalid keyword arguments {sorted(kwargs)}: {err}; "
             f"it accepts: {accepted}"
         ) from None
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    # What built it, so a packed file can name its architecture (apb.pack.save_packed).
+    model.apb_architecture = {"name": name, "kwargs": dict(kwargs)}
+    return model

@@ -78,7 +78,7 @@ class APBQuantize(torch.autograd.Function):
     """``Ŵ = M·α·sign(W) + (1−M)·W``; see the module docstring for the gradients."""
 
     @staticmethod
-    def forward(ctx, w, alpha, delta, mask, paper: bool):
+    def forward(ctx, w, alpha, delta, mask, paper: bool, fp16_values: bool = False):
         a = alpha.view(alpha.shape[0], *([1] * (w.dim() - 1))) if alpha.numel() > 1 else alpha
         dl = delta.view(a.shape) if delta.numel() > 1 else delta
         s = _sign(w)
@@ -87,7 +87,13 @@ class APBQuantize(torch.autograd.Function):
         ctx.save_for_backward(w, a, dl, mask)
         ctx.paper = paper
         ctx.scalar_shapes = (alpha.shape, delta.shape)
-        return torch.where(mask, a * s, w)
+        binary = a * s
+        if fp16_values:
+            # The packed format stores the correction W − α·sign(W) in float16 (value_bits
+            # = 16), so the layer computes with α·sign(W) + fp16(W − α·sign(W)): training
+            # sees exactly the weights the packed model will use.
+            return torch.where(mask, binary, binary + (w - binary).half().float())
+        return torch.where(mask, binary, w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -111,7 +117,7 @@ class APBQuantize(torch.autograd.Function):
                 grad_delta = _sum_to(g_d, delta_shape)
                 if ctx.paper:
                     grad_delta = grad_delta / (w.numel() // math.prod(delta_shape))
-        return grad, grad_alpha, grad_delta, None, None
+        return grad, grad_alpha, grad_delta, None, None, None
 
 
 class APBWeightQuantizer(WeightQuantizer):
@@ -123,7 +129,8 @@ class APBWeightQuantizer(WeightQuantizer):
         grad: ``"ours"`` or ``"paper"`` surrogate gradients for ``α, δ``.
         fp_fraction: budget mode, the exact fraction of weights kept full precision.
         bits_per_weight: budget mode, the layer's bits per weight (DESIGN §4 accounting).
-        value_bits: storage of the full-precision values, 32 or 16.
+        value_bits: storage of the full-precision values, 32 or 16; with 16 the forward
+            uses ``α·sign(W) + fp16(W − α·sign(W))`` there, what the packed layer stores.
         shared_budget: budget mode whose threshold is set from outside (a model-wide
             budget, see ``apb.methods.apb.apply_model_budget``) through ``budget_nnz``.
         delta_init: ``δ`` starts at ``delta_init · std(W)`` (learned mode).
@@ -264,7 +271,9 @@ class APBWeightQuantizer(WeightQuantizer):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         mask = self.band_mask(weight)
         alpha = self.alpha.clamp_min(1e-8)
-        return APBQuantize.apply(weight, alpha, self.delta, mask, self.grad == "paper")
+        return APBQuantize.apply(
+            weight, alpha, self.delta, mask, self.grad == "paper", self.value_bits == FP16_BITS
+        )
 
     # -- training controls ---------------------------------------------------------------
     def freeze_scales(self) -> None:

@@ -1,0 +1,58 @@
+"""Packed inference: trained compressed layers as bits + sparse corrections, run with
+popcount kernels, saved as safetensors.
+
+>>> apb.pack_(model.eval())                    # in place, like torchao's quantize_
+>>> apb.pack.save_packed(model, "lenet.safetensors")
+>>> model = apb.pack.load_packed("lenet.safetensors")
+
+Layers: :class:`PackedAPBConv2d` / :class:`PackedAPBLinear` (APB, and the binary baselines
+without a sparse part) and :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear`
+(DoReFa ``k``-bit weights). Kernels run through ``torch.ops.apb.*`` custom ops
+(:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
+``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .backend import BACKENDS, DEFAULT_BACKEND
+from .convert import PackError, pack_, pack_layer
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    PackedFileInfo,
+    PackedFormatError,
+    load_packed,
+    read_packed_info,
+    save_packed,
+)
+from .layers import (
+    PACKED_TYPES,
+    PackedAPBConv2d,
+    PackedAPBLinear,
+    PackedDoReFaConv2d,
+    PackedDoReFaLinear,
+    PackedLayer,
+)
+
+__all__ = [
+    "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
+    "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
+    "PackedFileInfo", "PackedFormatError", "PackedLayer", "load_packed", "pack_", "pack_layer",
+    "packed_layers", "read_packed_info", "save_packed", "set_backend",
+]
+
+
+def packed_layers(model: nn.Module):
+    """``(name, layer)`` for every packed layer of ``model``, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, PackedLayer):
+            yield name, module
+
+
+def set_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Run every packed layer of ``model`` on ``backend`` (``"reference"`` or ``"kernels"``)."""
+    for _, layer in packed_layers(model):
+        layer.set_backend(backend)
+    return model

@@ -1,0 +1,61 @@
+"""Which implementation runs each packed-inference kernel: ``"reference"`` or ``"kernels"``.
+
+Both backends take the same arguments and return the same results (the kernel semantics
+of the spec); :mod:`apb.pack.ops` calls :func:`kernel` with the backend a packed layer
+holds. ``"reference"`` is :mod:`apb.pack.reference` (pure torch, always available, the
+cross-check of the tests); ``"kernels"`` are the compiled popcount kernels of
+:mod:`apb.kernels`. Switching an op between them is its one line in the tables below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import reference
+
+BACKENDS = ("reference", "kernels")
+
+REFERENCE: dict[str, Callable] = {
+    "pack_signs": reference.pack_signs,
+    "pack_planes": reference.pack_planes,
+    "quantize_pack_codes": reference.quantize_pack_codes,
+    "im2col_pack_signs": reference.im2col_pack_signs,
+    "im2col_pack_codes": reference.im2col_pack_codes,
+    "bgemm_1x1": reference.bgemm_1x1,
+    "bgemm_1x2": reference.bgemm_1x2,
+    "bgemm_2x2": reference.bgemm_2x2,
+    "bgemm_1xf": reference.bgemm_1xf,
+    "spmm_csr": reference.spmm_csr,
+}
+
+
+def _compiled_kernels() -> dict[str, Callable]:
+    """The compiled kernels, by the same names (imported on first use)."""
+    # Until the popcount and sparse kernel families are merged, only the sign packing
+    # exists in apb.kernels; the other ops run the reference under this backend too.
+    from .. import kernels
+
+    table = dict(REFERENCE)
+    table["pack_signs"] = kernels.pack_signs
+    return table
+
+
+DEFAULT_BACKEND = "reference"
+"""The backend of packed layers unless one is asked for."""
+
+_tables: dict[str, dict[str, Callable]] = {"reference": REFERENCE}
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown packed backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def kernel(op: str, backend: str) -> Callable:
+    """The implementation of ``op`` under ``backend``."""
+    table = _tables.get(backend)
+    if table is None:
+        check_backend(backend)
+        table = _tables[backend] = _compiled_kernels()
+    return table[op]

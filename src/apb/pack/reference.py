@@ -1,0 +1,159 @@
+r"""Pure-torch implementations of the packed-inference kernels (the ``"reference"`` backend).
+
+Same arguments, same bit layout and same results as the compiled kernels of
+:mod:`apb.kernels` (``SPEC``: "Bit layout", "Kernels"), written with ordinary torch ops
+so that they are obviously right rather than fast: bits are unpacked to ``0/1`` and the
+products are float matrix multiplications of small integers, which are exact (every
+partial sum is an integer below :math:`2^{24}`, or the product runs in float64).
+
+Layout: a row of ``K`` values is ``W = ceil(K/64)`` little-endian ``uint64`` words, bit
+``j`` of word ``w`` holding column ``64 w + j``; bits past ``K`` are 0. Binary values:
+bit 1 means −1, bit 0 means +1 (:math:`s = 1 - 2b`). ``P``-bit unsigned codes are stored
+as bit-planes ``[P, rows, W]``, plane ``p`` holding bit ``p`` of each code.
+
+Every function returns a new tensor (``spmm_csr`` adds into ``out`` in place, as the
+kernel does) and expects CPU tensors; the checks a user needs live in the packed layers
+and the file loader, not here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for
+    raise ImportError("apb.pack.reference reads uint64 words as bytes: little-endian only")
+
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+_EXACT_FLOAT32 = 1 << 24  # integers up to here are exact in float32
+
+
+def words_for(k: int) -> int:
+    """``ceil(k / 64)``: uint64 words per packed row of ``k`` columns."""
+    return -(-k // 64)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """``0/1`` values ``[..., K]`` (any integer or bool dtype) → uint64 ``[..., ceil(K/64)]``."""
+    *lead, k = bits.shape
+    w = words_for(k)
+    b = bits.to(torch.uint8)
+    if w * 64 != k:
+        b = F.pad(b, (0, w * 64 - k))
+    by = (b.reshape(*lead, w * 8, 8) << _SHIFTS).sum(-1, dtype=torch.uint8)
+    return by.contiguous().view(torch.uint64).reshape(*lead, w)
+
+
+def unpack_bits(words: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """uint64 ``[..., W]`` → uint8 ``0/1`` ``[..., k]`` (default ``k = 64 W``)."""
+    *lead, w = words.shape
+    by = words.contiguous().view(torch.uint8).reshape(*lead, w * 8, 1)
+    bits = ((by >> _SHIFTS) & 1).reshape(*lead, w * 64)
+    return bits if k is None else bits[..., :k]
+
+
+def _signs(words: torch.Tensor, k: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """``s = 1 − 2 b`` as ``dtype``."""
+    return 1 - 2 * unpack_bits(words, k).to(dtype)
+
+
+def _codes(planes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bit-planes ``[P, rows, W]`` → codes ``Σ_p 2^p b_p`` ``[rows, 64 W]`` as ``dtype``."""
+    bits = unpack_bits(planes).to(dtype)
+    weights = (2 ** torch.arange(planes.shape[0], dtype=dtype)).view(-1, 1, 1)
+    return (bits * weights).sum(0)
+
+
+def _int_matmul(a: torch.Tensor, b: torch.Tensor, bound: int) -> torch.Tensor:
+    """``a @ b.T`` of small-integer matrices (built in float64), exact, as int32."""
+    if bound < _EXACT_FLOAT32:
+        a, b = a.float(), b.float()
+    return (a @ b.T).round().to(torch.int32)
+
+
+# -- packing -------------------------------------------------------------------------------
+def pack_signs(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``[N, K]`` → uint64 ``[N, W]``, bit = ``x < 0`` (NaN and −0.0 give 0)."""
+    return pack_bits(x < 0)
+
+
+def pack_planes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes ``[N, K]`` (each ``< 2^bits``) → bit-planes uint64 ``[bits, N, W]``."""
+    planes = torch.stack([(codes >> p) & 1 for p in range(bits)])
+    return pack_bits(planes)
+
+
+def activation_codes(x: torch.Tensor, scale: torch.Tensor | float, bits: int) -> torch.Tensor:
+    r"""``round(min(max(x, 0), s) / s · L)`` in float32, ``L = 2^bits − 1``: the codes of
+    :class:`apb.nn.UniformActivation` (same ops in the same order, so bit-identical), as
+    float32. ``s`` is used as given (the layer applies ``clamp_min(1e-8)`` first)."""
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    levels = (1 << bits) - 1
+    return torch.round(x.clamp(min=0.0).minimum(s) / s * levels)
+
+
+def quantize_pack_codes(x: torch.Tensor, scale: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """float32 ``[N, K]`` → bit-planes of its ``bits``-bit activation codes ``[bits, N, W]``."""
+    codes = torch.nan_to_num(activation_codes(x, scale, bits), nan=0.0)
+    return pack_planes(codes.to(torch.uint8), bits)
+
+
+def _unfold_rows(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """im2col: ``[B, C, H, W]`` → ``[B·OH·OW, C·kh·kw]``, rows ``(b, oy, ox)``, columns
+    ``(c, dy, dx)``, zero padding."""
+    cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def im2col_pack_signs(x, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """Convolution input ``[B, C, H, W]`` → sign bits of its im2col rows ``[N, W]``; a padded
+    position is 0, so its bit is 0 (+1): the layer subtracts a correction for it."""
+    return pack_signs(_unfold_rows(x, kernel_size, stride, padding, dilation))
+
+
+def im2col_pack_codes(x, scale, bits, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """Convolution input → bit-planes of the activation codes of its im2col rows
+    ``[bits, N, W]``; padded positions get code 0 (exactly the value 0)."""
+    codes = torch.nan_to_num(activation_codes(x, scale, bits), nan=0.0)
+    rows = _unfold_rows(codes, kernel_size, stride, padding, dilation)
+    return pack_planes(rows.to(torch.uint8), bits)
+
+
+# -- products ------------------------------------------------------------------------------
+def bgemm_1x1(w: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``out[m, n] = k − 2·popcount(w[m] XOR x[n]) = Σ_j s_w(m, j) s_x(n, j)``, int32 ``[M, N]``."""
+    return _int_matmul(_signs(w, k, torch.float64), _signs(x, k, torch.float64), k)
+
+
+def bgemm_1x2(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out[m, n] = Σ_j s_w(m, j)·code_x(n, j)`` for ``x`` bit-planes ``[P, N, W]``, int32."""
+    k = w.shape[1] * 64  # padding bits are 0 in x, so they add 0
+    bound = k * ((1 << x.shape[0]) - 1)
+    return _int_matmul(_signs(w, None, torch.float64), _codes(x, torch.float64), bound)
+
+
+def bgemm_2x2(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out[m, n] = Σ_j code_w(m, j)·code_x(n, j)`` for bit-planes ``w [Q, M, W]``,
+    ``x [P, N, W]``, int32 ``[M, N]``."""
+    k = w.shape[2] * 64
+    bound = k * ((1 << w.shape[0]) - 1) * ((1 << x.shape[0]) - 1)
+    return _int_matmul(_codes(w, torch.float64), _codes(x, torch.float64), bound)
+
+
+def bgemm_1xf(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out[m, n] = Σ_j s_w(m, j)·x[n, j]``: binary weights ``[M, W]`` times float32
+    activations ``[N, K]``, float32 ``[M, N]``."""
+    return _signs(w, x.shape[1], torch.float32) @ x.T
+
+
+def spmm_csr(
+    indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """In place: ``out[m, :] += Σ_{e ∈ indptr[m]..indptr[m+1]} values[e]·x[indices[e], :]``
+    for ``x`` float32 ``[K, N]`` and ``out`` float32 ``[M, N]``."""
+    counts = indptr.to(torch.int64).diff()
+    rows = torch.repeat_interleave(torch.arange(out.shape[0]), counts)
+    out.index_add_(0, rows, values.float()[:, None] * x[indices.to(torch.int64)])
