@@ -1,4 +1,4 @@
-"""The ``apb`` command: ``apb train | summary | demo``.
+"""The ``apb`` command: ``apb train | summary | pack | eval | demo``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="apb",
-        description="Automatic Prune Binarization: train, inspect and demo compressed models.",
+        description="Automatic Prune Binarization: train, inspect, pack, evaluate and demo "
+                    "compressed models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -149,6 +150,33 @@ def build_parser() -> argparse.ArgumentParser:
     p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
     p_sum.add_argument("checkpoint", help="a checkpoint written by apb train (last.pt/best.pt)")
     p_sum.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
+
+    p_pack = sub.add_parser(
+        "pack", help="pack a trained checkpoint into a safetensors inference file",
+        description="Turn every compressed layer of a checkpoint into its packed form (sign "
+                    "bits, alpha, sparse full-precision corrections) and write it as "
+                    "safetensors with JSON metadata; the file's size minus its header is the "
+                    "model_bytes apb summary predicts.",
+    )
+    p_pack.add_argument("checkpoint", help="a checkpoint written by apb train (last.pt/best.pt)")
+    p_pack.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="the packed model file to write (.safetensors)")
+
+    p_eval = sub.add_parser(
+        "eval", help="test accuracy and size of a checkpoint or a packed model file",
+        description="Evaluate a checkpoint (fake-quantized training model) or a packed "
+                    "model file on a dataset's test split; prints and optionally writes "
+                    "test_acc, model_bytes, bits_per_weight and predictions_sha256 (sha256 "
+                    "of the int64 argmax predictions in test-set order).",
+    )
+    p_eval.add_argument("model", metavar="CKPT_OR_FILE",
+                        help="a checkpoint (.pt) or a packed model (.safetensors)")
+    p_eval.add_argument("--dataset", required=True, help="dataset name, apb.data.available()")
+    p_eval.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where the dataset's files are (not needed for mnist5k, digits)")
+    p_eval.add_argument("--batch-size", type=int, default=256, metavar="N",
+                        help="samples per forward")
+    p_eval.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
 
     p_demo = sub.add_parser(
         "demo", help="the main job: fp, BNN and APB LeNet-5 on the real MNIST-5k digits",
@@ -196,6 +224,44 @@ def _cmd_summary(args) -> int:
     return 0
 
 
+def _cmd_pack(args) -> int:
+    from .evaluation import is_packed_file
+    from .pack import pack_, save_packed
+    from .summary import summary
+    from .train import build_model_from_checkpoint
+
+    if is_packed_file(args.checkpoint):
+        raise CLIError(f"{args.checkpoint} is already a packed model; apb pack takes a "
+                       "training checkpoint (last.pt / best.pt)")
+    model, ckpt = build_model_from_checkpoint(args.checkpoint)
+    predicted = summary(model).model_bytes
+    pack_(model)
+    info = save_packed(model, args.output, architecture=ckpt["model"])
+    if info.model_bytes != predicted:  # the format and the accounting must agree
+        raise CLIError(f"wrote {info.model_bytes} model bytes but the summary predicts "
+                       f"{predicted}: please report this bug")
+    print(f"packed {args.checkpoint} -> {args.output}: {info.file_bytes:,} bytes "
+          f"({info.model_bytes:,} model bytes, as summary predicts, + {info.header_bytes:,} "
+          "header)")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation import evaluate_file
+    from .io import atomic_write_text
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    result = evaluate_file(args.model, args.dataset, data_dir=args.data_dir,
+                           batch_size=args.batch_size)
+    print(f"{args.model} on {args.dataset}: test acc {result['test_acc']:.4f}, "
+          f"{result['model_bytes']:,} model bytes, {result['bits_per_weight']:.3f} bits/weight, "
+          f"predictions sha256 {result['predictions_sha256']}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
@@ -205,7 +271,8 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "summary": _cmd_summary, "demo": _cmd_demo}
+COMMANDS = {"train": _cmd_train, "summary": _cmd_summary, "pack": _cmd_pack, "eval": _cmd_eval,
+            "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -286,7 +286,7 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
             )
         try:
             packed[name] = _build_layer(cfg, tensors, backend)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, RuntimeError) as err:
             raise PackedFormatError(f"{where}: layer {name!r}: {_first_line(err)}") from None
     plain: dict[str, torch.Tensor] = {}
     for name, module in net.named_modules():

@@ -39,6 +39,8 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """``0/1`` values ``[..., K]`` (any integer or bool dtype) → uint64 ``[..., ceil(K/64)]``."""
     *lead, k = bits.shape
     w = words_for(k)
+    if bits.numel() == 0:  # views between dtypes need real strides
+        return torch.zeros((*lead, w), dtype=torch.uint64)
     b = bits.to(torch.uint8)
     if w * 64 != k:
         b = F.pad(b, (0, w * 64 - k))
@@ -49,6 +51,8 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 def unpack_bits(words: torch.Tensor, k: int | None = None) -> torch.Tensor:
     """uint64 ``[..., W]`` → uint8 ``0/1`` ``[..., k]`` (default ``k = 64 W``)."""
     *lead, w = words.shape
+    if words.numel() == 0:
+        return torch.zeros((*lead, w * 64 if k is None else k), dtype=torch.uint8)
     by = words.contiguous().view(torch.uint8).reshape(*lead, w * 8, 1)
     bits = ((by >> _SHIFTS) & 1).reshape(*lead, w * 64)
     return bits if k is None else bits[..., :k]
