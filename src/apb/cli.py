@@ -22,6 +22,13 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``apb train: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -121,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods import available
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="apb",
         description="Automatic Prune Binarization: train, inspect and demo compressed models.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p_train = sub.add_parser(
         "train", help="train a model with a compression method",
