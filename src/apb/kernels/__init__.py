@@ -15,8 +15,13 @@ Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
     (``APB_ISA=scalar|avx2|avx512`` in the environment overrides the default choice).
     set_num_threads, get_num_threads: OpenMP threads of the kernels.
+
+Measurement:
+    xor_popcount_roofline: one core's XOR+popcount throughput on L1 data (the limit the
+    bitwise GEMMs are quoted against).
 """
 
+from apb.kernels.roofline import xor_popcount_roofline
 from apb.kernels.runtime import (
     ISA_NAMES,
     active_isa,
@@ -38,4 +43,5 @@ __all__ = [
     "set_num_threads",
     "unpack_signs",
     "use_isa",
+    "xor_popcount_roofline",
 ]
