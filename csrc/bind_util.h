@@ -53,10 +53,12 @@ inline bool is_c_contiguous_2d(const AnyArray &a) {
 
 // Row-major in every dimension (C order), under the same rules as above.
 inline bool is_c_contiguous(const AnyArray &a) {
+    for (size_t i = 0; i < a.ndim(); ++i) {
+        if (a.shape(i) == 0) return true;
+    }
     int64_t expected = 1;
     for (size_t i = a.ndim(); i-- > 0;) {
         const int64_t extent = static_cast<int64_t>(a.shape(i));
-        if (extent == 0) return true;
         if (extent != 1 && a.stride(i) != expected) return false;
         expected *= extent;
     }
