@@ -124,13 +124,15 @@ static inline void popcount_gemm_block_op(const PopcountGemm &g, int64_t m0, int
         const int mr = static_cast<int>(m1 - m < MR ? m1 - m : MR);
         for (int64_t n = n0; n < n1; n += NR) {
             const int nr = static_cast<int>(n1 - n < NR ? n1 - n : NR);
-            int64_t acc[MR * NR] = {};
+            const uint64_t *w_tile = g.w + m * W;
+            const uint64_t *x_tile = g.x + n * W;
+            int64_t acc[MR * NR];
+            run_tile<Kernels, op, MR, NR>(mr, nr, w_tile, x_tile, W, g.last_mask, acc);
             for (int q = 0; q < g.Q; ++q) {
-                for (int p = 0; p < g.P; ++p) {
+                for (int p = q == 0 ? 1 : 0; p < g.P; ++p) {
                     int64_t counts[MR * NR];
-                    run_tile<Kernels, op, MR, NR>(mr, nr, g.w + q * w_plane + m * W,
-                                                  g.x + p * x_plane + n * W, W, g.last_mask,
-                                                  counts);
+                    run_tile<Kernels, op, MR, NR>(mr, nr, w_tile + q * w_plane,
+                                                  x_tile + p * x_plane, W, g.last_mask, counts);
                     for (int t = 0; t < mr * nr; ++t) acc[t] += counts[t] << (q + p);
                 }
             }
