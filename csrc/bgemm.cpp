@@ -44,7 +44,8 @@ void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
     if (g.M <= 0 || g.N <= 0) return;
     const PopcountGemmKernel kernel = kernel_for(active_isa());  // may throw: outside the team
     const int64_t x_row_bytes = std::max<int64_t>(1, g.P * g.W * 8);
-    const int64_t nc = std::min(g.N, multiple_at_most(kActivationBlockBytes / x_row_bytes, kernel.nr));
+    const int64_t nc =
+        std::min(g.N, multiple_at_most(kActivationBlockBytes / x_row_bytes, kernel.nr));
     int64_t mc = std::min(g.M, multiple_at_most(kWeightBlockRows, kernel.mr));
     const int nt = threads_for(g.M * g.N * std::max<int64_t>(1, g.W) * g.Q * g.P);
     const int64_t blocks_n = ceil_div(g.N, nc);
@@ -60,54 +61,8 @@ void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
     }
 }
 
-}  // namespace
-
-void bgemm_1x1(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W,
-               int64_t K, int32_t *out) {
-    PopcountGemm g;
-    g.w = w;
-    g.x = x;
-    g.M = M;
-    g.N = N;
-    g.W = W;
-    g.op = BitOp::Xor;
-    g.last_mask = last_word_mask(K);
-    g.epilogue.constant = K;
-    g.epilogue.scale = -2;
-    run_popcount_gemm(g, out);
-}
-
-void bgemm_1x2(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W, int P,
-               int64_t K, int32_t *out) {
-    const uint64_t last_mask = last_word_mask(K);
-    // sum_p 2^p popcount(x[p, n]): the part of each output that does not depend on m.
-    std::vector<int64_t> code_sums(static_cast<size_t>(std::max<int64_t>(N, 0)), 0);
-    for (int p = 0; p < P; ++p) {
-        for (int64_t n = 0; n < N; ++n) {
-            const uint64_t *row = x + (p * N + n) * W;
-            int64_t count = 0;
-            for (int64_t k = 0; k < W; ++k) {
-                count += popcount64(k == W - 1 ? row[k] & last_mask : row[k]);
-            }
-            code_sums[n] += count << p;
-        }
-    }
-    PopcountGemm g;
-    g.w = w;
-    g.x = x;
-    g.M = M;
-    g.N = N;
-    g.W = W;
-    g.P = P;
-    g.op = BitOp::And;
-    g.last_mask = last_mask;
-    g.epilogue.per_n = code_sums.data();
-    g.epilogue.scale = -2;
-    run_popcount_gemm(g, out);
-}
-
-void bgemm_2x2(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W, int Q,
-               int P, int64_t K, int32_t *out) {
+PopcountGemm gemm_of(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W,
+                     int Q, int P, BitOp op, int64_t K) {
     PopcountGemm g;
     g.w = w;
     g.x = x;
@@ -116,9 +71,44 @@ void bgemm_2x2(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64
     g.W = W;
     g.Q = Q;
     g.P = P;
-    g.op = BitOp::And;
+    g.op = op;
     g.last_mask = last_word_mask(K);
+    return g;
+}
+
+}  // namespace
+
+void bgemm_1x1(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W,
+               int64_t K, int32_t *out) {
+    PopcountGemm g = gemm_of(w, x, M, N, W, 1, 1, BitOp::Xor, K);
+    g.epilogue.constant = K;
+    g.epilogue.scale = -2;
     run_popcount_gemm(g, out);
+}
+
+void bgemm_1x2(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W, int P,
+               int64_t K, int32_t *out) {
+    PopcountGemm g = gemm_of(w, x, M, N, W, 1, P, BitOp::And, K);
+    // sum_p 2^p popcount(x[p, n]): the part of each output that does not depend on m.
+    std::vector<int64_t> code_sums(static_cast<size_t>(std::max<int64_t>(N, 0)), 0);
+    for (int p = 0; p < P; ++p) {
+        for (int64_t n = 0; n < N; ++n) {
+            const uint64_t *row = x + (p * N + n) * W;
+            int64_t count = 0;
+            for (int64_t k = 0; k < W; ++k) {
+                count += popcount64(k == W - 1 ? row[k] & g.last_mask : row[k]);
+            }
+            code_sums[n] += count << p;
+        }
+    }
+    g.epilogue.per_n = code_sums.data();
+    g.epilogue.scale = -2;
+    run_popcount_gemm(g, out);
+}
+
+void bgemm_2x2(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W, int Q,
+               int P, int64_t K, int32_t *out) {
+    run_popcount_gemm(gemm_of(w, x, M, N, W, Q, P, BitOp::And, K), out);
 }
 
 }  // namespace apb

@@ -39,13 +39,13 @@ inline int64_t sum_lanes(__m256i v) {
 
 // Words [0, n) of p, 1 <= n <= 4, zero-extended to a vector; never reads p[n] or later.
 inline __m256i load_words(const uint64_t *p, int n) {
+    const __m128i *p128 = reinterpret_cast<const __m128i *>(p);
     switch (n) {
-        case 1: return _mm256_zextsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
-        case 2: return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+        case 1: return _mm256_zextsi128_si256(_mm_loadl_epi64(p128));
+        case 2: return _mm256_zextsi128_si256(_mm_loadu_si128(p128));
         case 3:
-            return _mm256_inserti128_si256(
-                _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))),
-                _mm_loadl_epi64(reinterpret_cast<const __m128i *>(p + 2)), 1);
+            return _mm256_inserti128_si256(_mm256_zextsi128_si256(_mm_loadu_si128(p128)),
+                                           _mm_loadl_epi64(p128 + 1), 1);
         default: return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
     }
 }

@@ -47,7 +47,10 @@ void check_same_words(int64_t w_words, int64_t x_words, const char *fn) {
 // per row), else every bit of every word, 64*W.
 int64_t columns(std::optional<int64_t> k, int64_t words, const char *fn) {
     if (!k) return 64 * words;
-    if (*k < 0) throw std::invalid_argument(std::string(fn) + ": k must be >= 0, got " + std::to_string(*k));
+    if (*k < 0) {
+        throw std::invalid_argument(std::string(fn) + ": k must be >= 0, got " +
+                                    std::to_string(*k));
+    }
     if (words_for(*k) != words) {
         throw std::invalid_argument(std::string(fn) + ": the operands have " +
                                     std::to_string(words) + " words per row, but k=" +
@@ -68,6 +71,22 @@ void check_fits_int32(int64_t weight, int64_t K, const char *fn) {
 }
 
 void surface_isa_errors() { apb::active_isa(); }  // a bad APB_ISA throws here, with the GIL
+
+// A new int32 [M, N] filled by gemm(w, x, out) with the GIL released.
+template <class Gemm>
+NumpyMatrix<int32_t> run_gemm(const AnyArray &w, const AnyArray &x, int64_t M, int64_t N,
+                              Gemm gemm) {
+    auto out = new_matrix<int32_t>(M, N);
+    const uint64_t *wp = static_cast<const uint64_t *>(w.data());
+    const uint64_t *xp = static_cast<const uint64_t *>(x.data());
+    int32_t *dst = out.data();
+    surface_isa_errors();
+    {
+        nb::gil_scoped_release release;
+        gemm(wp, xp, dst);
+    }
+    return out;
+}
 
 NumpyArray3<uint64_t> py_pack_planes(const AnyArray &codes, int64_t bits) {
     check_matrix<uint8_t>(codes, "pack_planes", "codes", "uint8");
@@ -107,16 +126,9 @@ NumpyMatrix<int32_t> py_bgemm_1x1(const AnyArray &w, const AnyArray &x, int64_t 
     check_same_words(W, static_cast<int64_t>(x.shape(1)), fn);
     const int64_t K = columns(k, W, fn);
     check_fits_int32(1, K, fn);
-    auto out = new_matrix<int32_t>(M, N);
-    const uint64_t *wp = static_cast<const uint64_t *>(w.data());
-    const uint64_t *xp = static_cast<const uint64_t *>(x.data());
-    int32_t *dst = out.data();
-    surface_isa_errors();
-    {
-        nb::gil_scoped_release release;
+    return run_gemm(w, x, M, N, [&](const uint64_t *wp, const uint64_t *xp, int32_t *dst) {
         apb::bgemm_1x1(wp, xp, M, N, W, K, dst);
-    }
-    return out;
+    });
 }
 
 NumpyMatrix<int32_t> py_bgemm_1x2(const AnyArray &w, const AnyArray &x,
@@ -132,16 +144,9 @@ NumpyMatrix<int32_t> py_bgemm_1x2(const AnyArray &w, const AnyArray &x,
     check_same_words(W, static_cast<int64_t>(x.shape(2)), fn);
     const int64_t K = columns(k, W, fn);
     check_fits_int32((int64_t{1} << P) - 1, K, fn);
-    auto out = new_matrix<int32_t>(M, N);
-    const uint64_t *wp = static_cast<const uint64_t *>(w.data());
-    const uint64_t *xp = static_cast<const uint64_t *>(x.data());
-    int32_t *dst = out.data();
-    surface_isa_errors();
-    {
-        nb::gil_scoped_release release;
+    return run_gemm(w, x, M, N, [&](const uint64_t *wp, const uint64_t *xp, int32_t *dst) {
         apb::bgemm_1x2(wp, xp, M, N, W, static_cast<int>(P), K, dst);
-    }
-    return out;
+    });
 }
 
 NumpyMatrix<int32_t> py_bgemm_2x2(const AnyArray &w, const AnyArray &x,
@@ -159,16 +164,9 @@ NumpyMatrix<int32_t> py_bgemm_2x2(const AnyArray &w, const AnyArray &x,
     check_same_words(W, static_cast<int64_t>(x.shape(2)), fn);
     const int64_t K = columns(k, W, fn);
     check_fits_int32(((int64_t{1} << Q) - 1) * ((int64_t{1} << P) - 1), K, fn);
-    auto out = new_matrix<int32_t>(M, N);
-    const uint64_t *wp = static_cast<const uint64_t *>(w.data());
-    const uint64_t *xp = static_cast<const uint64_t *>(x.data());
-    int32_t *dst = out.data();
-    surface_isa_errors();
-    {
-        nb::gil_scoped_release release;
+    return run_gemm(w, x, M, N, [&](const uint64_t *wp, const uint64_t *xp, int32_t *dst) {
         apb::bgemm_2x2(wp, xp, M, N, W, static_cast<int>(Q), static_cast<int>(P), K, dst);
-    }
-    return out;
+    });
 }
 
 }  // namespace

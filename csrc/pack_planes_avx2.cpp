@@ -23,7 +23,8 @@ inline __m256i pack_word(const uint8_t *codes, int P, int64_t plane_stride, uint
             static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_sll_epi16(lo, shift)));
         const uint32_t bits_hi =
             static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_sll_epi16(hi, shift)));
-        out[p * plane_stride] = static_cast<uint64_t>(bits_lo) | static_cast<uint64_t>(bits_hi) << 32;
+        out[p * plane_stride] =
+            static_cast<uint64_t>(bits_lo) | static_cast<uint64_t>(bits_hi) << 32;
     }
     return _mm256_or_si256(lo, hi);
 }
