@@ -32,6 +32,7 @@ NB_MODULE(_C, m) {
 
     apb::bind::bind_pack_signs(m);
     apb::bind::bind_roofline(m);
+    apb::bind::bind_bgemm(m);
 
     m.def("active_isa", []() { return std::string(apb::isa_name(apb::active_isa())); },
           "Instruction set the kernels run with: 'scalar', 'avx2' or 'avx512'.");
