@@ -6,5 +6,7 @@
 namespace apb::bind {
 
 void bind_pack_signs(nanobind::module_ &m);
+void bind_roofline(nanobind::module_ &m);
+void bind_bgemm(nanobind::module_ &m);
 
 }  // namespace apb::bind

@@ -51,8 +51,22 @@ inline bool is_c_contiguous_2d(const AnyArray &a) {
     return (cols == 1 || a.stride(1) == 1) && (rows == 1 || a.stride(0) == cols);
 }
 
+// Row-major in every dimension (C order), under the same rules as above.
+inline bool is_c_contiguous(const AnyArray &a) {
+    for (size_t i = 0; i < a.ndim(); ++i) {
+        if (a.shape(i) == 0) return true;
+    }
+    int64_t expected = 1;
+    for (size_t i = a.ndim(); i-- > 0;) {
+        const int64_t extent = static_cast<int64_t>(a.shape(i));
+        if (extent != 1 && a.stride(i) != expected) return false;
+        expected *= extent;
+    }
+    return true;
+}
+
 template <typename T>
-void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
+void check_cpu_dtype(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
     if (a.device_type() != nb::device::cpu::value) {
         throw nb::type_error((std::string(fn) + ": " + arg +
                               " must be in CPU memory; move it with .cpu() first")
@@ -63,11 +77,34 @@ void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char
                               ", got " + dtype_name(a.dtype()))
                                  .c_str());
     }
+}
+
+template <typename T>
+void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
+    check_cpu_dtype<T>(a, fn, arg, expected);
     if (a.ndim() != 2) {
         throw std::invalid_argument(std::string(fn) + ": " + arg +
                                     " must be 2-D, got shape " + shape_string(a));
     }
     if (!is_c_contiguous_2d(a)) {
+        throw std::invalid_argument(std::string(fn) + ": " + arg +
+                                    " must be C-contiguous (row-major); pass "
+                                    "np.ascontiguousarray(x) or x.contiguous()");
+    }
+}
+
+// An ndim-D C-contiguous CPU array of T; `layout` names the dimensions for the
+// message, e.g. "[planes, rows, words]".
+template <typename T>
+void check_array(const AnyArray &a, size_t ndim, const char *fn, const char *arg,
+                 const char *expected, const char *layout) {
+    check_cpu_dtype<T>(a, fn, arg, expected);
+    if (a.ndim() != ndim) {
+        throw std::invalid_argument(std::string(fn) + ": " + arg + " must be " +
+                                    std::to_string(ndim) + "-D " + layout + ", got shape " +
+                                    shape_string(a));
+    }
+    if (!is_c_contiguous(a)) {
         throw std::invalid_argument(std::string(fn) + ": " + arg +
                                     " must be C-contiguous (row-major); pass "
                                     "np.ascontiguousarray(x) or x.contiguous()");
@@ -80,6 +117,17 @@ NumpyMatrix<T> new_matrix(int64_t rows, int64_t cols) {
     nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
     return NumpyMatrix<T>(buf, {static_cast<size_t>(rows), static_cast<size_t>(cols)},
                           owner);
+}
+
+template <typename T>
+using NumpyArray3 = nb::ndarray<nb::numpy, T, nb::ndim<3>>;
+
+template <typename T>
+NumpyArray3<T> new_array3(int64_t d0, int64_t d1, int64_t d2) {
+    T *buf = new T[static_cast<size_t>(d0) * static_cast<size_t>(d1) * static_cast<size_t>(d2)];
+    nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
+    return NumpyArray3<T>(
+        buf, {static_cast<size_t>(d0), static_cast<size_t>(d1), static_cast<size_t>(d2)}, owner);
 }
 
 }  // namespace apb::bind

@@ -53,9 +53,10 @@ CpuFeatures detect() {
     const bool bmi2 = (l7.ebx >> 8) & 1;
     const bool avx512f = (l7.ebx >> 16) & 1;
     const bool avx512bw = (l7.ebx >> 30) & 1;
+    const bool avx512vl = (l7.ebx >> 31) & 1;  // the AVX-512 files are built with -mavx512vl
     const bool avx512_vpopcntdq = (l7.ecx >> 14) & 1;
     f.avx2 = os_ymm && avx2 && fma && bmi2 && popcnt;
-    f.avx512 = f.avx2 && os_zmm && avx512f && avx512bw && avx512_vpopcntdq;
+    f.avx512 = f.avx2 && os_zmm && avx512f && avx512bw && avx512vl && avx512_vpopcntdq;
     return f;
 }
 #else

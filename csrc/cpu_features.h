@@ -18,7 +18,7 @@ enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 struct CpuFeatures {
     // AVX2 + FMA + BMI2 + POPCNT, with the OS saving ymm state.
     bool avx2 = false;
-    // AVX-512 F + BW + VPOPCNTDQ, with the OS saving zmm/opmask state.
+    // AVX-512 F + BW + VL + VPOPCNTDQ, with the OS saving zmm/opmask state.
     bool avx512 = false;
 };
 

@@ -254,3 +254,16 @@ def test_uniform_activation_initialises_scale_from_first_batch():
     q(x)
     assert q.act_scale.item() == pytest.approx(float(x.mean() + 3 * x.std()), rel=1e-5)
     assert math.isfinite(q.act_scale.item())
+
+
+def test_fp_penalty_gradients_hand_derived():
+    # lambda * F, F = mean(1 - M): dF/d delta = -mean(M)/delta,
+    # dF/d alpha = mean(M sign(alpha - |w|))/delta. With a zero loss gradient only it remains.
+    w = torch.tensor([[0.7, -0.6, 1.5]])
+    q = apb_with(w, 0.5, 0.25, fp_penalty=0.3)
+    (q(w) * 0).sum().backward()
+    # M = [1, 1, 0]; sign(alpha - |w|) = [-1, -1, -1]
+    assert q.delta.grad.item() == pytest.approx(-0.3 * (2 / 3) / 0.25, abs=1e-6)
+    assert q.alpha.grad.item() == pytest.approx(0.3 * (-2 / 3) / 0.25, abs=1e-6)
+    with pytest.raises(ValueError, match="fp_penalty"):
+        APBWeightQuantizer(w, fp_penalty=-1.0)

@@ -1,4 +1,4 @@
-"""The ``apb`` command: ``apb train | summary | pack | eval | demo``.
+"""The ``apb`` command: ``apb train | summary | pack | eval | demo | bench``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -20,6 +20,13 @@ EXIT_USAGE = 2
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``apb train: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _flag(name: str) -> str:
@@ -121,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods import available
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="apb",
         description="Automatic Prune Binarization: train, inspect, pack, evaluate and demo "
                     "compressed models.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p_train = sub.add_parser(
         "train", help="train a model with a compression method",
@@ -184,6 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "mean ± std test accuracy and memory, save checkpoints and JSON.",
     )
     _add_dataclass_flags(p_demo, DemoConfig, skip=("methods",))
+
+    p_bench = sub.add_parser("bench", help="benchmarks against peers measured in the same run")
+    bench_sub = p_bench.add_subparsers(dest="bench", required=True, metavar="BENCH",
+                                       parser_class=_Parser)
+    p_gemm = bench_sub.add_parser(
+        "gemm", help="bitwise GEMM kernels vs torch fp32/int8 and ONNX Runtime int8",
+        description="Time apb's GEMM kernels and their peers on the same shapes, threads "
+                    "and machine; print ms and ratios, optionally write JSON and a plot.",
+    )
+    p_gemm.add_argument("--shapes", default="resnet18", choices=["resnet18", "sweep"],
+                        help="resnet18: the 7 (M, K, N) convolution GEMMs of ResNet-18; "
+                             "sweep: square 64 to 2048")
+    p_gemm.add_argument("--threads", type=int, default=1, help="threads for every impl")
+    p_gemm.add_argument("--repeats", type=int, default=10, help="timed runs (median)")
+    p_gemm.add_argument("--impls", default=None,
+                        help="comma-separated subset (default: all)")
+    p_gemm.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    p_gemm.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of totals")
     return parser
 
 
@@ -271,8 +297,23 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench.gemm import SHAPE_SETS, plot_report, report_table, run_gemm_benchmark
+    from .io import atomic_write_text
+
+    impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
+    report = run_gemm_benchmark(SHAPE_SETS[args.shapes], impls=impls, threads=args.threads,
+                                repeats=args.repeats)
+    print(report_table(report))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot_report(report, args.plot)
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "summary": _cmd_summary, "pack": _cmd_pack, "eval": _cmd_eval,
-            "demo": _cmd_demo}
+            "demo": _cmd_demo, "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

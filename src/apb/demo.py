@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,8 @@ class DemoConfig:
     epochs: training epochs per run.
     act_bits: precision of the compressed layers' inputs for BNN and APB (32, 2 or 1).
     apb_bits_per_weight: APB's budget in bits per weight of the compressed layers.
-    progress: show progress bars.
+    jobs: training runs at a time, each in its own process (default: one per core, at most 2).
+    progress: show progress bars (only when runs go one at a time).
     """
 
     out: str = "runs/demo"
@@ -38,6 +42,7 @@ class DemoConfig:
     epochs: int = 15
     act_bits: int = 32
     apb_bits_per_weight: float = 1.5
+    jobs: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
     progress: bool = True
     methods: tuple[str, ...] = field(default=DEMO_METHODS)
 
@@ -46,6 +51,8 @@ class DemoConfig:
             raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {self.jobs}")
         if self.act_bits not in (1, 2, 32):
             raise ValueError(f"--act-bits must be 1, 2 or 32, got {self.act_bits}")
         if self.apb_bits_per_weight <= 1.0:
@@ -64,36 +71,64 @@ def method_options(method: str, config: DemoConfig) -> dict:
     return options
 
 
-def run_demo(config: DemoConfig, log=print) -> dict:
-    """Train every method with every seed; return (and write) the results table."""
+def _train_one(config: DemoConfig, method: str, seed: int, progress: bool) -> dict:
+    """One training run of the demo; returns what the table needs (picklable)."""
     from .train import TrainConfig, train
 
+    out = Path(config.out)
+    run_dir = out / method if seed == 0 else out / method / f"seed{seed}"
+    tc = TrainConfig(
+        model="lenet5", dataset="mnist5k", method=method,
+        method_options=method_options(method, config),
+        activation="hardtanh" if config.act_bits == 1 else "relu",
+        epochs=config.epochs, batch_size=64, optimizer="adam", lr=2e-3,
+        scale_lr=1e-3, seed=seed, out_dir=str(run_dir), overwrite=True, progress=progress,
+    )
+    result = train(tc)
+    return {"method": method, "seed": seed, "test_acc": result.final_test_acc,
+            "stats": result.stats}
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; LeNet-5 gains nothing from two threads
+
+
+def run_demo(config: DemoConfig, log=print) -> dict:
+    """Train every method with every seed; return (and write) the results table."""
     config.validate()
     out = Path(config.out)
-    activation = "hardtanh" if config.act_bits == 1 else "relu"
     act_label = {32: "full precision", 2: "2-bit", 1: "1-bit"}[config.act_bits]
+    runs = [(m, s) for m in config.methods for s in range(config.seeds)]
+    jobs = min(config.jobs, len(runs))
     log(f"apb demo: LeNet-5 on mnist5k (4,000 train / 1,000 test real MNIST digits), "
-        f"{config.seeds} seed(s) x {len(config.methods)} methods, {config.epochs} epochs each; "
-        f"activations of BNN/APB layers: {act_label}")
-    results = []
+        f"{config.seeds} seed(s) x {len(config.methods)} methods, {config.epochs} epochs each, "
+        f"{jobs} run(s) at a time; activations of BNN/APB layers: {act_label}")
     t0 = time.time()
+    done: dict[tuple[str, int], dict] = {}
+
+    def record(run: dict) -> None:
+        done[run["method"], run["seed"]] = run
+        log(f"  {run['method']:>4} seed {run['seed']}: test acc {run['test_acc']:.4f}  "
+            f"bits/weight {run['stats']['bits_per_weight']:.3f}  ({time.time() - t0:.0f} s)")
+
+    if jobs <= 1:
+        for method, seed in runs:
+            record(_train_one(config, method, seed, config.progress))
+    else:
+        # Separate processes (spawned, so no OpenMP state is forked); each run is seeded,
+        # so the table does not depend on the order in which runs finish.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+            futures = [pool.submit(_train_one, config, m, s, False) for m, s in runs]
+            for future in as_completed(futures):
+                record(future.result())
+
+    results = []
     for method in config.methods:
-        accs, last = [], None
-        for seed in range(config.seeds):
-            run_dir = out / method if seed == 0 else out / method / f"seed{seed}"
-            tc = TrainConfig(
-                model="lenet5", dataset="mnist5k", method=method,
-                method_options=method_options(method, config), activation=activation,
-                epochs=config.epochs, batch_size=64, optimizer="adam", lr=2e-3,
-                scale_lr=1e-3, seed=seed, out_dir=str(run_dir), overwrite=True,
-                progress=config.progress,
-            )
-            last = train(tc)
-            accs.append(last.final_test_acc)
-            log(f"  {method:>4} seed {seed}: test acc {last.final_test_acc:.4f}  "
-                f"bits/weight {last.stats['bits_per_weight']:.3f}  "
-                f"({time.time() - t0:.0f} s)")
-        stats = last.stats
+        accs = [done[method, s]["test_acc"] for s in range(config.seeds)]
+        stats = done[method, 0]["stats"]  # the run whose checkpoint is kept at <method>/
         results.append({
             "method": method,
             "test_acc": statistics.fmean(accs),

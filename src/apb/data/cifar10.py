@@ -1,7 +1,7 @@
 """CIFAR-10 (Krizhevsky 2009) read from the standard "python version" files on disk.
 
-Expected layout, as ``cifar-10-python.tar.gz`` from https://www.cs.toronto.edu/~kriz/cifar.html
-extracts (nothing is ever downloaded)::
+Expected layout, as the CIFAR-10 python version (``cifar-10-python.tar.gz``) extracts
+(nothing is ever downloaded)::
 
     <data_dir>/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch [, batches.meta]
 
@@ -66,8 +66,8 @@ def _expected_files_message(data_dir: Path) -> str:
     names = ", ".join((*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE))
     return (
         f"expected the CIFAR-10 python-version files {names} in {data_dir / CIFAR10_SUBDIR} or "
-        f"in {data_dir}; download cifar-10-python.tar.gz from "
-        "https://www.cs.toronto.edu/~kriz/cifar.html and extract it there"
+        f"in {data_dir}: extract the CIFAR-10 python version (cifar-10-python.tar.gz) there; "
+        "apb never downloads data"
     )
 
 

@@ -10,13 +10,21 @@ missing build then raises an ImportError naming how to build (``make install``, 
 
 Kernels:
     pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
+    pack_planes: k-bit codes as bit-planes; bgemm_1x1, bgemm_1x2, bgemm_2x2: integer
+    GEMMs of packed operands by XOR/AND + popcount (see :mod:`apb.kernels.bgemm`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
     (``APB_ISA=scalar|avx2|avx512`` in the environment overrides the default choice).
     set_num_threads, get_num_threads: OpenMP threads of the kernels.
+
+Measurement:
+    xor_popcount_roofline: one core's XOR+popcount throughput on L1 data (the limit the
+    bitwise GEMMs are quoted against).
 """
 
+from apb.kernels.bgemm import MAX_PLANES, bgemm_1x1, bgemm_1x2, bgemm_2x2, pack_planes
+from apb.kernels.roofline import xor_popcount_roofline
 from apb.kernels.runtime import (
     ISA_NAMES,
     active_isa,
@@ -30,12 +38,18 @@ from apb.kernels.sign_packing import pack_signs, unpack_signs
 
 __all__ = [
     "ISA_NAMES",
+    "MAX_PLANES",
     "active_isa",
     "available_isas",
+    "bgemm_1x1",
+    "bgemm_1x2",
+    "bgemm_2x2",
     "get_num_threads",
+    "pack_planes",
     "pack_signs",
     "set_isa",
     "set_num_threads",
     "unpack_signs",
     "use_isa",
+    "xor_popcount_roofline",
 ]

@@ -9,6 +9,7 @@ torch is never imported here: a tensor can only be passed once torch is loaded.
 
 from __future__ import annotations
 
+import operator
 import sys
 from typing import Any
 
@@ -26,7 +27,7 @@ def is_torch_tensor(x: Any) -> bool:
 
 
 def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
-    """Validate a 2-D, C-contiguous CPU matrix of ``dtype`` ('float32' or 'uint64').
+    """Validate a 2-D, C-contiguous CPU matrix of ``dtype`` (e.g. 'float32', 'uint64').
 
     Returns ``x`` ready for the extension: a torch tensor is detached (kernels are not
     differentiable), a numpy array is returned as is.
@@ -35,6 +36,12 @@ def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
         TypeError: ``x`` is not a numpy array or torch tensor, or has another dtype.
         ValueError: ``x`` is not 2-D, not C-contiguous, or not in CPU memory.
     """
+    return check_array(x, fn=fn, arg=arg, dtype=dtype, layout=("rows", "columns"))
+
+
+def check_array(x: Any, *, fn: str, arg: str, dtype: str, layout: tuple[str, ...]) -> Any:
+    """Validate a C-contiguous CPU array of ``dtype`` with one dimension per name in
+    ``layout`` (e.g. ``("planes", "rows", "words")``); see :func:`check_matrix`."""
     where = f"{fn}: {arg}"
     if isinstance(x, np.ndarray):
         if x.dtype != np.dtype(dtype):
@@ -42,7 +49,7 @@ def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
                 f"{where} must have dtype {dtype} (native byte order), got {x.dtype}; "
                 f"convert with {arg}.astype(np.{dtype})"
             )
-        _check_rank(x.shape, where)
+        _check_rank(x.shape, layout, where)
         if not x.flags.c_contiguous:
             raise ValueError(
                 f"{where} must be C-contiguous (row-major), got strides {x.strides}; "
@@ -62,7 +69,7 @@ def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
             raise ValueError(
                 f"{where} must be a CPU tensor, got device {x.device}; move it with {arg}.cpu()"
             )
-        _check_rank(tuple(x.shape), where)
+        _check_rank(tuple(x.shape), layout, where)
         if not x.is_contiguous():
             raise ValueError(
                 f"{where} must be C-contiguous (row-major), got strides {tuple(x.stride())}; "
@@ -75,9 +82,11 @@ def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
     )
 
 
-def _check_rank(shape: tuple[int, ...], where: str) -> None:
-    if len(shape) != 2:
-        raise ValueError(f"{where} must be 2-D [rows, columns], got shape {tuple(shape)}")
+def _check_rank(shape: tuple[int, ...], layout: tuple[str, ...], where: str) -> None:
+    if len(shape) != len(layout):
+        raise ValueError(
+            f"{where} must be {len(layout)}-D [{', '.join(layout)}], got shape {tuple(shape)}"
+        )
 
 
 def like_input(result: np.ndarray, x: Any) -> Any:
@@ -88,3 +97,19 @@ def like_input(result: np.ndarray, x: Any) -> Any:
 
         return torch.from_numpy(result)
     return result
+
+
+def check_int(value: Any, *, fn: str, arg: str, what: str) -> int:
+    """``value`` as a Python int (numpy integers accepted, bools not).
+
+    Raises:
+        TypeError: ``value`` is not an integer; the message says it should be ``what``.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{fn}: {arg} must be an int ({what}), got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: {arg} must be an int ({what}), got {type(value).__name__}"
+        ) from None

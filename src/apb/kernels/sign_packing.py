@@ -23,12 +23,11 @@ bit 1 to -1.0.
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 
-from apb.kernels._arrays import check_matrix, like_input
+from apb.kernels._arrays import check_int, check_matrix, like_input
 from apb.kernels._ext import extension
 
 
@@ -66,14 +65,7 @@ def unpack_signs(bits: Any, k: int) -> Any:
         kind as ``bits``.
     """
     bits = check_matrix(bits, fn="unpack_signs", arg="bits", dtype="uint64")
-    if isinstance(k, bool):
-        raise TypeError("unpack_signs: k must be an int (the number of columns), got bool")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(
-            f"unpack_signs: k must be an int (the number of columns), got {type(k).__name__}"
-        ) from None
+    k = check_int(k, fn="unpack_signs", arg="k", what="the number of columns")
     if k < 0:
         raise ValueError(f"unpack_signs: k must be >= 0, got {k}")
     words = bits.shape[1]

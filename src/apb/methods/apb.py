@@ -25,6 +25,8 @@ class APBConfig(CompressionConfig):
             threshold over all compressed layers meets it in total).
         value_bits: storage of full-precision values: 32 or 16.
         delta_init: ``δ`` starts at ``delta_init · std(W)`` when it is learned.
+        fp_penalty: when δ is learned, the price λ of a memory term λ·(full-precision
+            fraction) added to the loss; the knob between memory and accuracy.
     """
 
     per_channel: bool = False
@@ -34,6 +36,7 @@ class APBConfig(CompressionConfig):
     budget_scope: str = "layer"
     value_bits: int = FP32_BITS
     delta_init: float = 3.0
+    fp_penalty: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -52,6 +55,11 @@ class APBConfig(CompressionConfig):
             raise ValueError(f"budget_scope must be 'layer' or 'model', got {self.budget_scope!r}")
         if self.value_bits not in (FP32_BITS, FP16_BITS):
             raise ValueError(f"value_bits must be 32 or 16, got {self.value_bits}")
+        if self.fp_penalty < 0:
+            raise ValueError(f"fp_penalty must be >= 0, got {self.fp_penalty}")
+        if self.fp_penalty and (self.fp_fraction is not None or self.bits_per_weight is not None):
+            raise ValueError("fp_penalty applies to a learned delta; a budget fixes the "
+                             "full-precision count already")
         if self.delta_init <= 0:
             raise ValueError(f"delta_init must be positive, got {self.delta_init}")
 
@@ -75,7 +83,7 @@ class APBMethod(Method):
         )
         return APBWeightQuantizer(
             weight, per_channel=c.per_channel, grad=c.grad, value_bits=c.value_bits,
-            delta_init=c.delta_init, **budget,
+            delta_init=c.delta_init, fp_penalty=c.fp_penalty, **budget,
         )
 
     def prepare(self, model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:

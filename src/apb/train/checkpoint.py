@@ -76,7 +76,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if "unsupported global" not in str(err).lower():
             raise CheckpointError(
                 f"cannot read {path} as a checkpoint: it is corrupt or not a PyTorch file "
-                f"({_first_line(err)})"
+                f"({type(err).__name__})"
             ) from err
         raise CheckpointError(
             f"{path} holds Python objects that a safe (weights_only) load refuses, so it is "
