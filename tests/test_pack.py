@@ -181,6 +181,18 @@ def test_packed_layers_reproduce_training_layers(method, act_bits):
             layer, (PackedAPBConv2d, PackedAPBLinear))) > 0
 
 
+@pytest.mark.parametrize("act_bits", [32, 2, 1])
+@pytest.mark.parametrize("method", ["apb", "dorefa2"])
+def test_backends_agree(method, act_bits):
+    """The compiled kernels against the pure-torch reference, through whole layers."""
+    activation = "hardtanh" if act_bits == 1 else "relu"
+    model = prepare(odd_model(activation), CONFIGS[method](act_bits), ODD_INPUT)
+    x = torch.randn(*ODD_INPUT)
+    with torch.no_grad():
+        outputs = [packed_copy(model, backend=b)(x) for b in apb.pack.BACKENDS]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+
+
 def test_one_bit_padding_correction_is_needed():
     """With ±1 inputs a padded position's bit reads +1: the popcount product alone is wrong
     at the border, the packed layer (which subtracts the correction) is right."""
@@ -290,7 +302,7 @@ def test_packed_layers_print_what_they_are():
     text = repr(packed_copy(model))
     assert "PackedAPBConv2d(5, 7, kernel_size=(3, 3), stride=(2, 2)" in text
     assert "act_bits=2, method=apb, alpha=per-layer, fp_weights=" in text
-    assert "backend=reference" in text
+    assert f"backend={apb.pack.DEFAULT_BACKEND}" in text
 
 
 def test_trained_layers_are_left_alone_by_summary_after_packing():

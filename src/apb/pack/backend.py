@@ -31,16 +31,18 @@ REFERENCE: dict[str, Callable] = {
 
 def _compiled_kernels() -> dict[str, Callable]:
     """The compiled kernels, by the same names (imported on first use)."""
-    # Until the popcount and sparse kernel families are merged, only the sign packing
-    # exists in apb.kernels; the other ops run the reference under this backend too.
     from .. import kernels
 
-    table = dict(REFERENCE)
+    table = dict(REFERENCE)  # ops without a compiled kernel yet run the reference
     table["pack_signs"] = kernels.pack_signs
+    table["pack_planes"] = kernels.pack_planes
+    table["bgemm_1x1"] = kernels.bgemm_1x1
+    table["bgemm_1x2"] = kernels.bgemm_1x2
+    table["bgemm_2x2"] = kernels.bgemm_2x2
     return table
 
 
-DEFAULT_BACKEND = "reference"
+DEFAULT_BACKEND = "kernels"
 """The backend of packed layers unless one is asked for."""
 
 _tables: dict[str, dict[str, Callable]] = {"reference": REFERENCE}

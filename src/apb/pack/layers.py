@@ -254,13 +254,13 @@ class _ConvGeometry(PackedLayer):
         """im2col rows ``[N, K]`` of a full-precision input."""
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding,
                         stride=self.stride)
-        return cols.transpose(1, 2).reshape(-1, self.cols)
+        return cols.transpose(1, 2).reshape(-1, self.cols).contiguous()
 
     def _columns_kn(self, x: Tensor) -> Tensor:
         """im2col columns ``[K, N]`` (positions ``(b, oy, ox)``), the sparse product's input."""
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding,
                         stride=self.stride)
-        return cols.permute(1, 0, 2).reshape(self.cols, -1)
+        return cols.permute(1, 0, 2).reshape(self.cols, -1).contiguous()
 
     def _sign_bits(self, x: Tensor) -> Tensor:
         return apb_ops.im2col_pack_signs(x, *self._geometry(), self.backend)
