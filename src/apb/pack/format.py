@@ -155,18 +155,23 @@ def _architecture_of(model: nn.Module, architecture: dict | None) -> dict:
 def _plain_tensors(name: str, module: nn.Module) -> dict[str, np.ndarray]:
     """A plain module's parameters and floating-point buffers (what the accounting counts)."""
     out = {}
-    prefix = f"{name}." if name else ""
-    items = list(module.named_parameters(recurse=False)) + [
-        (k, b) for k, b in module.named_buffers(recurse=False) if b.is_floating_point()
-    ]
-    for key, t in items:
-        full = prefix + key
+    for full, t in _stored_tensors(name, module):
         if t.dtype != torch.float32:
             raise ValueError(f"{full} is {t.dtype}; the packed format stores float32 tensors")
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{full} holds NaN or Inf values; such a model cannot be saved")
         out[full] = t.detach().cpu().contiguous().numpy().copy()
     return out
+
+
+def _stored_tensors(name: str, module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(state_dict name, tensor)`` of what a plain module stores: its own parameters and
+    floating-point buffers (integer counters such as ``num_batches_tracked`` are not)."""
+    prefix = f"{name}." if name else ""
+    own = list(module.named_parameters(recurse=False)) + [
+        (k, b) for k, b in module.named_buffers(recurse=False) if b.is_floating_point()
+    ]
+    return [(prefix + key, t) for key, t in own]
 
 
 def layer_config(layer: PackedLayer) -> dict[str, Any]:
@@ -292,12 +297,7 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
     for name, module in net.named_modules():
         if name in packed or any(name.startswith(p + ".") for p in packed):
             continue
-        prefix = f"{name}." if name else ""
-        items = list(module.named_parameters(recurse=False)) + [
-            (k, b) for k, b in module.named_buffers(recurse=False) if b.is_floating_point()
-        ]
-        for key, t in items:
-            full = prefix + key
+        for full, t in _stored_tensors(name, module):
             arr = _take(arrays, full, tuple(t.shape), "float32", used, where)
             if not np.isfinite(arr).all():
                 raise PackedFormatError(f"{where}: tensor {full!r} holds NaN or Inf values")
