@@ -6,5 +6,6 @@
 namespace apb::bind {
 
 void bind_pack_signs(nanobind::module_ &m);
+void bind_bgemm_1xf(nanobind::module_ &m);
 
 }  // namespace apb::bind

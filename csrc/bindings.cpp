@@ -31,6 +31,7 @@ NB_MODULE(_C, m) {
               "time to the best instruction set the CPU has.";
 
     apb::bind::bind_pack_signs(m);
+    apb::bind::bind_bgemm_1xf(m);
 
     m.def("active_isa", []() { return std::string(apb::isa_name(apb::active_isa())); },
           "Instruction set the kernels run with: 'scalar', 'avx2' or 'avx512'.");

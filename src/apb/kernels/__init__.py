@@ -10,6 +10,7 @@ missing build then raises an ImportError naming how to build (``make install``, 
 
 Kernels:
     pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
+    bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -17,6 +18,7 @@ Run time:
     set_num_threads, get_num_threads: OpenMP threads of the kernels.
 """
 
+from apb.kernels.bgemm_fp import bgemm_1xf
 from apb.kernels.runtime import (
     ISA_NAMES,
     active_isa,
@@ -32,6 +34,7 @@ __all__ = [
     "ISA_NAMES",
     "active_isa",
     "available_isas",
+    "bgemm_1xf",
     "get_num_threads",
     "pack_signs",
     "set_isa",
