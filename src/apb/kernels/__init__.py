@@ -11,6 +11,7 @@ missing build then raises an ImportError naming how to build (``make install``, 
 Kernels:
     pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
     bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
+    spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -29,6 +30,7 @@ from apb.kernels.runtime import (
     use_isa,
 )
 from apb.kernels.sign_packing import pack_signs, unpack_signs
+from apb.kernels.spmm import spmm_csr
 
 __all__ = [
     "ISA_NAMES",
@@ -39,6 +41,7 @@ __all__ = [
     "pack_signs",
     "set_isa",
     "set_num_threads",
+    "spmm_csr",
     "unpack_signs",
     "use_isa",
 ]
