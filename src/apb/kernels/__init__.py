@@ -12,6 +12,8 @@ Kernels:
     pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
     bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
     spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
+    im2col_pack_signs, im2col_pack_codes, quantize_pack_codes: layer inputs quantized
+    and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -19,6 +21,11 @@ Run time:
     set_num_threads, get_num_threads: OpenMP threads of the kernels.
 """
 
+from apb.kernels.activation_packing import (
+    im2col_pack_codes,
+    im2col_pack_signs,
+    quantize_pack_codes,
+)
 from apb.kernels.bgemm_fp import bgemm_1xf
 from apb.kernels.runtime import (
     ISA_NAMES,
@@ -38,7 +45,10 @@ __all__ = [
     "available_isas",
     "bgemm_1xf",
     "get_num_threads",
+    "im2col_pack_codes",
+    "im2col_pack_signs",
     "pack_signs",
+    "quantize_pack_codes",
     "set_isa",
     "set_num_threads",
     "spmm_csr",
