@@ -8,5 +8,8 @@ namespace apb::bind {
 void bind_pack_signs(nanobind::module_ &m);
 void bind_roofline(nanobind::module_ &m);
 void bind_bgemm(nanobind::module_ &m);
+void bind_bgemm_1xf(nanobind::module_ &m);
+void bind_spmm_csr(nanobind::module_ &m);
+void bind_pack_activations(nanobind::module_ &m);
 
 }  // namespace apb::bind

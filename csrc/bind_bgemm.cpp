@@ -88,13 +88,13 @@ NumpyMatrix<int32_t> run_gemm(const AnyArray &w, const AnyArray &x, int64_t M, i
     return out;
 }
 
-NumpyArray3<uint64_t> py_pack_planes(const AnyArray &codes, int64_t bits) {
+nb::ndarray<nb::numpy, uint64_t> py_pack_planes(const AnyArray &codes, int64_t bits) {
     check_matrix<uint8_t>(codes, "pack_planes", "codes", "uint8");
     check_planes(bits, "pack_planes", "bits");
     const int64_t N = static_cast<int64_t>(codes.shape(0));
     const int64_t K = static_cast<int64_t>(codes.shape(1));
     const int P = static_cast<int>(bits);
-    auto out = new_array3<uint64_t>(P, N, words_for(K));
+    auto out = new_array<uint64_t>({static_cast<size_t>(P), static_cast<size_t>(N), static_cast<size_t>(words_for(K))});
     const uint8_t *src = static_cast<const uint8_t *>(codes.data());
     uint64_t *dst = out.data();
     surface_isa_errors();
@@ -135,7 +135,7 @@ NumpyMatrix<int32_t> py_bgemm_1x2(const AnyArray &w, const AnyArray &x,
                                   std::optional<int64_t> k) {
     const char *fn = "bgemm_1x2";
     check_matrix<uint64_t>(w, fn, "w", "uint64");
-    check_array<uint64_t>(x, 3, fn, "x", "uint64", "[planes, rows, words]");
+    check_array<uint64_t>(x, fn, "x", "uint64", 3);
     const int64_t P = static_cast<int64_t>(x.shape(0));
     check_planes(P, fn, "the number of planes of x");
     const int64_t M = static_cast<int64_t>(w.shape(0));
@@ -152,8 +152,8 @@ NumpyMatrix<int32_t> py_bgemm_1x2(const AnyArray &w, const AnyArray &x,
 NumpyMatrix<int32_t> py_bgemm_2x2(const AnyArray &w, const AnyArray &x,
                                   std::optional<int64_t> k) {
     const char *fn = "bgemm_2x2";
-    check_array<uint64_t>(w, 3, fn, "w", "uint64", "[planes, rows, words]");
-    check_array<uint64_t>(x, 3, fn, "x", "uint64", "[planes, rows, words]");
+    check_array<uint64_t>(w, fn, "w", "uint64", 3);
+    check_array<uint64_t>(x, fn, "x", "uint64", 3);
     const int64_t Q = static_cast<int64_t>(w.shape(0));
     const int64_t P = static_cast<int64_t>(x.shape(0));
     check_planes(Q, fn, "the number of planes of w");

@@ -7,6 +7,7 @@
 #include <nanobind/ndarray.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -42,36 +43,30 @@ inline std::string shape_string(const AnyArray &a) {
     return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-// Row-major with rows of shape[1] elements. Strides of size-1 dimensions, and all
-// strides of an empty array, are irrelevant (numpy and torch leave them arbitrary).
-inline bool is_c_contiguous_2d(const AnyArray &a) {
-    const int64_t rows = static_cast<int64_t>(a.shape(0));
-    const int64_t cols = static_cast<int64_t>(a.shape(1));
-    if (rows == 0 || cols == 0) return true;
-    return (cols == 1 || a.stride(1) == 1) && (rows == 1 || a.stride(0) == cols);
-}
-
-// Row-major in every dimension (C order), under the same rules as above.
+// Row-major in every dimension. Strides of size-1 dimensions, and all strides of an
+// empty array, are irrelevant (numpy and torch leave them arbitrary).
 inline bool is_c_contiguous(const AnyArray &a) {
     for (size_t i = 0; i < a.ndim(); ++i) {
         if (a.shape(i) == 0) return true;
     }
     int64_t expected = 1;
     for (size_t i = a.ndim(); i-- > 0;) {
-        const int64_t extent = static_cast<int64_t>(a.shape(i));
-        if (extent != 1 && a.stride(i) != expected) return false;
-        expected *= extent;
+        if (a.shape(i) != 1 && a.stride(i) != expected) return false;
+        expected *= static_cast<int64_t>(a.shape(i));
     }
     return true;
 }
 
-template <typename T>
-void check_cpu_dtype(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
+inline void check_cpu(const AnyArray &a, const char *fn, const char *arg) {
     if (a.device_type() != nb::device::cpu::value) {
         throw nb::type_error((std::string(fn) + ": " + arg +
                               " must be in CPU memory; move it with .cpu() first")
                                  .c_str());
     }
+}
+
+template <typename T>
+void check_dtype(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
     if (a.dtype() != nb::dtype<T>()) {
         throw nb::type_error((std::string(fn) + ": " + arg + " must have dtype " + expected +
                               ", got " + dtype_name(a.dtype()))
@@ -79,29 +74,11 @@ void check_cpu_dtype(const AnyArray &a, const char *fn, const char *arg, const c
     }
 }
 
-template <typename T>
-void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
-    check_cpu_dtype<T>(a, fn, arg, expected);
-    if (a.ndim() != 2) {
-        throw std::invalid_argument(std::string(fn) + ": " + arg +
-                                    " must be 2-D, got shape " + shape_string(a));
-    }
-    if (!is_c_contiguous_2d(a)) {
-        throw std::invalid_argument(std::string(fn) + ": " + arg +
-                                    " must be C-contiguous (row-major); pass "
-                                    "np.ascontiguousarray(x) or x.contiguous()");
-    }
-}
-
-// An ndim-D C-contiguous CPU array of T; `layout` names the dimensions for the
-// message, e.g. "[planes, rows, words]".
-template <typename T>
-void check_array(const AnyArray &a, size_t ndim, const char *fn, const char *arg,
-                 const char *expected, const char *layout) {
-    check_cpu_dtype<T>(a, fn, arg, expected);
+// Rank and layout only (for arguments that may have one of several dtypes).
+inline void check_layout(const AnyArray &a, const char *fn, const char *arg, size_t ndim) {
     if (a.ndim() != ndim) {
         throw std::invalid_argument(std::string(fn) + ": " + arg + " must be " +
-                                    std::to_string(ndim) + "-D " + layout + ", got shape " +
+                                    std::to_string(ndim) + "-D, got shape " +
                                     shape_string(a));
     }
     if (!is_c_contiguous(a)) {
@@ -109,6 +86,20 @@ void check_array(const AnyArray &a, size_t ndim, const char *fn, const char *arg
                                     " must be C-contiguous (row-major); pass "
                                     "np.ascontiguousarray(x) or x.contiguous()");
     }
+}
+
+// A CPU, C-contiguous array of dtype T and rank ndim.
+template <typename T>
+void check_array(const AnyArray &a, const char *fn, const char *arg, const char *expected,
+                 size_t ndim) {
+    check_cpu(a, fn, arg);
+    check_dtype<T>(a, fn, arg, expected);
+    check_layout(a, fn, arg, ndim);
+}
+
+template <typename T>
+void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
+    check_array<T>(a, fn, arg, expected, 2);
 }
 
 template <typename T>
@@ -119,15 +110,14 @@ NumpyMatrix<T> new_matrix(int64_t rows, int64_t cols) {
                           owner);
 }
 
+// A C-contiguous numpy array of any rank, owned by the returned object.
 template <typename T>
-using NumpyArray3 = nb::ndarray<nb::numpy, T, nb::ndim<3>>;
-
-template <typename T>
-NumpyArray3<T> new_array3(int64_t d0, int64_t d1, int64_t d2) {
-    T *buf = new T[static_cast<size_t>(d0) * static_cast<size_t>(d1) * static_cast<size_t>(d2)];
+nb::ndarray<nb::numpy, T> new_array(std::initializer_list<size_t> shape) {
+    size_t count = 1;
+    for (size_t d : shape) count *= d;
+    T *buf = new T[count];
     nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
-    return NumpyArray3<T>(
-        buf, {static_cast<size_t>(d0), static_cast<size_t>(d1), static_cast<size_t>(d2)}, owner);
+    return nb::ndarray<nb::numpy, T>(buf, shape, owner);
 }
 
 }  // namespace apb::bind

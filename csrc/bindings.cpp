@@ -33,6 +33,9 @@ NB_MODULE(_C, m) {
     apb::bind::bind_pack_signs(m);
     apb::bind::bind_roofline(m);
     apb::bind::bind_bgemm(m);
+    apb::bind::bind_bgemm_1xf(m);
+    apb::bind::bind_spmm_csr(m);
+    apb::bind::bind_pack_activations(m);
 
     m.def("active_isa", []() { return std::string(apb::isa_name(apb::active_isa())); },
           "Instruction set the kernels run with: 'scalar', 'avx2' or 'avx512'.");

@@ -43,6 +43,7 @@ CpuFeatures detect() {
     const bool osxsave = (l1.ecx >> 27) & 1;
     const bool popcnt = (l1.ecx >> 23) & 1;
     const bool fma = (l1.ecx >> 12) & 1;
+    const bool f16c = (l1.ecx >> 29) & 1;
     const bool avx = (l1.ecx >> 28) & 1;
     if (!osxsave || !avx) return f;
     const uint64_t xcr0 = read_xcr0();
@@ -55,7 +56,7 @@ CpuFeatures detect() {
     const bool avx512bw = (l7.ebx >> 30) & 1;
     const bool avx512vl = (l7.ebx >> 31) & 1;  // the AVX-512 files are built with -mavx512vl
     const bool avx512_vpopcntdq = (l7.ecx >> 14) & 1;
-    f.avx2 = os_ymm && avx2 && fma && bmi2 && popcnt;
+    f.avx2 = os_ymm && avx2 && fma && bmi2 && popcnt && f16c;
     f.avx512 = f.avx2 && os_zmm && avx512f && avx512bw && avx512vl && avx512_vpopcntdq;
     return f;
 }

@@ -16,7 +16,7 @@ namespace apb {
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
 struct CpuFeatures {
-    // AVX2 + FMA + BMI2 + POPCNT, with the OS saving ymm state.
+    // AVX2 + FMA + BMI2 + POPCNT + F16C, with the OS saving ymm state.
     bool avx2 = false;
     // AVX-512 F + BW + VL + VPOPCNTDQ, with the OS saving zmm/opmask state.
     bool avx512 = false;

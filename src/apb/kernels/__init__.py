@@ -12,6 +12,10 @@ Kernels:
     pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
     pack_planes: k-bit codes as bit-planes; bgemm_1x1, bgemm_1x2, bgemm_2x2: integer
     GEMMs of packed operands by XOR/AND + popcount (see :mod:`apb.kernels.bgemm`).
+    bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
+    spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
+    im2col_pack_signs, im2col_pack_codes, quantize_pack_codes: layer inputs quantized
+    and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -23,7 +27,13 @@ Measurement:
     bitwise GEMMs are quoted against).
 """
 
+from apb.kernels.activation_packing import (
+    im2col_pack_codes,
+    im2col_pack_signs,
+    quantize_pack_codes,
+)
 from apb.kernels.bgemm import MAX_PLANES, bgemm_1x1, bgemm_1x2, bgemm_2x2, pack_planes
+from apb.kernels.bgemm_fp import bgemm_1xf
 from apb.kernels.roofline import xor_popcount_roofline
 from apb.kernels.runtime import (
     ISA_NAMES,
@@ -35,6 +45,7 @@ from apb.kernels.runtime import (
     use_isa,
 )
 from apb.kernels.sign_packing import pack_signs, unpack_signs
+from apb.kernels.spmm import spmm_csr
 
 __all__ = [
     "ISA_NAMES",
@@ -43,12 +54,17 @@ __all__ = [
     "available_isas",
     "bgemm_1x1",
     "bgemm_1x2",
+    "bgemm_1xf",
     "bgemm_2x2",
     "get_num_threads",
+    "im2col_pack_codes",
+    "im2col_pack_signs",
     "pack_planes",
     "pack_signs",
+    "quantize_pack_codes",
     "set_isa",
     "set_num_threads",
+    "spmm_csr",
     "unpack_signs",
     "use_isa",
     "xor_popcount_roofline",

@@ -27,7 +27,7 @@ def is_torch_tensor(x: Any) -> bool:
 
 
 def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
-    """Validate a 2-D, C-contiguous CPU matrix of ``dtype`` (e.g. 'float32', 'uint64').
+    """Validate a 2-D, C-contiguous CPU matrix of ``dtype`` ('float32' or 'uint64').
 
     Returns ``x`` ready for the extension: a torch tensor is detached (kernels are not
     differentiable), a numpy array is returned as is.
@@ -36,40 +36,60 @@ def check_matrix(x: Any, *, fn: str, arg: str, dtype: str) -> Any:
         TypeError: ``x`` is not a numpy array or torch tensor, or has another dtype.
         ValueError: ``x`` is not 2-D, not C-contiguous, or not in CPU memory.
     """
-    return check_array(x, fn=fn, arg=arg, dtype=dtype, layout=("rows", "columns"))
+    return check_array(x, fn=fn, arg=arg, dtypes=dtype, shape="[rows, columns]")
 
 
-def check_array(x: Any, *, fn: str, arg: str, dtype: str, layout: tuple[str, ...]) -> Any:
-    """Validate a C-contiguous CPU array of ``dtype`` with one dimension per name in
-    ``layout`` (e.g. ``("planes", "rows", "words")``); see :func:`check_matrix`."""
+def check_array(
+    x: Any,
+    *,
+    fn: str,
+    arg: str,
+    dtypes: str | tuple[str, ...],
+    shape: str,
+    writable: bool = False,
+) -> Any:
+    """Validate a C-contiguous CPU array whose dtype is one of ``dtypes`` (numpy names)
+    and whose rank is that of ``shape``, a description such as ``"[B, C, H, W]"``.
+
+    ``writable``: the kernel writes into ``x`` (a read-only numpy array is refused).
+    Returns ``x`` as :func:`check_matrix` does.
+
+    Raises:
+        TypeError: ``x`` is not a numpy array or torch tensor, or has another dtype.
+        ValueError: wrong rank, not C-contiguous, not in CPU memory, or read-only.
+    """
     where = f"{fn}: {arg}"
+    names = (dtypes,) if isinstance(dtypes, str) else dtypes
+    expected = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    ndim = shape.count(",") + 1
     if isinstance(x, np.ndarray):
-        if x.dtype != np.dtype(dtype):
+        if x.dtype not in [np.dtype(name) for name in names]:
             raise TypeError(
-                f"{where} must have dtype {dtype} (native byte order), got {x.dtype}; "
-                f"convert with {arg}.astype(np.{dtype})"
+                f"{where} must have dtype {expected} (native byte order), got {x.dtype}; "
+                f"convert with {arg}.astype(np.{names[0]})"
             )
-        _check_rank(x.shape, layout, where)
+        _check_rank(x.shape, ndim, shape, where)
         if not x.flags.c_contiguous:
             raise ValueError(
                 f"{where} must be C-contiguous (row-major), got strides {x.strides}; "
                 f"pass np.ascontiguousarray({arg})"
             )
+        if writable and not x.flags.writeable:
+            raise ValueError(f"{where} is read-only, but the result is written into it")
         return x
     if is_torch_tensor(x):
         import torch  # already loaded: x is a tensor
 
-        expected = getattr(torch, dtype)
-        if x.dtype != expected:
+        if x.dtype not in [getattr(torch, name) for name in names]:
             raise TypeError(
-                f"{where} must have dtype torch.{dtype}, got {x.dtype}; "
-                f"convert with {arg}.to(torch.{dtype})"
+                f"{where} must have dtype {' or '.join('torch.' + n for n in names)}, "
+                f"got {x.dtype}; convert with {arg}.to(torch.{names[0]})"
             )
         if x.device.type != "cpu":
             raise ValueError(
                 f"{where} must be a CPU tensor, got device {x.device}; move it with {arg}.cpu()"
             )
-        _check_rank(tuple(x.shape), layout, where)
+        _check_rank(tuple(x.shape), ndim, shape, where)
         if not x.is_contiguous():
             raise ValueError(
                 f"{where} must be C-contiguous (row-major), got strides {tuple(x.stride())}; "
@@ -78,15 +98,13 @@ def check_array(x: Any, *, fn: str, arg: str, dtype: str, layout: tuple[str, ...
         return x.detach()
     raise TypeError(
         f"{where} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}; "
-        f"convert with np.asarray({arg}, dtype=np.{dtype})"
+        f"convert with np.asarray({arg}, dtype=np.{names[0]})"
     )
 
 
-def _check_rank(shape: tuple[int, ...], layout: tuple[str, ...], where: str) -> None:
-    if len(shape) != len(layout):
-        raise ValueError(
-            f"{where} must be {len(layout)}-D [{', '.join(layout)}], got shape {tuple(shape)}"
-        )
+def _check_rank(actual: tuple[int, ...], ndim: int, shape: str, where: str) -> None:
+    if len(actual) != ndim:
+        raise ValueError(f"{where} must be {ndim}-D {shape}, got shape {tuple(actual)}")
 
 
 def like_input(result: np.ndarray, x: Any) -> Any:
@@ -99,17 +117,14 @@ def like_input(result: np.ndarray, x: Any) -> Any:
     return result
 
 
-def check_int(value: Any, *, fn: str, arg: str, what: str) -> int:
-    """``value`` as a Python int (numpy integers accepted, bools not).
-
-    Raises:
-        TypeError: ``value`` is not an integer; the message says it should be ``what``.
-    """
+def as_int(value: Any, *, fn: str, arg: str, meaning: str) -> int:
+    """``value`` as a Python int (any integer type, not bool), else a TypeError that
+    says what ``arg`` means."""
     if isinstance(value, bool):
-        raise TypeError(f"{fn}: {arg} must be an int ({what}), got bool")
+        raise TypeError(f"{fn}: {arg} must be an int ({meaning}), got bool")
     try:
         return operator.index(value)
     except TypeError:
         raise TypeError(
-            f"{fn}: {arg} must be an int ({what}), got {type(value).__name__}"
+            f"{fn}: {arg} must be an int ({meaning}), got {type(value).__name__}"
         ) from None

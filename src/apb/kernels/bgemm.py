@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from apb.kernels._arrays import check_array, check_int, check_matrix, like_input
+from apb.kernels._arrays import as_int, check_array, check_matrix, like_input
 from apb.kernels._ext import extension
 
 MAX_PLANES = 8
 """Most bit-planes an operand may have (codes are uint8)."""
 
 _INT32_MAX = 2**31 - 1
-_PLANES = ("planes", "rows", "words")
+_PLANES = "[planes, rows, words]"
 
 
 def pack_planes(codes: Any, bits: int) -> Any:
@@ -65,7 +65,7 @@ def pack_planes(codes: Any, bits: int) -> Any:
     """
     codes = check_matrix(codes, fn="pack_planes", arg="codes", dtype="uint8")
     bits = _check_planes(
-        check_int(bits, fn="pack_planes", arg="bits", what="bits per code"), "pack_planes", "bits"
+        as_int(bits, fn="pack_planes", arg="bits", meaning="bits per code"), "pack_planes", "bits"
     )
     return like_input(extension().pack_planes(codes, bits).view(np.uint64), codes)
 
@@ -106,7 +106,7 @@ def bgemm_1x2(w: Any, x: Any, k: int | None = None) -> Any:
     """
     fn = "bgemm_1x2"
     w = check_matrix(w, fn=fn, arg="w", dtype="uint64")
-    x = check_array(x, fn=fn, arg="x", dtype="uint64", layout=_PLANES)
+    x = check_array(x, fn=fn, arg="x", dtypes="uint64", shape=_PLANES)
     planes = _check_planes(x.shape[0], fn, "the number of planes of x")
     words = _check_same_words(w.shape[1], x.shape[2], fn)
     k = 64 * words if k is None else _check_k(k, words, fn)
@@ -128,8 +128,8 @@ def bgemm_2x2(w: Any, x: Any, k: int | None = None) -> Any:
         int32 ``[M, N]``, of the same kind as ``x``.
     """
     fn = "bgemm_2x2"
-    w = check_array(w, fn=fn, arg="w", dtype="uint64", layout=_PLANES)
-    x = check_array(x, fn=fn, arg="x", dtype="uint64", layout=_PLANES)
+    w = check_array(w, fn=fn, arg="w", dtypes="uint64", shape=_PLANES)
+    x = check_array(x, fn=fn, arg="x", dtypes="uint64", shape=_PLANES)
     w_planes = _check_planes(w.shape[0], fn, "the number of planes of w")
     x_planes = _check_planes(x.shape[0], fn, "the number of planes of x")
     words = _check_same_words(w.shape[2], x.shape[2], fn)
@@ -154,7 +154,7 @@ def _check_same_words(w_words: int, x_words: int, fn: str) -> int:
 
 
 def _check_k(k: Any, words: int, fn: str) -> int:
-    k = check_int(k, fn=fn, arg="k", what="the number of columns K")
+    k = as_int(k, fn=fn, arg="k", meaning="the number of columns K")
     if k < 0:
         raise ValueError(f"{fn}: k must be >= 0, got {k}")
     if words != -(-k // 64):

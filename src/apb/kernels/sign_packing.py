@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from apb.kernels._arrays import check_int, check_matrix, like_input
+from apb.kernels._arrays import as_int, check_matrix, like_input
 from apb.kernels._ext import extension
 
 
@@ -65,7 +65,7 @@ def unpack_signs(bits: Any, k: int) -> Any:
         kind as ``bits``.
     """
     bits = check_matrix(bits, fn="unpack_signs", arg="bits", dtype="uint64")
-    k = check_int(k, fn="unpack_signs", arg="k", what="the number of columns")
+    k = as_int(k, fn="unpack_signs", arg="k", meaning="the number of columns")
     if k < 0:
         raise ValueError(f"unpack_signs: k must be >= 0, got {k}")
     words = bits.shape[1]

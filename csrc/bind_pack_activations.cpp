@@ -1,0 +1,102 @@
+// Bindings of the fused quantize + bit-pack kernels for layer inputs (Linear rows and
+// convolution im2col).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include "bind.h"
+#include "bind_util.h"
+#include "cpu_features.h"
+#include "pack_activations.h"
+
+namespace nb = nanobind;
+using namespace apb::bind;
+
+namespace {
+
+using Packed = nb::ndarray<nb::numpy, uint64_t>;
+
+apb::Conv2dGeometry geometry_of(const AnyArray &x, const char *fn, int64_t kernel_h,
+                                int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                                int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                                int64_t dilation_w) {
+    check_array<float>(x, fn, "x", "float32", 4);
+    return apb::conv2d_geometry(
+        static_cast<int64_t>(x.shape(0)), static_cast<int64_t>(x.shape(1)),
+        static_cast<int64_t>(x.shape(2)), static_cast<int64_t>(x.shape(3)), kernel_h, kernel_w,
+        stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+}
+
+Packed im2col_run(const AnyArray &x, const apb::Conv2dGeometry &g,
+                  const apb::ActivationQuantizer &q, bool squeeze_plane) {
+    const size_t planes = static_cast<size_t>(q.planes);
+    const size_t n = static_cast<size_t>(g.positions());
+    const size_t w = static_cast<size_t>(g.words());
+    Packed out =
+        squeeze_plane ? new_array<uint64_t>({n, w}) : new_array<uint64_t>({planes, n, w});
+    const float *src = static_cast<const float *>(x.data());
+    uint64_t *dst = out.data();
+    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+    {
+        nb::gil_scoped_release release;
+        apb::im2col_pack(src, g, q, dst);
+    }
+    return out;
+}
+
+Packed py_im2col_pack_signs(const AnyArray &x, int64_t kernel_h, int64_t kernel_w,
+                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                            int64_t dilation_h, int64_t dilation_w) {
+    const apb::Conv2dGeometry g = geometry_of(x, "im2col_pack_signs", kernel_h, kernel_w,
+                                              stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                              dilation_w);
+    return im2col_run(x, g, apb::sign_quantizer(), true);
+}
+
+Packed py_im2col_pack_codes(const AnyArray &x, double scale, int64_t bits, int64_t kernel_h,
+                            int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                            int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                            int64_t dilation_w) {
+    const apb::Conv2dGeometry g = geometry_of(x, "im2col_pack_codes", kernel_h, kernel_w,
+                                              stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                              dilation_w);
+    return im2col_run(x, g, apb::code_quantizer(scale, bits), false);
+}
+
+Packed py_quantize_pack_codes(const AnyArray &x, double scale, int64_t bits) {
+    check_matrix<float>(x, "quantize_pack_codes", "x", "float32");
+    const apb::ActivationQuantizer q = apb::code_quantizer(scale, bits);
+    const int64_t N = static_cast<int64_t>(x.shape(0));
+    const int64_t K = static_cast<int64_t>(x.shape(1));
+    const size_t words = static_cast<size_t>((K + 63) / 64);
+    Packed out = new_array<uint64_t>(
+        {static_cast<size_t>(q.planes), static_cast<size_t>(N), words});
+    const float *src = static_cast<const float *>(x.data());
+    uint64_t *dst = out.data();
+    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+    {
+        nb::gil_scoped_release release;
+        apb::quantize_pack(src, N, K, q, dst);
+    }
+    return out;
+}
+
+}  // namespace
+
+void apb::bind::bind_pack_activations(nb::module_ &m) {
+    m.def("im2col_pack_signs", &py_im2col_pack_signs, nb::arg("x"), nb::arg("kernel_h"),
+          nb::arg("kernel_w"), nb::arg("stride_h"), nb::arg("stride_w"), nb::arg("pad_h"),
+          nb::arg("pad_w"), nb::arg("dilation_h"), nb::arg("dilation_w"),
+          "Unfold float32 [B, C, H, W] (C-contiguous) as Conv2d does and pack the signs: "
+          "uint64 [B*OH*OW, ceil(C*kh*kw/64)], bit = x < 0, zero padding gives bit 0.");
+    m.def("im2col_pack_codes", &py_im2col_pack_codes, nb::arg("x"), nb::arg("scale"),
+          nb::arg("bits"), nb::arg("kernel_h"), nb::arg("kernel_w"), nb::arg("stride_h"),
+          nb::arg("stride_w"), nb::arg("pad_h"), nb::arg("pad_w"), nb::arg("dilation_h"),
+          nb::arg("dilation_w"),
+          "Unfold float32 [B, C, H, W] as Conv2d does, quantize to codes "
+          "round(min(max(x, 0), s) / s * (2^bits - 1)) and pack bit-planes: uint64 "
+          "[bits, B*OH*OW, ceil(C*kh*kw/64)]; zero padding gives code 0.");
+    m.def("quantize_pack_codes", &py_quantize_pack_codes, nb::arg("x"), nb::arg("scale"),
+          nb::arg("bits"),
+          "Quantize float32 [N, K] to codes round(min(max(x, 0), s) / s * (2^bits - 1)) "
+          "and pack bit-planes: uint64 [bits, N, ceil(K/64)].");
+}

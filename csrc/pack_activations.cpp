@@ -1,0 +1,127 @@
+// Argument checks, dispatch and threading for activation packing; compiled without
+// ISA flags.
+#include "pack_activations.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "cpu_features.h"
+#include "threads.h"
+
+namespace apb {
+
+namespace {
+
+using ImRowFn = void (*)(const float *, const Conv2dGeometry &, const ActivationQuantizer &,
+                         int64_t, uint64_t *, int64_t);
+using RowFn = void (*)(const float *, int64_t, const ActivationQuantizer &, int64_t,
+                       uint64_t *, int64_t);
+
+struct Packers {
+    ImRowFn im2col_row;
+    RowFn quantize_row;
+};
+
+// AVX-512 machines run the AVX2 packers: packing is a small share of a layer's time.
+Packers packers_for(Isa isa) {
+#if defined(APB_HAVE_X86_KERNELS)
+    if (isa != Isa::scalar) return {im2col_pack_row_avx2, quantize_pack_row_avx2};
+#endif
+    (void)isa;
+    return {im2col_pack_row_scalar, quantize_pack_row_scalar};
+}
+
+constexpr int64_t kMaxParameter = int64_t{1} << 31;
+
+void check_range(const char *name, int64_t value, int64_t lowest) {
+    if (value < lowest || value >= kMaxParameter) {
+        throw std::invalid_argument("im2col: " + std::string(name) + " must be in [" +
+                                    std::to_string(lowest) + ", 2^31), got " +
+                                    std::to_string(value));
+    }
+}
+
+int64_t output_size(const char *axis, int64_t size, int64_t kernel, int64_t stride,
+                    int64_t pad, int64_t dilation) {
+    const int64_t span = dilation * (kernel - 1) + 1;
+    const int64_t padded = size + 2 * pad;
+    if (span > padded) {
+        throw std::invalid_argument(
+            "im2col: the kernel covers " + std::to_string(span) + " input " + axis +
+            " (kernel " + std::to_string(kernel) + ", dilation " + std::to_string(dilation) +
+            ") but the padded input has only " + std::to_string(padded) +
+            " (size " + std::to_string(size) + " + 2 * padding " + std::to_string(pad) +
+            "); use a smaller kernel or dilation, or more padding");
+    }
+    return (padded - span) / stride + 1;
+}
+
+}  // namespace
+
+Conv2dGeometry conv2d_geometry(int64_t batch, int64_t channels, int64_t height, int64_t width,
+                               int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                               int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                               int64_t dilation_h, int64_t dilation_w) {
+    const struct {
+        const char *name;
+        int64_t value, lowest;
+    } parameters[] = {
+        {"batch", batch, 0},          {"channels", channels, 0},     {"height", height, 0},
+        {"width", width, 0},          {"kernel_size", kernel_h, 1},  {"kernel_size", kernel_w, 1},
+        {"stride", stride_h, 1},      {"stride", stride_w, 1},       {"padding", pad_h, 0},
+        {"padding", pad_w, 0},        {"dilation", dilation_h, 1},   {"dilation", dilation_w, 1},
+    };
+    for (const auto &p : parameters) check_range(p.name, p.value, p.lowest);
+    Conv2dGeometry g{batch,    channels, height, width,      kernel_h,   kernel_w, stride_h,
+                     stride_w, pad_h,    pad_w,  dilation_h, dilation_w, 0,        0};
+    g.out_h = output_size("rows", height, kernel_h, stride_h, pad_h, dilation_h);
+    g.out_w = output_size("columns", width, kernel_w, stride_w, pad_w, dilation_w);
+    // Each parameter is < 2^31, but their products need not fit in int64: bound them
+    // in floating point first (the output has at most 8 planes).
+    const double columns = static_cast<double>(channels) * kernel_h * kernel_w;
+    const double words = static_cast<double>(batch) * g.out_h * g.out_w * (columns / 64 + 1);
+    if (columns >= 0x1p60 || words >= 0x1p59) {
+        throw std::invalid_argument("im2col: the packed output would not fit in memory");
+    }
+    return g;
+}
+
+ActivationQuantizer code_quantizer(double scale, int64_t bits) {
+    if (bits < 1 || bits > 8) {
+        throw std::invalid_argument("codes: bits must be in [1, 8], got " +
+                                    std::to_string(bits));
+    }
+    const float s = static_cast<float>(scale);
+    if (!(std::isfinite(s) && s > 0.0f)) {
+        throw std::invalid_argument("codes: scale must be finite and > 0 in float32, got " +
+                                    std::to_string(scale));
+    }
+    const int planes = static_cast<int>(bits);
+    return ActivationQuantizer{false, planes, s, static_cast<float>((1 << planes) - 1)};
+}
+
+ActivationQuantizer sign_quantizer() { return ActivationQuantizer{true, 1, 1.0f, 1.0f}; }
+
+void im2col_pack(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
+                 uint64_t *out) {
+    const int64_t rows = g.batch * g.out_h;
+    if (rows == 0 || g.words() == 0) return;
+    const ImRowFn pack_row = packers_for(active_isa()).im2col_row;  // may throw: outside the team
+    const int64_t plane_stride = g.positions() * g.words();
+    const int nt = threads_for(g.positions() * g.columns());
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t row = 0; row < rows; ++row) pack_row(x, g, q, row, out, plane_stride);
+}
+
+void quantize_pack(const float *x, int64_t N, int64_t K, const ActivationQuantizer &q,
+                   uint64_t *out) {
+    const int64_t words = (K + 63) / 64;
+    if (N <= 0 || words == 0) return;
+    const RowFn pack_row = packers_for(active_isa()).quantize_row;  // may throw: outside the team
+    const int nt = threads_for(N * K);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t n = 0; n < N; ++n) pack_row(x, K, q, n, out, N * words);
+}
+
+}  // namespace apb
