@@ -190,7 +190,7 @@ def test_backends_agree(method, act_bits):
     x = torch.randn(*ODD_INPUT)
     with torch.no_grad():
         outputs = [packed_copy(model, backend=b)(x) for b in apb.pack.BACKENDS]
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+    assert relative_error(outputs[1], outputs[0]) < 1e-5  # float sums in another order
 
 
 def test_one_bit_padding_correction_is_needed():

@@ -33,13 +33,18 @@ def _compiled_kernels() -> dict[str, Callable]:
     """The compiled kernels, by the same names (imported on first use)."""
     from .. import kernels
 
-    table = dict(REFERENCE)  # ops without a compiled kernel yet run the reference
-    table["pack_signs"] = kernels.pack_signs
-    table["pack_planes"] = kernels.pack_planes
-    table["bgemm_1x1"] = kernels.bgemm_1x1
-    table["bgemm_1x2"] = kernels.bgemm_1x2
-    table["bgemm_2x2"] = kernels.bgemm_2x2
-    return table
+    return {
+        "pack_signs": kernels.pack_signs,
+        "pack_planes": kernels.pack_planes,
+        "quantize_pack_codes": kernels.quantize_pack_codes,
+        "im2col_pack_signs": kernels.im2col_pack_signs,
+        "im2col_pack_codes": kernels.im2col_pack_codes,
+        "bgemm_1x1": kernels.bgemm_1x1,
+        "bgemm_1x2": kernels.bgemm_1x2,
+        "bgemm_2x2": kernels.bgemm_2x2,
+        "bgemm_1xf": kernels.bgemm_1xf,
+        "spmm_csr": kernels.spmm_csr,
+    }
 
 
 DEFAULT_BACKEND = "kernels"
