@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import apb.data.mnist5k
+from _packing import one_thread  # noqa: F401  (autouse fixture)
 from apb import cli
 from apb.train import TrainConfig, train
 

@@ -9,10 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import apb
-from _packing import TOLERANCE, packed_copy, prepare, relative_error
+from _packing import (
+    ODD_INPUT,
+    TOLERANCE,
+    odd_model,
+    one_thread,  # noqa: F401  (autouse fixture)
+    packed_copy,
+    prepare,
+    relative_error,
+)
 from apb.kernels.reference import pack_signs_ref
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig, MagnitudeConfig, PruneQuantConfig
 from apb.nn import compressed_layers
@@ -138,19 +145,6 @@ def test_reference_im2col_packing_matches_loop(c, h, w, k, s, p, d, seed):
 
 
 # -- packed layers against the training layers -------------------------------------------
-def odd_model(activation: str) -> nn.Module:
-    """Odd channel counts and spatial sizes, stride, asymmetric padding, dilation, biases."""
-    act = nn.Hardtanh if activation == "hardtanh" else nn.ReLU
-    return nn.Sequential(
-        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), act(),
-        nn.Conv2d(5, 7, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(7), act(),
-        nn.Conv2d(7, 9, (3, 2), stride=(1, 2), padding=(2, 1), dilation=(1, 2)), act(),
-        nn.Conv2d(9, 11, 1), nn.BatchNorm2d(11), act(),
-        nn.Flatten(), nn.Linear(11 * 8 * 3, 13), act(), nn.Linear(13, 10),
-    )
-
-
-ODD_INPUT = (3, 3, 11, 9)
 CONFIGS = {
     "apb": lambda bits: APBConfig(fp_fraction=0.1, act_bits=bits),
     "apb-channel-fp16": lambda bits: APBConfig(fp_fraction=0.1, act_bits=bits,

@@ -16,10 +16,17 @@ from safetensors.numpy import save as st_save
 
 import apb
 import apb.models
-from _packing import TOLERANCE, packed_copy, prepare, relative_error
+from _packing import (
+    ODD_INPUT,
+    TOLERANCE,
+    odd_model,
+    one_thread,  # noqa: F401  (autouse fixture)
+    packed_copy,
+    prepare,
+    relative_error,
+)
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig
 from apb.pack import PackedFormatError, load_packed, read_packed_info, save_packed
-from test_pack import ODD_INPUT, odd_model
 
 
 def lenet(activation: str, **kwargs):
