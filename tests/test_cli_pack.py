@@ -68,6 +68,9 @@ def test_packed_file_predicts_what_its_checkpoint_predicts(act_bits, tmp_path, c
     assert packed_result["model_bytes"] == ckpt_result["model_bytes"]
     assert packed_result["bits_per_weight"] == pytest.approx(ckpt_result["bits_per_weight"])
     assert ckpt_result["bits_per_weight"] <= 1.5
+    table = tmp_path / "summary.json"
+    assert run(["summary", packed, "--json", table], capsys)[0] == 0
+    assert json.loads(table.read_text())["model_bytes"] == packed_result["model_bytes"]
 
 
 def test_errors_are_one_line_and_leave_nothing_behind(tmp_path, capsys):

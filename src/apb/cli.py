@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                                metavar=fname.upper(), help=help_text)
 
     p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
-    p_sum.add_argument("checkpoint", help="a checkpoint written by apb train (last.pt/best.pt)")
+    p_sum.add_argument("checkpoint", metavar="CKPT_OR_FILE",
+                       help="a checkpoint written by apb train (last.pt/best.pt) or a packed "
+                            "model file")
     p_sum.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
 
     p_pack = sub.add_parser(
@@ -238,11 +240,16 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_summary(args) -> int:
+    from .evaluation import is_packed_file
     from .io import atomic_write_text
+    from .pack import load_packed
     from .summary import summary
     from .train import build_model_from_checkpoint
 
-    model, _ = build_model_from_checkpoint(args.checkpoint)
+    if is_packed_file(args.checkpoint):
+        model = load_packed(args.checkpoint)
+    else:
+        model, _ = build_model_from_checkpoint(args.checkpoint)
     s = summary(model)
     print(s.table())
     if args.json:
@@ -324,8 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("apb: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError,
-            CLIError) as err:
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, CLIError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"apb {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

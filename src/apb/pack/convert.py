@@ -88,7 +88,7 @@ def pack_layer(layer: nn.Module, *, name: str = "layer", backend: str | None = N
     if not isinstance(layer, COMPRESSED_TYPES):
         raise PackError(f"{name!r} is a {type(layer).__name__}, not a compressed layer")
     label = f"layer {name!r}"
-    weight = layer.weight.detach().float()
+    weight = layer.weight.detach().float().cpu()  # packed layers run on the CPU
     _require_finite(weight, f"{label}: its weight")
     common = {"bias": _bias(layer, label), **_activation(layer, label), "backend": backend}
     if isinstance(layer, QuantConv2d):
@@ -108,8 +108,8 @@ def pack_layer(layer: nn.Module, *, name: str = "layer", backend: str | None = N
     wq = layer.weight_quantizer
     w2d = weight.reshape(weight.shape[0], -1)
     if isinstance(wq, APBWeightQuantizer):
-        alpha = wq.alpha.detach().float().clamp_min(1e-8).reshape(-1)
-        mask = wq.band_mask(layer.weight).reshape(w2d.shape)
+        alpha = wq.alpha.detach().float().cpu().clamp_min(1e-8).reshape(-1)
+        mask = wq.band_mask(layer.weight).cpu().reshape(w2d.shape)
         csr = _csr_correction(w2d, alpha, ~mask, wq.value_bits, label)
         fields = {"alpha": alpha, "csr": csr, "value_bits": wq.value_bits, "method": "apb"}
     elif isinstance(wq, BinaryWeightQuantizer):
@@ -162,7 +162,7 @@ def _dorefa_code_planes(weight: Tensor, bits: int) -> Tensor:
 def _bias(layer: nn.Module, label: str) -> Tensor | None:
     if layer.bias is None:
         return None
-    bias = layer.bias.detach().float().clone()
+    bias = layer.bias.detach().float().cpu().clone()
     _require_finite(bias, f"{label}: its bias")
     return bias
 
@@ -174,7 +174,7 @@ def _activation(layer: nn.Module, label: str) -> dict:
     if isinstance(aq, SignActivation):
         return {"act_bits": 1, "act_scale": None}
     if isinstance(aq, UniformActivation):
-        scale = aq.act_scale.detach().float().reshape(1).clone()
+        scale = aq.act_scale.detach().float().cpu().reshape(1).clone()
         _require_finite(scale, f"{label}: its activation clip scale")
         return {"act_bits": aq.bits, "act_scale": scale}
     raise PackError(
