@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             ) from err
         raise CheckpointError(
             f"{path} holds Python objects that a safe (weights_only) load refuses, so it is "
-            f"not an apb checkpoint, which holds only tensors and plain values ({_first_line(err)})"
+            f"not an apb checkpoint, which holds only tensors and plain values "
+            f"({_refused_global(err)})"
         ) from err
     except Exception as err:  # torch raises RuntimeError, EOFError, ... for damaged files
         raise CheckpointError(
@@ -152,3 +154,9 @@ def build_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dic
     for name in freezes_due(config, done):
         FREEZES[name](model)
     return model.eval(), ckpt
+
+
+def _refused_global(err: Exception) -> str:
+    """The object a weights_only load refused, without torch's advice to allow it."""
+    match = re.search(r"GLOBAL (\S+)", str(err))
+    return f"it refers to {match.group(1)}" if match else type(err).__name__
