@@ -59,7 +59,8 @@ class LayerLevel:
         symmetric: the grid is symmetric around 0 (else it also stores a zero point).
         fp_count: binarize the layer to ``±α`` except this many full-precision weights
             (post-training APB); excludes the other fields.
-        per_channel: one ``α`` per row instead of one for the layer (binarization).
+        per_channel: one ``α`` per row instead of one for the layer (binarization; the
+            ``alpha`` given to :func:`solve_layer` must be fitted the same way).
     """
 
     sparsity: float = 0.0
@@ -67,7 +68,7 @@ class LayerLevel:
     bits: int | None = None
     symmetric: bool = True
     fp_count: int | None = None
-    per_channel: bool = True
+    per_channel: bool = False
 
     @property
     def kind(self) -> str:

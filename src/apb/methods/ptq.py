@@ -189,7 +189,7 @@ def ptq_(
     batches = list(calibration)
     done = method.compress_without_calibration(model, filter_fn)
     if done is None:
-        names = select_layers(model, config, filter_fn)
+        names = _targets(model, config, filter_fn)
         if not names:
             raise OBCError("no layer to compress: the model has no nn.Linear / nn.Conv2d "
                            "left after keep_first / keep_last / filter_fn")
@@ -208,6 +208,19 @@ def ptq_(
         report.bn_layers = recalibrate_batchnorm(model, batches, device)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _targets(model: nn.Module, config: PTQConfig, filter_fn: FilterFn | None) -> list[str]:
+    """The layers to compress. A ``filter_fn`` is offered every module that has a weight
+    matrix, so that picking one OBC cannot compress is an error naming it rather than a
+    silent skip."""
+    if filter_fn is None:
+        return select_layers(model, config)
+    return [
+        name for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
+        and not hasattr(m, "weight_quantizer") and filter_fn(m, name)
+    ]
 
 
 def _problem(name: str, module: nn.Module, collector: HessianCollector,
