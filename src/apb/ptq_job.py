@@ -170,8 +170,9 @@ def run_ptq_job(job: PTQJob, log=print) -> dict:
                          "(method 'fp') checkpoint")
     train_config = ckpt["train_config"]
     dataset = job.dataset or train_config["dataset"]
-    split = data.load(dataset, job.data_dir or train_config.get("data_dir"),
-                      **(train_config.get("data_options") or {}))
+    same = dataset == train_config["dataset"]
+    split = data.load(dataset, job.data_dir or (train_config.get("data_dir") if same else None),
+                      **((train_config.get("data_options") or {}) if same else {}))
     if job.calib > len(split.train):
         raise ValueError(f"--calib {job.calib} exceeds the {len(split.train)} training samples "
                          f"of {dataset}")

@@ -22,8 +22,8 @@ and the inverse of the shrunken free set is one Gaussian elimination step,
 The greedy loop decides, at each step and in each row, the weight with the least
 :math:`\Delta L_q`. The target :math:`t_q` is what the method makes of the weight: 0 (OBS
 pruning), the nearest point of a quantization grid (OBQ) or :math:`\alpha\,\mathrm{sign}(w_q)`
-(post-training APB). Every row keeps its own copy of :math:`G`; rows are processed in chunks
-sized to stay in cache, all rows of a chunk in the same batched tensor operations. Decided
+(post-training APB). Every row keeps its own copy of :math:`G`; rows are processed in chunks,
+all rows of a chunk in the same batched tensor operations. Decided
 columns are dropped from the working copies whenever a quarter of them is decided, so a row
 of ``d`` weights costs about :math:`d^3/3` multiply-adds rather than :math:`d^3`.
 """
@@ -42,7 +42,9 @@ the layer listed in ``rows``) would be set to, elementwise per row, and optional
 weights to decide before any other (quantization: those outside the grid's range)."""
 
 CHUNK_BYTES = 32 << 20
-"""Per-row inverse copies processed together: about what the last-level cache holds."""
+"""Bytes of per-row inverse copies processed together: enough rows that the per-step Python
+overhead is amortised (measured on a 120x400 layer: 32 MB 30% faster than 8 MB, no gain
+beyond); the rank-one updates are memory-bound either way."""
 
 COMPACT_FRACTION = 0.75
 COMPACT_MIN = 32
