@@ -1,4 +1,4 @@
-"""The ``apb`` command: ``apb train | summary | pack | eval | demo | bench``.
+"""The ``apb`` command: ``apb train | ptq | summary | pack | eval | demo | bench``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(_flag(fname), dest="method__" + fname, default=None, type=kind,
                                metavar=fname.upper(), help=help_text)
 
+    _add_ptq_parser(sub)
     p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
     p_sum.add_argument("checkpoint", metavar="CKPT_OR_FILE",
                        help="a checkpoint written by apb train (last.pt/best.pt) or a packed "
@@ -217,6 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _all_docs(cls) -> str:
     return "\n".join((c.__doc__ or "") for c in cls.__mro__)
+
+
+def _add_ptq_parser(sub) -> None:
+    from .ptq_job import METHODS, PTQJob
+
+    p_ptq = sub.add_parser(
+        "ptq", help="compress a trained fp checkpoint after training (OBC, post-training APB)",
+        description="Post-training compression from a calibration set, no retraining: OBC "
+                    "pruning / quantization and post-training APB. Writes a checkpoint that "
+                    "apb summary reads; flags are the fields of apb.ptq_job.PTQJob.",
+    )
+    p_ptq.add_argument("checkpoint", metavar="CKPT", help="a full-precision checkpoint")
+    p_ptq.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="the compressed checkpoint to write")
+    _add_dataclass_flags(p_ptq, PTQJob, skip=("checkpoint", "output", "method", "target"))
+    p_ptq.add_argument("--method", required=True, choices=METHODS, help="what to do")
+    p_ptq.add_argument("--target", required=True,
+                       help="e.g. 0.5 (obc-prune), 2:4, 4 (obc-quant), sparsity=0.5,bits=4, "
+                            "1.6 (apb-ptq: bits per weight), model_bytes=20000")
+
+
+def _cmd_ptq(args) -> int:
+    from .ptq_job import PTQJob, run_ptq_job
+
+    fields = {f.name for f in dataclasses.fields(PTQJob)}
+    run_ptq_job(PTQJob(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
 
 
 def _cmd_train(args) -> int:
@@ -319,8 +347,8 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "summary": _cmd_summary, "pack": _cmd_pack, "eval": _cmd_eval,
-            "demo": _cmd_demo, "bench": _cmd_bench}
+COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "summary": _cmd_summary, "pack": _cmd_pack,
+            "eval": _cmd_eval, "demo": _cmd_demo, "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

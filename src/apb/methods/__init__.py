@@ -2,6 +2,9 @@
 
 >>> method = apb.methods.create("apb", fp_fraction=0.01, act_bits=2)
 >>> method.prepare(model)        # or: apb.compress_(model, APBConfig(fp_fraction=0.01))
+
+Post-training methods (OBC, post-training APB) compress a trained model from calibration
+data instead: ``apb.methods.ptq_(model, OBCConfig(mode="prune", sparsity=0.5), batches)``.
 """
 
 from __future__ import annotations
@@ -11,35 +14,63 @@ import dataclasses
 from torch import nn
 
 from .apb import APBConfig, APBMethod
+from .apb_ptq import APBPTQConfig, APBPTQMethod
 from .base import CompressionConfig, FilterFn, Method, select_layers
 from .bnn import BNNConfig, BNNMethod
 from .dorefa import DoReFaConfig, DoReFaMethod
 from .fp import FPMethod
 from .magnitude import MagnitudeConfig, MagnitudeMethod, PruneQuantConfig, PruneQuantMethod
+from .obc import OBCConfig, OBCMethod
+from .obc_layer import OBCError
+from .ptq import PostTrainingMethod, PTQConfig, PTQReport, ptq_
 
 _REGISTRY: dict[str, type[Method]] = {
     m.name: m
     for m in (FPMethod, BNNMethod, APBMethod, DoReFaMethod, MagnitudeMethod, PruneQuantMethod)
 }
+_POST_TRAINING: dict[str, type[PostTrainingMethod]] = {
+    m.name: m for m in (OBCMethod, APBPTQMethod)
+}
 
 __all__ = [
-    "APBConfig", "BNNConfig", "CompressionConfig", "DoReFaConfig", "MagnitudeConfig", "Method",
-    "PruneQuantConfig", "available", "compress_", "config_class", "create", "select_layers",
+    "APBConfig", "APBPTQConfig", "BNNConfig", "CompressionConfig", "DoReFaConfig",
+    "MagnitudeConfig", "Method", "OBCConfig", "OBCError", "PTQConfig", "PTQReport",
+    "PruneQuantConfig", "available", "available_post_training", "compress_", "config_class",
+    "create", "is_post_training", "ptq_", "select_layers",
 ]
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`create`."""
+    """Names of the training methods (``apb train --method``)."""
     return list(_REGISTRY)
 
 
+def available_post_training() -> list[str]:
+    """Names of the post-training methods (:func:`ptq_`); :func:`create` accepts them too."""
+    return list(_POST_TRAINING)
+
+
+def is_post_training(name: str) -> bool:
+    """Whether method ``name`` compresses after training (:func:`ptq_`) rather than in it."""
+    return name in _POST_TRAINING
+
+
 def _method_class(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+    cls = _REGISTRY.get(name) or _POST_TRAINING.get(name)
+    if cls is None:
         raise ValueError(
             f"unknown method {name!r}; available: {', '.join(available())}"
-        ) from None
+        )
+    return cls
+
+
+def post_training_method(config: PTQConfig) -> PostTrainingMethod:
+    """The post-training method a configuration belongs to."""
+    for cls in _POST_TRAINING.values():
+        if type(config) is cls.config_class:
+            return cls(config)
+    raise TypeError(f"no post-training method takes a {type(config).__name__}; give an "
+                    "OBCConfig or an APBPTQConfig")
 
 
 def config_class(name: str) -> type[CompressionConfig]:
@@ -66,6 +97,9 @@ def compress_(
     """Rewrite ``model``'s ``Conv2d``/``Linear`` layers in place for the method ``config``
     belongs to; ``filter_fn(module, name)`` picks layers (default: all but the first layer
     and the classifier). Returns the model."""
+    if isinstance(config, PTQConfig):
+        raise TypeError(f"{type(config).__name__} is a post-training configuration: use "
+                        "apb.methods.ptq_(model, config, calibration_batches)")
     for cls in _REGISTRY.values():
         if type(config) is cls.config_class and cls is not FPMethod:
             method = cls(config)

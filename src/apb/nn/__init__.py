@@ -16,14 +16,15 @@ from .baseline_quantizers import (
     gradual_sparsity,
 )
 from .layers import COMPRESSED_TYPES, APBConv2d, APBLinear, QuantConv2d, QuantLinear
+from .obc_quantizer import OBCWeightQuantizer
 from .weight_quantizer import WeightQuantizer
 
 SCALE_PARAMETER_NAMES = ("alpha", "delta", "act_scale")
 
 __all__ = [
     "APBConv2d", "APBLinear", "APBQuantize", "APBWeightQuantizer", "BinaryWeightQuantizer",
-    "DoReFaWeightQuantizer", "MagnitudePruner", "PruneQuantizer", "QuantConv2d", "QuantLinear",
-    "SignActivation", "UniformActivation", "WeightQuantizer", "compressed_layers",
+    "DoReFaWeightQuantizer", "MagnitudePruner", "OBCWeightQuantizer", "PruneQuantizer",
+    "QuantConv2d", "QuantLinear", "SignActivation", "UniformActivation", "WeightQuantizer", "compressed_layers",
     "freeze_masks", "freeze_scales", "gradual_sparsity", "make_act_quantizer",
     "scale_parameters",
 ]

@@ -20,7 +20,14 @@ A checkpoint is a dict of tensors and plain Python values only (DESIGN §6: noth
 ``world_size``            processes that trained it
 ``history``               the metrics records of the completed epochs
 ``versions``              ``{"apb", "torch"}`` that wrote it
+``ptq``                   (post-training results only) what ``apb ptq`` did: method, target,
+                          calibration, test accuracy, per-layer levels and errors, source file
 ========================  =====================================================================
+
+A post-training result (:func:`post_training_state`) is the source checkpoint with
+``method`` and ``model_state`` replaced, ``ptq`` added and the optimizer and scheduler states
+dropped (None: there is nothing to resume); ``train_config`` and ``history`` still describe
+how the source model was trained. It loads like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -109,6 +116,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ):
         raise CheckpointError(f"{path}: 'model_state' is not a state dict of tensors")
     return ckpt
+
+
+def post_training_state(
+    source: dict[str, Any], model: nn.Module, method: tuple[str, dict[str, Any]],
+    ptq: dict[str, Any], stats: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of ``model`` compressed after training from the checkpoint ``source``;
+    ``method`` is ``(name, config)`` for ``apb.methods.create`` (see the module docstring)."""
+    state = dict(source)
+    state.update(
+        method={"name": method[0], "config": method[1]},
+        model_state=model.state_dict(),
+        finalized=True,
+        optimizer_state=None, scale_optimizer_state=None,
+        scheduler_state=None, scale_scheduler_state=None,
+        best_test_acc=ptq.get("test_acc", source.get("best_test_acc")),
+        ptq=ptq,
+    )
+    if stats is not None:
+        state["stats"] = stats
+    return state
 
 
 def _first_line(err: BaseException) -> str:

@@ -175,6 +175,11 @@ class TrainConfig:
             raise ValueError(
                 f"unknown dataset {self.dataset!r}; available: {', '.join(data.available())}"
             )
+        if methods.is_post_training(self.method):
+            raise ValueError(
+                f"method {self.method!r} compresses a trained model without training; train "
+                f"with method 'fp', then run apb ptq (apb.methods.ptq_) on the checkpoint"
+            )
         methods.create(self.method, **self.method_options)  # raises on a bad name / option
 
     # -- serialisation -------------------------------------------------------------------

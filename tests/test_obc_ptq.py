@@ -1,0 +1,253 @@
+"""ptq_: OBC and post-training APB on whole models, checked against independent references
+(magnitude pruning, the naive band rule, output errors computed directly)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import apb
+import apb.train
+from apb.memory import binary_sparse_storage
+from apb.methods import APBPTQConfig, OBCConfig, OBCError, create, ptq_
+from apb.methods.obc_calib import recalibrate_batchnorm
+from apb.nn import APBWeightQuantizer, OBCWeightQuantizer, QuantConv2d, QuantLinear
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10),
+    ).eval()
+
+
+def calibration(n=320, batch=64, seed=1, shape=(1, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    return [(x[i:i + batch], torch.zeros(len(x[i:i + batch]))) for i in range(0, n, batch)]
+
+
+def output_error(a: nn.Module, b: nn.Module, batches) -> float:
+    with torch.no_grad():
+        num = sum(float((a(x) - b(x)).square().sum()) for x, _ in batches)
+        den = sum(float(a(x).square().sum()) for x, _ in batches)
+    return num / den
+
+
+def linear_problem(d_in=64, d_out=24, n=512, seed=2):
+    """One Linear layer fed strongly correlated inputs (where OBS beats magnitude most)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d_in, d_in, generator=g) / d_in**0.5 + torch.eye(d_in)
+    x = torch.randn(n, d_in, generator=g) @ mix
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d_in, d_out))
+    return model, [(x[i:i + 128], None) for i in range(0, n, 128)]
+
+
+ALL = lambda m, n: isinstance(m, (nn.Linear, nn.Conv2d))  # noqa: E731
+
+
+def test_obs_pruning_beats_magnitude_pruning():
+    model, batches = linear_problem()
+    obc = copy.deepcopy(model)
+    ptq_(obc, OBCConfig(mode="prune", sparsity=0.5, recalibrate_bn=False), batches, ALL)
+    mag = copy.deepcopy(model)
+    w = mag[0].weight.data
+    w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
+    assert int((obc[0].quantized_weight() == 0).sum()) == w.numel() // 2
+    assert output_error(model, obc, batches) < 0.6 * output_error(model, mag, batches)
+
+
+def test_obq_beats_round_to_nearest_on_the_same_grid():
+    model, batches = linear_problem()
+    obq = copy.deepcopy(model)
+    ptq_(obq, OBCConfig(mode="quant", bits=3), batches, ALL)
+    q = obq[0].weight_quantizer
+    rtn = copy.deepcopy(model)
+    s, z = q.scale[:, None], q.zero[:, None]
+    w = rtn[0].weight.data
+    w.copy_(s * ((torch.round(w / s) + z).clamp(0, 7) - z))
+    assert output_error(model, obq, batches) < 0.7 * output_error(model, rtn, batches)
+
+
+def test_apb_ptq_beats_the_naive_band_rule_at_equal_bits():
+    model, batches = linear_problem()
+    errors = {}
+    for compensate in (True, False):
+        m = copy.deepcopy(model)
+        ptq_(m, APBPTQConfig(bits_per_weight=1.6, compensate=compensate), batches, ALL)
+        assert apb.summary(m).bits_per_weight <= 1.6
+        errors[compensate] = output_error(model, m, batches)
+    assert errors[True] < 0.75 * errors[False]
+
+
+CONFIGS = [
+    OBCConfig(mode="prune", sparsity=0.5),
+    OBCConfig(mode="prune", nm="2:4"),
+    OBCConfig(mode="quant", bits=4, symmetric=False),
+    OBCConfig(mode="compound", sparsity=0.5, bits=3),
+    APBPTQConfig(bits_per_weight=1.6),
+    APBPTQConfig(fp_fraction=0.05, per_channel=True, alpha_rounds=0),
+    APBPTQConfig(bits_per_weight=1.6, compensate=False),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: type(c).__name__)
+def test_results_are_compressed_layers_that_rebuild_from_their_checkpoint(config):
+    model = small_cnn()
+    batches = calibration()
+    compressed = copy.deepcopy(model)
+    report = ptq_(compressed, config, batches)
+    assert report.bn_layers == 2
+    layers = [m for m in compressed.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    assert len(layers) == 3  # the first conv and the classifier stay full precision
+    method = apb.methods.post_training_method(config)
+    for layer in layers:
+        wq = layer.weight_quantizer
+        w_hat = layer.quantized_weight()
+        if isinstance(config, OBCConfig):
+            assert isinstance(wq, OBCWeightQuantizer)
+            torch.testing.assert_close(w_hat, layer.weight, rtol=0, atol=0)  # already snapped
+            pruned = 1 - float(wq.keep.float().mean())
+            assert pruned == pytest.approx(0.5 if config.mode != "quant" else 0.0)
+        else:
+            assert isinstance(wq, APBWeightQuantizer) and bool(wq.mask_frozen)
+            mask = wq.frozen_mask
+            alpha = wq._alpha_view().detach().expand_as(w_hat)
+            torch.testing.assert_close(w_hat[mask].abs(), alpha[mask])
+            nnz = int((~mask).sum())
+            assert wq.storage(layer.weight) == binary_sparse_storage(
+                wq.rows, wq.cols, nnz, n_scalars=wq.alpha_count)
+            if config.compensate:  # the band rule on the written weights gives the same mask
+                torch.testing.assert_close(w_hat, layer.weight, rtol=0, atol=0)
+                assert torch.equal(wq.normalized_distance(layer.weight)
+                                   < (wq.delta.detach() / wq.alpha.detach()).reshape(
+                                       -1, *[1] * (layer.weight.dim() - 1)), mask)
+    s = apb.summary(compressed)
+    if isinstance(config, APBPTQConfig) and config.bits_per_weight:
+        assert s.bits_per_weight <= config.bits_per_weight
+    # Rebuild the structure from what the checkpoint stores, then load the state.
+    name, options = method.checkpoint_method()
+    rebuilt = create(name, **options).prepare(copy.deepcopy(model))
+    rebuilt.load_state_dict(compressed.state_dict())
+    rebuilt.eval()
+    x = batches[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), compressed(x))
+    assert apb.summary(rebuilt).to_dict() == s.to_dict()
+
+
+def test_sequential_calibration_runs_layer_by_layer():
+    model = small_cnn()
+    batches = calibration()
+    seq = copy.deepcopy(model)
+    report = ptq_(seq, OBCConfig(mode="quant", bits=3, sequential=True), batches)
+    assert [r.name for r in report.layers] == ["3", "8", "10"]
+    assert all(r.relative_error < 0.2 for r in report.layers)
+
+
+@pytest.mark.parametrize("config, check", [
+    (OBCConfig(mode="prune", sparsity=0.6, scope="model"),
+     lambda s, m: 1 - s.fp_fraction >= 0.6),
+    (OBCConfig(mode="quant", bits_per_weight=3.5), lambda s, m: s.bits_per_weight <= 3.5),
+    (OBCConfig(mode="quant", model_bytes=9000), lambda s, m: s.model_bytes <= 9000),
+    (APBPTQConfig(bits_per_weight=1.3, budget_scope="model"),
+     lambda s, m: s.bits_per_weight <= 1.3),
+    (APBPTQConfig(fp_fraction=0.02, budget_scope="model"),
+     lambda s, m: s.compressed_fp <= round(0.02 * s.compressed_weights)),
+])
+def test_model_wide_budgets_are_met(config, check):
+    model = small_cnn()
+    report = ptq_(model, config, calibration())
+    assert report.budget is not None
+    assert check(apb.summary(model), model)
+
+
+def test_bops_budget_is_met():
+    model = small_cnn()
+    report = ptq_(model, OBCConfig(mode="quant", bops_reduction=6.0), calibration())
+    positions = {"3": 64, "8": 1, "10": 1}
+    fp = sum(positions[r.name] * torch.Size(r.shape).numel() * 32 * 32 for r in report.layers)
+    got = sum(positions[name] * m.weight.numel() * int(m.weight_quantizer.bits or 32) * 32
+              for name, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear)))
+    assert got <= fp / 6.0
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_calibration_data():
+    model = small_cnn()
+    batches = calibration()
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    recalibrate_batchnorm(model, batches)
+    with torch.no_grad():
+        h = torch.cat([model[0](x) for x, _ in batches])
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, h.var((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    assert bn.momentum == 0.1 and not model.training
+
+
+def test_transformer_encoder():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64,
+                                       dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    x = torch.randn(48, 6, 32, generator=torch.Generator().manual_seed(1))
+    batches = [x[i:i + 16] for i in range(0, 48, 16)]
+    feed_forward = lambda m, n: type(m) is nn.Linear  # noqa: E731
+    for config, tolerance in ((OBCConfig(mode="quant", bits=4), 0.01),
+                              (APBPTQConfig(bits_per_weight=2.0), 0.2)):
+        m = copy.deepcopy(model)
+        report = ptq_(m, config, batches, feed_forward)
+        assert [r.name for r in report.layers] == [
+            f"layers.{i}.{n}" for i in range(2) for n in ("linear1", "linear2")]
+        assert isinstance(m.layers[1].linear2, QuantLinear)
+        with torch.no_grad():
+            fast = m(x)  # eval + no_grad: PyTorch's fused path reads .weight directly
+        with torch.enable_grad():
+            slow = m(x)  # the module path, through the weight quantizers
+        torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-4)
+        assert output_error(model, m, [(x, None)]) < tolerance
+    out_proj = lambda m, n: n.endswith("out_proj")  # noqa: E731
+    with pytest.raises(OBCError, match="layers.0.self_attn.out_proj"):
+        ptq_(copy.deepcopy(model), OBCConfig(mode="quant", bits=4), batches, out_proj)
+
+
+def test_bad_input_is_named_and_refused():
+    model = small_cnn()
+    batches = calibration()
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(288, 4))
+    with pytest.raises(OBCError, match="layer '0' is a grouped convolution"):
+        ptq_(grouped, OBCConfig(mode="prune", sparsity=0.5), calibration(shape=(4, 8, 8)), ALL)
+    with pytest.raises(OBCError, match="layer '8' has 256 weights per output.*only 128"):
+        ptq_(copy.deepcopy(model), OBCConfig(mode="prune", sparsity=0.5), calibration(n=128))
+    with pytest.raises(OBCError, match="layer '3'.*below what the binary part"):
+        ptq_(copy.deepcopy(model), APBPTQConfig(bits_per_weight=1.001), batches)
+    with pytest.raises(OBCError, match="cannot be met"):
+        ptq_(copy.deepcopy(model), OBCConfig(mode="prune", model_bytes=100), batches)
+    with pytest.raises(OBCError, match="sequential"):
+        ptq_(copy.deepcopy(model), OBCConfig(mode="prune", sparsity=0.5, scope="model",
+                                             sequential=True), batches)
+    with pytest.raises(OBCError, match="empty"):
+        ptq_(copy.deepcopy(model), OBCConfig(mode="quant", bits=4), [])
+    dead = nn.Sequential(nn.Linear(6, 3))
+    x = torch.randn(64, 6)
+    x[:, 2] = 0
+    with pytest.raises(OBCError, match="Hessian of layer '0' is singular"):
+        ptq_(dead, OBCConfig(mode="quant", bits=4, dampening=0.0), [x], ALL)
+    for config, message in [
+        (OBCConfig(mode="quant", bits=4, act_bits=2), "act_bits must be 32"),
+        (OBCConfig(mode="compound", bits=4), "mode 'compound' takes bits and"),
+        (OBCConfig(mode="prune", sparsity=0.5, model_bytes=10), "leave sparsity, nm and bits"),
+        (OBCConfig(mode="prune", nm="4:2"), "0 < n < m"),
+        (APBPTQConfig(), "exactly one of bits_per_weight or fp_fraction"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ptq_(copy.deepcopy(model), config, batches)
+    with pytest.raises(TypeError, match="post-training"):
+        apb.compress_(copy.deepcopy(model), OBCConfig(mode="quant", bits=4))
+    with pytest.raises(ValueError, match="apb ptq"):
+        apb.train.TrainConfig(method="obc")
