@@ -18,12 +18,15 @@ from apb.kernels.reference_bgemm import (
     pack_planes_ref,
 )
 
-# Column counts around every boundary the kernels have: a word (64), an AVX2 chunk
-# (4 words), an AVX-512 chunk (8 words), and the 31 AVX2 chunks after which byte
-# counts are flushed (124 words = 7936 columns).
-EDGE_K = [0, 1, 63, 64, 65, 127, 128, 129, 255, 256, 257, 320, 511, 512, 513, 576, 7935, 7937]
-# Rows around the register tiles (up to 4 x 4) and their remainders.
-EDGE_ROWS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13]
+# Column counts around every boundary the kernels have: a word (64), 4 words (the AVX2
+# panel packer's transpose), an AVX-512 chunk (8 words), and the steps after which the
+# AVX2 byte counters are folded into 64-bit sums: 10 words with two activation planes
+# (640 columns), 31 with one (1984).
+EDGE_K = [0, 1, 63, 64, 65, 127, 128, 129, 255, 256, 257, 320, 511, 512, 513, 576, 639, 640,
+          641, 1983, 1984, 1985, 7937]
+# Rows around the register tiles and their remainders: AVX2 reads activations in groups
+# of 4 rows, pairs them into 8 and tiles of 16; AVX-512 tiles are 4 x 4.
+EDGE_ROWS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 25]
 
 ISAS = [pytest.param(isa, id=isa) for isa in kernels.ISA_NAMES]
 
