@@ -3,6 +3,7 @@
 #include "bgemm.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "cpu_features.h"
@@ -93,35 +94,51 @@ void run_in_place(const PopcountGemmKernel &kernel, PopcountGemm g, int32_t *out
     }
 }
 
-// Packs the whole weight panel (in parallel), then runs blocks of nc columns x mc rows:
-// a thread packs a block's activation panel once and keeps it for the next block of
-// the same columns (blocks are ordered columns first, so with static scheduling one
-// thread gets consecutive weight blocks of the same columns).
+// `total` cut into `parts` near-equal pieces, each a multiple of `step`: the piece size.
+int64_t part_size(int64_t total, int64_t parts, int64_t step) {
+    return ceil_div(ceil_div(total, parts), step) * step;
+}
+
+// Buffers the kernels overwrite before reading: no zero-filling.
+template <class T>
+std::unique_ptr<T[]> uninitialized(int64_t count) {
+    return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(count, 1))]);
+}
+
+// Packs the whole weight panel (in parallel), then runs blocks of columns x rows of
+// near-equal sizes (so that threads get equal work): a thread packs a block's
+// activation panel once and keeps it for its next block of the same columns (blocks
+// are ordered columns first and scheduled statically, so a thread's blocks are
+// consecutive). Columns are cut so that one activation panel stays in L2; rows only as
+// far as needed to give every thread kBlocksPerThread blocks.
 void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, int32_t *out) {
     const int nt = gemm_threads(g);
     const int64_t row_bytes =
         std::max<int64_t>(1, kernel.activation_panel_words(g, kernel.nr) * 8 / kernel.nr);
-    const int64_t nc =
-        std::min(g.N, multiple_at_most(kActivationPanelBytes / row_bytes, kernel.nr));
+    const int64_t max_cols = multiple_at_most(kActivationPanelBytes / row_bytes, kernel.nr);
+    const int64_t nc = part_size(g.N, ceil_div(g.N, max_cols), kernel.nr);
     const int64_t blocks_n = ceil_div(g.N, nc);
-    const int64_t mc = weight_block_rows(g, g.M, blocks_n, kernel.mr, nt);
+    int64_t parts_m = 1;
+    while (nt > 1 && parts_m * blocks_n < kBlocksPerThread * nt && 2 * parts_m * kernel.mr <= g.M) {
+        parts_m *= 2;
+    }
+    const int64_t mc = part_size(g.M, parts_m, kernel.mr);
     const int64_t blocks_m = ceil_div(g.M, mc);
     const int64_t panel_words = kernel.activation_panel_words(g, nc);
-    const int64_t sums_per_thread =
-        g.epilogue.add_code_sums ? multiple_at_most(nc + kernel.nr - 1, kernel.nr) : 0;
+    const int64_t sums_per_thread = g.epilogue.add_code_sums ? part_size(nc, 1, kernel.nr) : 0;
     // Allocated here, outside the parallel region, so that a failure throws to the caller.
-    std::vector<uint64_t> w_panel(static_cast<size_t>(kernel.weight_panel_words(g)));
-    std::vector<uint64_t> x_panels(static_cast<size_t>(nt * panel_words));
-    std::vector<int32_t> sums(static_cast<size_t>(nt * sums_per_thread));
+    const auto w_panel = uninitialized<uint64_t>(kernel.weight_panel_words(g));
+    const auto x_panels = uninitialized<uint64_t>(nt * panel_words);
+    const auto sums = uninitialized<int32_t>(nt * sums_per_thread);
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < g.M; m += kPackRows) {
-            kernel.pack_weights(g, m, std::min(g.M, m + kPackRows), w_panel.data());
+            kernel.pack_weights(g, m, std::min(g.M, m + kPackRows), w_panel.get());
         }
         const int t = thread_index();
-        uint64_t *x_panel = x_panels.data() + t * panel_words;
-        int32_t *code_sums = g.epilogue.add_code_sums ? sums.data() + t * sums_per_thread : nullptr;
+        uint64_t *x_panel = x_panels.get() + t * panel_words;
+        int32_t *code_sums = g.epilogue.add_code_sums ? sums.get() + t * sums_per_thread : nullptr;
         int64_t packed = -1;  // the block of columns x_panel holds
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < blocks_m * blocks_n; ++b) {
@@ -132,8 +149,8 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
                 kernel.pack_activations(g, n0, n1, x_panel, code_sums);
                 packed = bn;
             }
-            kernel.block(g, w_panel.data(), x_panel, code_sums, m0, std::min(g.M, m0 + mc),
-                         n0, n1, out);
+            kernel.block(g, w_panel.get(), x_panel, code_sums, m0, std::min(g.M, m0 + mc), n0,
+                         n1, out);
         }
     }
 }

@@ -14,10 +14,8 @@ namespace {
 
 using namespace bgemm_avx2;
 
-#ifndef APB_WCHUNK
-#define APB_WCHUNK (12 * 1024)
-#endif
-constexpr int64_t kWeightChunkBytes = APB_WCHUNK;
+// Weight panel bytes per pass of a block's column tiles (see block_op).
+constexpr int64_t kWeightChunkBytes = 12 * 1024;
 
 int64_t weight_panel_words(const PopcountGemm &g) { return 2 * g.Q * g.M * g.W; }
 
