@@ -116,12 +116,20 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     const int64_t row_bytes =
         std::max<int64_t>(1, kernel.activation_panel_words(g, kernel.nr) * 8 / kernel.nr);
     const int64_t max_cols = multiple_at_most(kActivationPanelBytes / row_bytes, kernel.nr);
-    const int64_t nc = part_size(g.N, ceil_div(g.N, max_cols), kernel.nr);
-    const int64_t blocks_n = ceil_div(g.N, nc);
-    int64_t parts_m = 1;
-    while (nt > 1 && parts_m * blocks_n < kBlocksPerThread * nt && 2 * parts_m * kernel.mr <= g.M) {
-        parts_m *= 2;
+    int64_t parts_n = ceil_div(g.N, max_cols), parts_m = 1;
+    // More blocks for more threads: rows first (each block of columns is packed once per
+    // thread that meets it), then columns.
+    while (nt > 1 && parts_m * parts_n < kBlocksPerThread * nt) {
+        if (2 * parts_m * kernel.mr <= g.M) {
+            parts_m *= 2;
+        } else if ((parts_n + 1) * kernel.nr <= g.N) {
+            ++parts_n;
+        } else {
+            break;
+        }
     }
+    const int64_t nc = part_size(g.N, parts_n, kernel.nr);
+    const int64_t blocks_n = ceil_div(g.N, nc);
     const int64_t mc = part_size(g.M, parts_m, kernel.mr);
     const int64_t blocks_m = ceil_div(g.M, mc);
     const int64_t panel_words = kernel.activation_panel_words(g, nc);
@@ -160,7 +168,7 @@ void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
     switch (active_isa()) {  // may throw: outside any thread team
 #if defined(APB_HAVE_X86_KERNELS)
         case Isa::avx512: return run_in_place(popcount_gemm_kernel_avx512(), g, out);
-        case Isa::avx2: return run_packed(packed_popcount_gemm_kernel_avx2(), g, out);
+        case Isa::avx2: return run_packed(packed_popcount_gemm_kernel_avx2(g), g, out);
 #endif
         default: return run_in_place(popcount_gemm_kernel_scalar(), g, out);
     }

@@ -100,15 +100,16 @@ PopcountGemmKernel popcount_gemm_kernel_avx512();
 // whole of w, packed by row ranges in parallel. Activation panels: one per block of
 // columns, packed by the thread that computes the block.
 struct PackedPopcountGemmKernel {
-    int mr;  // register tile: weight rows x activation rows, for choosing block sizes
-    int nr;
+    int mr;  // granularity of blocks: weight rows x activation rows (may depend on g;
+    int nr;  // weight blocks are packed in chunks of 32 rows, so mr is 1 or a multiple)
     int64_t (*weight_panel_words)(const PopcountGemm &g);
     void (*pack_weights)(const PopcountGemm &g, int64_t m0, int64_t m1, uint64_t *panel);
     // Words of the panel of `rows` activation rows.
     int64_t (*activation_panel_words)(const PopcountGemm &g, int64_t rows);
     // Packs rows [n0, n1) of x into panel and, when code_sums is not null, writes
     // code_sums[n - n0] = sum_p 2^p popcount(x[p, n]) over the columns below K (it fits
-    // int32 when the output does) for n < n1, and zeros after it up to a multiple of nr.
+    // int32 when the output does) for n < n1, and zeros after it up to a multiple of 8
+    // (nr is a multiple of 8).
     void (*pack_activations)(const PopcountGemm &g, int64_t n0, int64_t n1, uint64_t *panel,
                              int32_t *code_sums);
     // Rows [m0, m1) x columns [n0, n1) of out (row stride g.N), from the weight panel
@@ -118,7 +119,7 @@ struct PackedPopcountGemmKernel {
                   int32_t *out);
 };
 
-PackedPopcountGemmKernel packed_popcount_gemm_kernel_avx2();
+PackedPopcountGemmKernel packed_popcount_gemm_kernel_avx2(const PopcountGemm &g);
 
 // Helpers shared by the per-ISA files. `static` on purpose (see pack_signs.h): each
 // file is compiled with different -m flags and must keep its own copy.

@@ -2,25 +2,33 @@
 // bgemm_avx2.cpp and roofline_avx2.cpp (include it from *_avx2.cpp files only: it
 // needs -mavx2; everything is `static` so each file keeps its own copy).
 //
-// Popcount by nibble lookup (vpshufb on a 16-entry table of bit counts; Mula, Kurz,
-// Lemire, "Faster population counts using AVX2 instructions", 2018), arranged so that
-// a 256-bit product costs six vector operations instead of eight:
+// Table lookup with the weights choosing the table. The K columns of every plane are
+// cut into digits of 4 columns. vpshufb looks up 16-byte tables by 4-bit indices, so
+// with the activation digits as indices and a table per weight digit v,
 //
-//   - Nibble-split panels. Both operands are repacked once per call with every word v
-//     stored as two words, lo(v) = v & 0x0f..0f and hi(v) = (v >> 4) & 0x0f..0f. Since
-//     lo(a op b) = lo(a) op lo(b) for op = XOR or AND, a product needs no shifts or
-//     masks in the hot loop: per 256 bits two XOR/AND, two vpshufb, two byte adds.
-//     (Harley-Seal carry-save accumulation needs five operations per input vector for
-//     each carry-save adder, one more for the XOR/AND and its own state registers per
-//     output, so on AVX2 it cannot beat six; see docs/performance.md.)
-//   - Activations interleaved four rows to a vector (lane l holds row 4g + l), weights
-//     broadcast: a vector of byte counts holds four outputs, so vpsadbw's four 64-bit
-//     sums are the outputs themselves. No horizontal reduction, and no partial vector
-//     at the end of a row: K = 576 (nine words) is nine steps, not three chunks of four.
-//   - A register tile of MR weight rows x NRV groups of four activation rows: each
-//     broadcast weight word is used 4*NRV times, each activation vector MR times.
-//   - Plane weights in the table: the lookup for activation plane p adds 2^p * count,
-//     so a 2-bit activation costs two products and no separate accumulation.
+//   T_v[i] = popcount(v ^ i)                        (bgemm_1x1)
+//   T_v[i] = sum_t (bit_t(v_lo) + 2 bit_t(v_hi)) bit_t(i)   (AND; v = two weight planes'
+//                                                    digits, v_lo + 16 v_hi, 256 tables)
+//
+// one vpshufb and one byte add count a digit for 32 activation rows at once: per 32
+// bytes, 128 bit-ops (1x1) or 256 (two weight planes), for two vector operations. (A
+// popcount of XOR/AND products by nibble lookup, Mula, Kurz, Lemire 2018, needs six
+// per 256 bit-ops even with nibble-split operands; Harley-Seal carry-save adders five
+// per input vector plus the XOR/AND; see docs/performance.md.)
+//
+// Layouts (repacked per call, so the public layout stays):
+//   - activations: per plane, groups of 32 rows; per digit d one 32-byte vector whose
+//     byte r is digit d of row r of the group (a byte transpose of the bit rows).
+//   - weights: per pair of planes, per row, per digit the byte offset of its table.
+//   - byte counters gain at most the largest table entry per digit (4, or 12 with two
+//     weight planes); they are widened into 16-bit sums (vpmovzxbw) before they
+//     overflow, and the 16-bit sums into the int32 output before those do.
+//
+// The register tile is one weight row x 8 groups (256 activation rows): 8 byte
+// counters, the table, temporaries; activation vectors are read from L1 as memory
+// operands of vpshufb. Per digit: one 2-byte load (the table offset), one table load,
+// 8 x (vpshufb + vpaddb) (measured on Zen 3 in L1: 1 x 8 with activations from memory
+// 1.48x the six-operation nibble-split kernel; 1 x 4, 2 x 4, 3 x 4 slower).
 #pragma once
 
 #include <immintrin.h>
@@ -31,223 +39,364 @@
 
 namespace apb::bgemm_avx2 {
 
-constexpr uint64_t kLowNibbles = 0x0f0f0f0f0f0f0f0full;
+constexpr int kGroupRows = 32;               // activation rows per vector, one byte each
+constexpr int kNRV = 8;                      // groups per column tile
+constexpr int kTileCols = kGroupRows * kNRV;  // activation rows per column tile
+constexpr int kDigitsPerWord = 16;           // 4 columns per digit
 
-// Register tile: 1 weight row x 4 groups of 4 activation rows (16 outputs). Of the 16
-// ymm registers: 4 byte counters, 2 broadcast weight halves, the tables, temporaries;
-// activation vectors are read from L1 as memory operands (2.5 loads per product are
-// within what the core sustains). Measured on Zen 3 over the ResNet-18 shapes: 1x4 and
-// 1x6 best, 2x2, 2x4 and 3x2 5-20 % slower (with more counters GCC's scheduling
-// spills them inside the loop); an even number of groups lets the epilogue store
-// eight outputs at a time (see pair_counts).
-constexpr int kNRV = 4;
-constexpr int kLanes = 4;  // activation rows per vector
-constexpr int kTileCols = kLanes * kNRV;
+// ---- tables -------------------------------------------------------------------------
 
-// Planes one microkernel call counts at once (their weights 1 and 2 are in the table).
-constexpr int kMaxTilePlanes = 2;
+// 16-entry tables, each stored twice (for both 128-bit lanes of vpshufb).
+template <int Tables>
+struct alignas(32) DigitTables {
+    uint8_t entry[Tables][32];
+};
 
-// Steps between folding the byte counters into 64-bit sums: one step adds at most
-// 8 * (2^P - 1) to a byte (two nibbles per plane), which must stay below 256.
-template <int P>
-constexpr int64_t kFlushSteps = 255 / (8 * ((1 << P) - 1));
+constexpr int popcount4(int v) { return (v & 1) + ((v >> 1) & 1) + ((v >> 2) & 1) + ((v >> 3) & 1); }
 
-static inline __m256i nibble_popcount_lut() {
-    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
-                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+constexpr DigitTables<16> make_xor_tables() {
+    DigitTables<16> t{};
+    for (int v = 0; v < 16; ++v) {
+        for (int i = 0; i < 32; ++i) t.entry[v][i] = static_cast<uint8_t>(popcount4(v ^ (i & 15)));
+    }
+    return t;
 }
 
-template <BitOp op>
-static inline __m256i apply(__m256i a, __m256i b) {
-    if constexpr (op == BitOp::Xor) {
-        return _mm256_xor_si256(a, b);
-    } else {
-        return _mm256_and_si256(a, b);
+// v = lo + 16 hi: the digits of two weight planes (weights 1 and 2) at the same columns.
+constexpr DigitTables<256> make_and_tables() {
+    DigitTables<256> t{};
+    for (int v = 0; v < 256; ++v) {
+        for (int i = 0; i < 32; ++i) {
+            const int x = i & 15;
+            t.entry[v][i] = static_cast<uint8_t>(popcount4(v & 15 & x) + 2 * popcount4((v >> 4) & x));
+        }
+    }
+    return t;
+}
+
+alignas(32) static constexpr DigitTables<16> kXorTables = make_xor_tables();
+alignas(32) static constexpr DigitTables<256> kAndTables = make_and_tables();
+
+static inline const uint8_t *tables_of(BitOp op) {
+    return op == BitOp::Xor ? &kXorTables.entry[0][0] : &kAndTables.entry[0][0];
+}
+
+// The largest table entry a pass adds per digit: 4, or 12 with two weight planes.
+static inline int largest_entry(BitOp op, int weight_planes) {
+    return op == BitOp::Xor || weight_planes == 1 ? 4 : 12;
+}
+
+// ---- the microkernel ------------------------------------------------------------------
+
+// One column tile (NRV groups of activation rows) against a run of weight rows over
+// digits [d0, d1), into 16-bit sums:
+//   sums[(r * kNRV + j) * 32 + l] = sum_{d0 <= d < d1} table(w_r[d])[x_{j,l}[d]]
+// with x_{j,l} row l of group j. The caller keeps (d1 - d0) * largest entry < 65536.
+struct LutPass {
+    const uint16_t *w;  // row r, digit d: byte offset of its table at w[r * w_row + d]
+    int64_t w_row;
+    const uint8_t *tables;
+    const uint8_t *x;   // group j, digit d: 32 bytes at x + j * x_group + 32 * d
+    int64_t x_group;
+    int64_t d0, d1;
+    int64_t flush;      // digits between widening the byte counters: 255 / largest entry
+    int64_t rows;
+    uint16_t *sums;     // [rows][kNRV][32]
+};
+
+static inline void add_widened(uint16_t *sums, __m256i bytes, bool first) {
+    __m256i lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes));
+    __m256i hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1));
+    __m256i *dst = reinterpret_cast<__m256i *>(sums);
+    if (!first) {
+        lo = _mm256_add_epi16(lo, _mm256_loadu_si256(dst));
+        hi = _mm256_add_epi16(hi, _mm256_loadu_si256(dst + 1));
+    }
+    _mm256_storeu_si256(dst, lo);
+    _mm256_storeu_si256(dst + 1, hi);
+}
+
+// acc += v bytewise, in acc's own register. (Written as an intrinsic, GCC 12 adds into
+// a fresh register and copies it back every digit: eight extra instructions per 16
+// vector operations, enough to make the loop limited by instruction dispatch.)
+static inline __attribute__((always_inline)) void add_bytes(__m256i &acc, __m256i v) {
+    asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(v));
+}
+
+// Not inlined on purpose: in a function of its own the register allocator keeps every
+// counter in a register (inlined into the block loop, GCC 12 kept some on the stack).
+template <int NRV>
+static __attribute__((noinline)) void lut_pass(const LutPass &c) {
+    static_assert(NRV >= 1 && NRV <= kNRV);
+    const __m256i zero = _mm256_setzero_si256();
+    if (c.d0 >= c.d1) {
+        for (int64_t r = 0; r < c.rows; ++r) {
+            for (int j = 0; j < NRV; ++j) add_widened(c.sums + (r * kNRV + j) * 32, zero, true);
+        }
+        return;
+    }
+    // Digits outer, rows inner: the activation digits of one flush interval (at most
+    // 8 x 32 x 63 bytes) stay in L1 while every weight row passes over them.
+    for (int64_t k0 = c.d0; k0 < c.d1; k0 += c.flush) {
+        const int64_t k1 = c.d1 - k0 < c.flush ? c.d1 : k0 + c.flush;
+        for (int64_t r = 0; r < c.rows; ++r) {
+            const uint16_t *w = c.w + r * c.w_row;
+            __m256i acc[NRV];
+            for (int j = 0; j < NRV; ++j) acc[j] = zero;
+            for (int64_t d = k0; d < k1; ++d) {
+                const __m256i table =
+                    _mm256_load_si256(reinterpret_cast<const __m256i *>(c.tables + w[d]));
+                const uint8_t *xd = c.x + 32 * d;
+                for (int j = 0; j < NRV; ++j) {
+                    const __m256i x =
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xd + j * c.x_group));
+                    add_bytes(acc[j], _mm256_shuffle_epi8(table, x));
+                }
+            }
+            for (int j = 0; j < NRV; ++j) add_widened(c.sums + (r * kNRV + j) * 32, acc[j], k0 == c.d0);
+        }
     }
 }
 
-// The low 32 bits of each 64-bit lane, as four int32 (the lanes hold counts < 2^32).
-static inline __m128i low_dwords(__m256i v) {
-    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, pick));
-}
-
-// Eight int32 counts in column order from the sums of a pair of groups whose lanes
-// hold the even and the odd columns of eight (see pack_activation_rows): dword 2l is
-// lane l of `even` (column 2l), dword 2l+1 lane l of `odd` (column 2l+1). Counts are
-// below 2^32, so the odd ones shifted up do not touch the even ones.
-static inline __m256i pair_counts(__m256i even, __m256i odd) {
-    return _mm256_or_si256(even, _mm256_slli_epi64(odd, 32));
-}
-
-// Lanes [0, n) all ones: the mask of a maskload/maskstore of the first n int32.
-static inline __m128i first_dwords(int n) {
-    return _mm_cmpgt_epi32(_mm_set1_epi32(n), _mm_setr_epi32(0, 1, 2, 3));
-}
-
-// One register tile's worth of activation columns (NRV groups) against a run of
-// weight rows, for one weight plane and up to two activation planes (a "pass"), with
-// the epilogue. Operands, in the panels:
-//   weights: row r, step k: lo half at w[r * w_row + k], hi half at w[r * w_row + w_half + k]
-//   activations: group j, step k, plane p: lo half (4 lanes) at
-//                x[j * x_group + k * x_step + 8 * p], hi half 4 words later
-// Each output gets v = count << shift, the count of this pass (planes weighted 1 and
-// 2); unless `first`, plus what out holds (the passes so far); if `last`, then
-// out = constant + code sum + scale * v. In int32, wrapping: the result is right modulo
-// 2^32 and fits int32 (the bindings check |out|), so it is right.
-struct ColumnPass {
-    const uint64_t *w;
-    int64_t w_row, w_half;
-    const uint64_t *x;
-    int64_t x_group, x_step;
-    int64_t steps;
+// out for the rows and columns of a pass's sums: v = sum << shift; unless `first`,
+// plus what out holds (earlier passes); if `last`, out = constant + code sum +
+// scale * v. In int32, wrapping: the result is right modulo 2^32 and fits int32 (the
+// bindings check |out|), so it is right.
+struct LutEpilogue {
+    const uint16_t *sums;  // [rows][kNRV][32]
     int64_t rows;
-    int32_t *out;  // row 0, the tile's first column
+    int cols;              // valid activation rows of the tile (<= 32 * NRV)
+    int32_t *out;          // row 0, the tile's first column
     int64_t out_row;
-    int cols;                  // valid columns (4 * NRV in a paired tile)
-    const int32_t *code_sums;  // of the tile's columns (a multiple of 4 readable), or null
+    const int32_t *code_sums;  // of the tile's columns (readable to a multiple of 8), or null
     int32_t constant, scale;
     int shift;
     bool first, last;
 };
 
-// Steps [k0, k1) of weight row `w_lo`/`w_hi` into the byte counters
-// (k1 - k0 <= kFlushSteps<P>).
-template <BitOp op, int P, int NRV>
-static inline __attribute__((always_inline)) void count_steps(const ColumnPass &c,
-                                                              const uint64_t *w_lo,
-                                                              const uint64_t *w_hi, int64_t k0,
-                                                              int64_t k1, __m256i (&acc)[NRV]) {
-    __m256i lut[P];
-    lut[0] = nibble_popcount_lut();
-    if constexpr (P > 1) lut[1] = _mm256_add_epi8(lut[0], lut[0]);
-    for (int64_t k = k0; k < k1; ++k) {
-        const uint64_t *xk = c.x + k * c.x_step;
-        const __m256i lo = _mm256_set1_epi64x(static_cast<long long>(w_lo[k]));
-        const __m256i hi = _mm256_set1_epi64x(static_cast<long long>(w_hi[k]));
-        for (int p = 0; p < P; ++p) {
-            for (int j = 0; j < NRV; ++j) {
-                const uint64_t *xp = xk + j * c.x_group + 8 * p;
-                const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xp));
-                const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(xp + 4));
-                acc[j] = _mm256_add_epi8(acc[j], _mm256_shuffle_epi8(lut[p], apply<op>(lo, a)));
-                acc[j] = _mm256_add_epi8(acc[j], _mm256_shuffle_epi8(lut[p], apply<op>(hi, b)));
-                // Keeps the adds in this order: GCC otherwise reassociates them into
-                // trees over a whole step, whose temporaries push counters to the stack.
-                asm("" : "+x"(acc[j]));
+// Lanes [0, n) all ones: the mask of a maskload/maskstore of the first n int32.
+static inline __m256i first_dwords(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <bool kFirst, bool kLast, bool kCodeSums>
+static inline void lut_epilogue_of(const LutEpilogue &e) {
+    const __m256i constant = _mm256_set1_epi32(e.constant);
+    const __m256i scale = _mm256_set1_epi32(e.scale);
+    const __m128i shift = _mm_cvtsi32_si128(e.shift);
+    const auto finish = [&](const uint16_t *sums, int32_t *dst, const int32_t *code_sums,
+                            __m256i mask) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(sums)));
+        v = _mm256_sll_epi32(v, shift);
+        if constexpr (!kFirst) v = _mm256_add_epi32(v, _mm256_maskload_epi32(dst, mask));
+        if constexpr (kLast) {
+            v = _mm256_add_epi32(constant, _mm256_mullo_epi32(scale, v));
+            if constexpr (kCodeSums) {
+                v = _mm256_add_epi32(
+                    v, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(code_sums)));
+            }
+        }
+        return v;
+    };
+    const __m256i all = _mm256_set1_epi32(-1);
+    const int whole = e.cols / 8 * 8;
+    for (int64_t r = 0; r < e.rows; ++r) {
+        const uint16_t *sums = e.sums + r * kNRV * 32;
+        int32_t *row = e.out + r * e.out_row;
+        // Column c sits at sums[(c / 32) * 32 + c % 32] = sums[c].
+        for (int c = 0; c < whole; c += 8) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i *>(row + c),
+                                finish(sums + c, row + c, kCodeSums ? e.code_sums + c : nullptr, all));
+        }
+        if (whole < e.cols) {
+            const __m256i mask = first_dwords(e.cols - whole);
+            _mm256_maskstore_epi32(
+                row + whole, mask,
+                finish(sums + whole, row + whole, kCodeSums ? e.code_sums + whole : nullptr, mask));
+        }
+    }
+}
+
+static inline void lut_epilogue(const LutEpilogue &e) {
+    const bool sums = e.code_sums != nullptr;
+    if (e.first && e.last) {
+        return sums ? lut_epilogue_of<true, true, true>(e) : lut_epilogue_of<true, true, false>(e);
+    }
+    if (e.first) return lut_epilogue_of<true, false, false>(e);
+    if (!e.last) return lut_epilogue_of<false, false, false>(e);
+    return sums ? lut_epilogue_of<false, true, true>(e) : lut_epilogue_of<false, true, false>(e);
+}
+
+// The epilogue of a pass run the other way round, with the activations on the table
+// side (the driver does so when N is small, so that the weights fill the 256-row
+// column tiles): sums[r][c] is the count of activation row r (out column) and weight
+// row c (out row). Eight-by-eight blocks are transposed in registers so that out is
+// written eight columns at a time. Same arithmetic as LutEpilogue.
+struct LutEpilogueTransposed {
+    const uint16_t *sums;  // [rows][kNRV][32]
+    int64_t rows;          // activation rows: out columns, from the first
+    int cols;              // weight rows of the tile: out rows, from the first
+    int32_t *out;          // out row of weight row 0, column of activation row 0
+    int64_t out_row;
+    const int32_t *code_sums;  // of the activation rows, or null
+    int32_t constant, scale;
+    int shift;
+    bool first, last;
+};
+
+// t[i][l] -> t[l][i] for 8 x 8 int32.
+static inline void transpose8x8(__m256i (&t)[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 4; ++i) {
+        a[2 * i] = _mm256_unpacklo_epi32(t[2 * i], t[2 * i + 1]);
+        a[2 * i + 1] = _mm256_unpackhi_epi32(t[2 * i], t[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+        b[4 * h + 0] = _mm256_unpacklo_epi64(a[4 * h], a[4 * h + 2]);      // columns 0 | 4
+        b[4 * h + 1] = _mm256_unpackhi_epi64(a[4 * h], a[4 * h + 2]);      // 1 | 5
+        b[4 * h + 2] = _mm256_unpacklo_epi64(a[4 * h + 1], a[4 * h + 3]);  // 2 | 6
+        b[4 * h + 3] = _mm256_unpackhi_epi64(a[4 * h + 1], a[4 * h + 3]);  // 3 | 7
+    }
+    for (int c = 0; c < 4; ++c) {
+        t[c] = _mm256_permute2x128_si256(b[c], b[4 + c], 0x20);
+        t[c + 4] = _mm256_permute2x128_si256(b[c], b[4 + c], 0x31);
+    }
+}
+
+template <bool kFirst, bool kLast, bool kCodeSums>
+static inline void lut_epilogue_transposed_of(const LutEpilogueTransposed &e) {
+    const __m256i constant = _mm256_set1_epi32(e.constant);
+    const __m256i scale = _mm256_set1_epi32(e.scale);
+    const __m128i shift = _mm_cvtsi32_si128(e.shift);
+    const __m256i zero = _mm256_setzero_si256();
+    for (int64_t r0 = 0; r0 < e.rows; r0 += 8) {
+        const int n = static_cast<int>(e.rows - r0 < 8 ? e.rows - r0 : 8);
+        const __m256i mask = first_dwords(n);
+        const __m256i sums_n =
+            kCodeSums ? _mm256_maskload_epi32(e.code_sums + r0, mask) : zero;
+        for (int c0 = 0; c0 < e.cols; c0 += 8) {
+            __m256i t[8];
+            for (int i = 0; i < 8; ++i) {
+                t[i] = i < n ? _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(
+                                   e.sums + (r0 + i) * kNRV * 32 + c0)))
+                             : zero;
+            }
+            transpose8x8(t);
+            const int m = e.cols - c0 < 8 ? e.cols - c0 : 8;
+            for (int i = 0; i < m; ++i) {
+                int32_t *dst = e.out + (c0 + i) * e.out_row + r0;
+                __m256i v = _mm256_sll_epi32(t[i], shift);
+                if constexpr (!kFirst) v = _mm256_add_epi32(v, _mm256_maskload_epi32(dst, mask));
+                if constexpr (kLast) {
+                    v = _mm256_add_epi32(constant, _mm256_mullo_epi32(scale, v));
+                    if constexpr (kCodeSums) v = _mm256_add_epi32(v, sums_n);
+                }
+                if (n == 8) {
+                    _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst), v);
+                } else {
+                    _mm256_maskstore_epi32(dst, mask, v);
+                }
             }
         }
     }
 }
 
-// The microkernel and its epilogue (see ColumnPass). kPaired: the groups come in
-// (even, odd) pairs of eight columns, all valid; otherwise the groups hold columns in
-// order and only the first c.cols are stored.
-//
-// Not inlined on purpose: in a function of its own the register allocator keeps every
-// counter in a register (inlined into the block loop, GCC 12 kept them on the stack
-// and lost a third of the speed).
-template <BitOp op, int P, int NRV, bool kPaired>
-static __attribute__((noinline)) void column_pass(const ColumnPass &c) {
-    static_assert(P >= 1 && P <= kMaxTilePlanes && NRV <= kNRV && (!kPaired || NRV % 2 == 0));
-    const __m256i zero = _mm256_setzero_si256();
-    const __m256i constant = _mm256_set1_epi32(c.constant);
-    const __m256i scale = _mm256_set1_epi32(c.scale);
-    const __m128i shift = _mm_cvtsi32_si128(c.shift);
-    for (int64_t r = 0; r < c.rows; ++r) {
-        const uint64_t *w_lo = c.w + r * c.w_row;
-        const uint64_t *w_hi = w_lo + c.w_half;
-        __m256i acc[NRV], sums[NRV];
-        for (int j = 0; j < NRV; ++j) acc[j] = zero;
-        if (c.steps <= kFlushSteps<P>) {  // one plane and K <= 1984, two and K <= 640
-            count_steps<op, P, NRV>(c, w_lo, w_hi, 0, c.steps, acc);
-            for (int j = 0; j < NRV; ++j) sums[j] = _mm256_sad_epu8(acc[j], zero);
-        } else {
-            for (int j = 0; j < NRV; ++j) sums[j] = zero;
-            for (int64_t k0 = 0; k0 < c.steps; k0 += kFlushSteps<P>) {
-                const int64_t k1 = c.steps - k0 < kFlushSteps<P> ? c.steps : k0 + kFlushSteps<P>;
-                count_steps<op, P, NRV>(c, w_lo, w_hi, k0, k1, acc);
-                for (int j = 0; j < NRV; ++j) {
-                    sums[j] = _mm256_add_epi64(sums[j], _mm256_sad_epu8(acc[j], zero));
-                    acc[j] = zero;
-                }
-            }
-        }
-        int32_t *row = c.out + r * c.out_row;
-        if constexpr (kPaired) {
-            for (int h = 0; h < NRV / 2; ++h) {
-                __m256i *dst = reinterpret_cast<__m256i *>(row + 2 * kLanes * h);
-                __m256i v = _mm256_sll_epi32(pair_counts(sums[2 * h], sums[2 * h + 1]), shift);
-                if (!c.first) v = _mm256_add_epi32(v, _mm256_loadu_si256(dst));
-                if (c.last) {
-                    v = _mm256_add_epi32(constant, _mm256_mullo_epi32(scale, v));
-                    if (c.code_sums) {
-                        v = _mm256_add_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i *>(
-                                                    c.code_sums + 2 * kLanes * h)));
-                    }
-                }
-                _mm256_storeu_si256(dst, v);
-            }
-        } else {
-            for (int j = 0; j < NRV && kLanes * j < c.cols; ++j) {
-                int *dst = row + kLanes * j;
-                const __m128i mask = first_dwords(c.cols - kLanes * j);
-                __m128i v = _mm_sll_epi32(low_dwords(sums[j]), shift);
-                if (!c.first) v = _mm_add_epi32(v, _mm_maskload_epi32(dst, mask));
-                if (c.last) {
-                    v = _mm_add_epi32(_mm256_castsi256_si128(constant),
-                                      _mm_mullo_epi32(_mm256_castsi256_si128(scale), v));
-                    if (c.code_sums) {
-                        v = _mm_add_epi32(v, _mm_loadu_si128(reinterpret_cast<const __m128i *>(
-                                                 c.code_sums + kLanes * j)));
-                    }
-                }
-                _mm_maskstore_epi32(dst, mask, v);
-            }
-        }
+static inline void lut_epilogue_transposed(const LutEpilogueTransposed &e) {
+    const bool sums = e.code_sums != nullptr;
+    if (e.first && e.last) {
+        return sums ? lut_epilogue_transposed_of<true, true, true>(e)
+                    : lut_epilogue_transposed_of<true, true, false>(e);
     }
+    if (e.first) return lut_epilogue_transposed_of<true, false, false>(e);
+    if (!e.last) return lut_epilogue_transposed_of<false, false, false>(e);
+    return sums ? lut_epilogue_transposed_of<false, true, true>(e)
+                : lut_epilogue_transposed_of<false, true, false>(e);
 }
 
 // ---- panels ---------------------------------------------------------------------------
 
-// lo and hi halves of four words at once.
-static inline void split_nibbles(__m256i v, __m256i &lo, __m256i &hi) {
-    const __m256i low = _mm256_set1_epi64x(static_cast<long long>(kLowNibbles));
-    lo = _mm256_and_si256(v, low);
-    hi = _mm256_and_si256(_mm256_srli_epi64(v, 4), low);
+// One operand as the packers see it: `planes` bit-planes of `rows` rows of W words,
+// plane p row r at data[(p * rows + r) * W]; columns at or past K are cleared by
+// last_mask in word W - 1.
+struct BitRows {
+    const uint64_t *data;
+    int planes;
+    int64_t rows, W;
+    uint64_t last_mask;
+};
+
+static inline BitRows weights_of(const PopcountGemm &g) { return {g.w, g.Q, g.M, g.W, g.last_mask}; }
+static inline BitRows activations_of(const PopcountGemm &g) {
+    return {g.x, g.P, g.N, g.W, g.last_mask};
 }
 
-// Weight panel rows [m0, m1) of every plane: plane q, half h, row m at
-// panel[((2q + h) * rows + m) * W + k], with rows = g.M. The last word of each row
-// keeps only the columns below K (last_mask), so nothing past K is ever counted.
-static void pack_weight_rows(const PopcountGemm &g, int64_t m0, int64_t m1, uint64_t *panel) {
-    const int64_t W = g.W;
-    for (int q = 0; q < g.Q; ++q) {
-        for (int64_t m = m0; m < m1; ++m) {
-            const uint64_t *src = g.w + (q * g.M + m) * W;
-            uint64_t *lo = panel + ((2 * q) * g.M + m) * W;
-            uint64_t *hi = lo + g.M * W;
+// Word k of a row with the columns at or past K cleared (k < W).
+static inline uint64_t masked_word(const uint64_t *row, int64_t k, const BitRows &a) {
+    return k == a.W - 1 ? row[k] & a.last_mask : row[k];
+}
+
+// Table side of a pass. Rows [r0, r1) of a panel that holds `count` rows from row
+// `base`: for each pair of planes (2h, 2h+1; the second absent when the count is odd)
+// and row r, the table offset of each digit d at panel[(h * count + r - base) * D + d],
+// D = 16 W: 32 * (digit of plane 2h + 16 * digit of plane 2h+1). Digits past K are 0.
+static void pack_table_digits(const BitRows &a, int64_t base, int64_t count, int64_t r0,
+                              int64_t r1, uint16_t *panel) {
+    const int64_t W = a.W;
+    const int64_t D = kDigitsPerWord * W;
+    const int pairs = (a.planes + 1) / 2;
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    for (int h = 0; h < pairs; ++h) {
+        const bool two = 2 * h + 1 < a.planes;
+        for (int64_t r = r0; r < r1; ++r) {
+            const uint64_t *lo_row = a.data + (2 * h * a.rows + r) * W;
+            const uint64_t *hi_row = two ? a.data + ((2 * h + 1) * a.rows + r) * W : nullptr;
+            uint16_t *dst = panel + (h * count + r - base) * D;
             int64_t k = 0;
-            for (; k + 4 <= W; k += 4) {
-                __m256i l, h;
-                split_nibbles(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + k)), l, h);
-                _mm256_storeu_si256(reinterpret_cast<__m256i *>(lo + k), l);
-                _mm256_storeu_si256(reinterpret_cast<__m256i *>(hi + k), h);
+            // Four words at a time: digits 2b and 2b+1 of word k are the low and high
+            // nibbles of its byte b, so an interleave of the nibble bytes gives 16 digits
+            // per word in order; widened to 16 bits and scaled by 32, table offsets.
+            for (; k + 4 < W; k += 4) {  // whole chunks of four words before word W - 1
+                const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(lo_row + k));
+                const __m256i hi =
+                    two ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(hi_row + k))
+                        : _mm256_setzero_si256();
+                // byte = lo-plane nibble | hi-plane nibble << 4: the table index.
+                const __m256i idx_lo = _mm256_or_si256(
+                    _mm256_and_si256(lo, low), _mm256_slli_epi16(_mm256_and_si256(hi, low), 4));
+                const __m256i idx_hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(lo, 4), low),
+                    _mm256_andnot_si256(low, hi));
+                // In each lane: digits of bytes 0-7 (unpacklo) and 8-15 (unpackhi).
+                const __m256i d01 = _mm256_unpacklo_epi8(idx_lo, idx_hi);  // words k | k+2
+                const __m256i d23 = _mm256_unpackhi_epi8(idx_lo, idx_hi);  // words k+1 | k+3
+                const __m256i words[4] = {
+                    _mm256_permute2x128_si256(d01, d23, 0x20),  // words k, k+1 (32 digits)
+                    _mm256_permute2x128_si256(d01, d23, 0x31)};  // words k+2, k+3
+                for (int half = 0; half < 2; ++half) {
+                    const __m256i v = words[half];
+                    const __m256i off_lo =
+                        _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), 5);
+                    const __m256i off_hi =
+                        _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)), 5);
+                    __m256i *d = reinterpret_cast<__m256i *>(dst + 16 * (k + 2 * half));
+                    _mm256_storeu_si256(d, off_lo);
+                    _mm256_storeu_si256(d + 1, off_hi);
+                }
             }
             for (; k < W; ++k) {
-                lo[k] = src[k] & kLowNibbles;
-                hi[k] = (src[k] >> 4) & kLowNibbles;
-            }
-            if (W > 0) {
-                lo[W - 1] &= g.last_mask;
-                hi[W - 1] &= g.last_mask >> 4;
+                const uint64_t lo = masked_word(lo_row, k, a);
+                const uint64_t hi = two ? masked_word(hi_row, k, a) : 0;
+                for (int d = 0; d < kDigitsPerWord; ++d) {
+                    const int v = static_cast<int>(((lo >> (4 * d)) & 15) | (((hi >> (4 * d)) & 15) << 4));
+                    dst[kDigitsPerWord * k + d] = static_cast<uint16_t>(32 * v);
+                }
             }
         }
     }
 }
 
-// The 4 x 4 transpose of 64-bit words: r[l] holds words k..k+3 of lane l; afterwards
-// r[t] holds word k+t of lanes 0..3.
+// The 4 x 4 transpose of 64-bit words: r[l] holds words k..k+3 of row l; afterwards
+// r[t] holds word k+t of rows 0..3.
 static inline void transpose4(__m256i (&r)[4]) {
     const __m256i a = _mm256_unpacklo_epi64(r[0], r[1]);  // 0k 1k | 0k+2 1k+2
     const __m256i b = _mm256_unpackhi_epi64(r[0], r[1]);  // 0k+1 1k+1 | 0k+3 1k+3
@@ -259,69 +408,89 @@ static inline void transpose4(__m256i (&r)[4]) {
     r[3] = _mm256_permute2x128_si256(b, d, 0x31);
 }
 
-// Activation panel of rows [n0, n1): groups of four rows, group j at
-// panel[j * x_group + k * (8 * P) + 8 * p + 4 * h + l] for step k, plane p, half h,
-// lane l (x_group = W * 8 * P). Rows come in chunks of eight: in a whole chunk
-// c (rows n0 + 8c .. n0 + 8c + 7), group 2c holds the even rows (lane l: row
-// n0 + 8c + 2l) and group 2c + 1 the odd ones, so that pair_counts puts a row of
-// outputs in column order; a last partial chunk holds its rows in order (lane l of
-// group 2c + h: row n0 + 8c + 4h + l), zeros past n1. Last words masked as for the
-// weights.
-static inline int64_t activation_row(int64_t n0, int64_t n1, int64_t j, int l) {
-    const int64_t chunk = n0 + 8 * (j / 2);
-    const int64_t odd = j % 2;
-    return chunk + 8 <= n1 ? chunk + 2 * l + odd : chunk + 4 * odd + l;
+// The byte transpose of one word of 32 rows. v[i] holds that word of rows 2i, 2i+1
+// (low lane) and 16+2i, 17+2i (high lane); afterwards y[b] holds byte b of rows 0..31.
+static inline void transpose_bytes(const __m256i (&v)[8], __m256i (&y)[8]) {
+    // Per lane: bytes of the two rows interleaved, 16-bit element b = byte b of both.
+    const __m256i pairs = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15,  //
+                                           0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    __m256i e[8];
+    for (int i = 0; i < 8; ++i) e[i] = _mm256_shuffle_epi8(v[i], pairs);
+    // 8 x 8 transpose of 16-bit elements in each lane.
+    __m256i a[4], b[4];
+    for (int i = 0; i < 4; ++i) {
+        a[i] = _mm256_unpacklo_epi16(e[2 * i], e[2 * i + 1]);  // elements 0-3 of rows 2i, 2i+1
+        b[i] = _mm256_unpackhi_epi16(e[2 * i], e[2 * i + 1]);  // elements 4-7
+    }
+    const __m256i c0 = _mm256_unpacklo_epi32(a[0], a[1]), c1 = _mm256_unpackhi_epi32(a[0], a[1]);
+    const __m256i c2 = _mm256_unpacklo_epi32(a[2], a[3]), c3 = _mm256_unpackhi_epi32(a[2], a[3]);
+    const __m256i d0 = _mm256_unpacklo_epi32(b[0], b[1]), d1 = _mm256_unpackhi_epi32(b[0], b[1]);
+    const __m256i d2 = _mm256_unpacklo_epi32(b[2], b[3]), d3 = _mm256_unpackhi_epi32(b[2], b[3]);
+    y[0] = _mm256_unpacklo_epi64(c0, c2);
+    y[1] = _mm256_unpackhi_epi64(c0, c2);
+    y[2] = _mm256_unpacklo_epi64(c1, c3);
+    y[3] = _mm256_unpackhi_epi64(c1, c3);
+    y[4] = _mm256_unpacklo_epi64(d0, d2);
+    y[5] = _mm256_unpackhi_epi64(d0, d2);
+    y[6] = _mm256_unpacklo_epi64(d1, d3);
+    y[7] = _mm256_unpackhi_epi64(d1, d3);
 }
 
-static void pack_activation_rows(const PopcountGemm &g, int64_t n0, int64_t n1,
-                                 uint64_t *panel) {
-    const int64_t W = g.W;
-    const int P = g.P;
-    const int64_t x_step = 8 * P;
-    const int64_t x_group = W * x_step;
-    const __m256i zero = _mm256_setzero_si256();
-    const __m256i mask = _mm256_set1_epi64x(static_cast<long long>(g.last_mask));
-    const __m256i mask_hi = _mm256_set1_epi64x(static_cast<long long>(g.last_mask >> 4));
-    const int64_t groups = (n1 - n0 + kLanes - 1) / kLanes;
-    for (int64_t j = 0; j < groups; ++j) {
-        for (int p = 0; p < P; ++p) {
-            const uint64_t *rows[kLanes];
-            for (int l = 0; l < kLanes; ++l) {
-                const int64_t n = activation_row(n0, n1, j, l);
-                rows[l] = n < n1 ? g.x + (p * g.N + n) * W : nullptr;
+// Byte side of a pass. Rows [r0, r1) (r0 - base a multiple of 32) of a panel that
+// holds `groups` groups of 32 rows from row `base`: plane p, group j (rows
+// base + 32j ..), digit d at panel[((p * groups + j) * D + d) * 32 + i] for row
+// base + 32j + i, D = 16 W; rows past r1 in the last group, and digits past K, are 0.
+static void pack_byte_digits(const BitRows &a, int64_t base, int64_t groups, int64_t r0,
+                             int64_t r1, uint8_t *panel) {
+    const int64_t W = a.W;
+    const int64_t D = kDigitsPerWord * W;
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i mask = _mm256_set1_epi64x(static_cast<long long>(a.last_mask));
+    // Row i of a group goes to lane (i % 2) + 2 (i / 16) of v[(i % 16) / 2].
+    for (int p = 0; p < a.planes; ++p) {
+        for (int64_t g0 = r0; g0 < r1; g0 += kGroupRows) {
+            const int64_t j = (g0 - base) / kGroupRows;
+            const uint64_t *rows[kGroupRows];
+            for (int i = 0; i < kGroupRows; ++i) {
+                rows[i] = g0 + i < r1 ? a.data + (p * a.rows + g0 + i) * W : nullptr;
             }
-            uint64_t *dst = panel + j * x_group + 8 * p;
-            int64_t k = 0;
-            for (; k + 4 <= W; k += 4) {
-                __m256i r[4];
-                for (int l = 0; l < kLanes; ++l) {
-                    r[l] = rows[l] ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(rows[l] + k))
-                                   : zero;
+            uint8_t *dst = panel + (p * groups + j) * D * 32;
+            for (int64_t k = 0; k < W; k += 4) {
+                const int words = static_cast<int>(W - k < 4 ? W - k : 4);
+                const __m256i tail_lanes = _mm256_cmpgt_epi64(_mm256_set1_epi64x(words),
+                                                              _mm256_setr_epi64x(0, 1, 2, 3));
+                __m256i v[4][8];  // v[t][i]: word k+t of the rows of slot i
+                for (int i = 0; i < 8; ++i) {
+                    const int members[4] = {2 * i, 2 * i + 1, 16 + 2 * i, 17 + 2 * i};
+                    __m256i r[4];
+                    for (int l = 0; l < 4; ++l) {
+                        const uint64_t *row = rows[members[l]];
+                        if (row == nullptr) {
+                            r[l] = _mm256_setzero_si256();
+                        } else if (words == 4) {
+                            r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(row + k));
+                        } else {  // masked lanes are not read: nothing past the row is touched
+                            r[l] = _mm256_maskload_epi64(reinterpret_cast<const long long *>(row + k),
+                                                         tail_lanes);
+                        }
+                    }
+                    transpose4(r);
+                    for (int t = 0; t < 4; ++t) v[t][i] = r[t];
                 }
-                transpose4(r);
-                for (int t = 0; t < 4; ++t) {
-                    __m256i lo, hi;
-                    split_nibbles(r[t], lo, hi);
-                    uint64_t *d = dst + (k + t) * x_step;
-                    _mm256_storeu_si256(reinterpret_cast<__m256i *>(d), lo);
-                    _mm256_storeu_si256(reinterpret_cast<__m256i *>(d + 4), hi);
+                for (int t = 0; t < words; ++t) {
+                    if (k + t == W - 1) {
+                        for (int i = 0; i < 8; ++i) v[t][i] = _mm256_and_si256(v[t][i], mask);
+                    }
+                    __m256i y[8];
+                    transpose_bytes(v[t], y);
+                    uint8_t *digits = dst + kDigitsPerWord * (k + t) * 32;
+                    for (int b = 0; b < 8; ++b) {
+                        const __m256i lo = _mm256_and_si256(y[b], low);
+                        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(y[b], 4), low);
+                        _mm256_storeu_si256(reinterpret_cast<__m256i *>(digits + 64 * b), lo);
+                        _mm256_storeu_si256(reinterpret_cast<__m256i *>(digits + 64 * b + 32), hi);
+                    }
                 }
-            }
-            for (; k < W; ++k) {
-                alignas(32) uint64_t v[kLanes];
-                for (int l = 0; l < kLanes; ++l) v[l] = rows[l] ? rows[l][k] : 0;
-                __m256i lo, hi;
-                split_nibbles(_mm256_load_si256(reinterpret_cast<const __m256i *>(v)), lo, hi);
-                uint64_t *d = dst + k * x_step;
-                _mm256_storeu_si256(reinterpret_cast<__m256i *>(d), lo);
-                _mm256_storeu_si256(reinterpret_cast<__m256i *>(d + 4), hi);
-            }
-            if (W > 0) {
-                uint64_t *d = dst + (W - 1) * x_step;
-                __m256i *lo = reinterpret_cast<__m256i *>(d);
-                __m256i *hi = reinterpret_cast<__m256i *>(d + 4);
-                _mm256_storeu_si256(lo, _mm256_and_si256(_mm256_loadu_si256(lo), mask));
-                _mm256_storeu_si256(hi, _mm256_and_si256(_mm256_loadu_si256(hi), mask_hi));
             }
         }
     }

@@ -42,8 +42,9 @@ void apb::bind::bind_roofline(nb::module_ &m) {
         "Time `repeats` passes of roofline loop `method` (see roofline_methods) over two "
         "L1-resident operands of `words` uint64 each (a positive multiple of 32) with the "
         "active ISA on the calling thread: (seconds, bit_ops, checksum). A pass of a 1-D "
-        "method counts popcount(a XOR b) over the words; `tiled` counts all 16 x 16 pairs of "
-        "rows of S = min(words / 16, 31) words cut from the start of a and b.");
+        "method counts popcount(a XOR b) over the words; `tiled` counts the first 252 bits of "
+        "all pairs of rows of 4 words, rows 0..15 of a against rows 0..255 of b (words >= "
+        "1024).");
     m.def(
         "roofline_operands",
         [](int64_t words) {

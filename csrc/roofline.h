@@ -8,11 +8,12 @@
 //   popcnt       (scalar)  POPCNT (or the portable bit sum) per 64-bit word
 //   lookup       (AVX2)    nibble lookup per 256 bits, vpsadbw per vector
 //   harley_seal  (AVX2)    carry-save adders over 8 vectors, one lookup per 8
-//   tiled        (AVX2)    the GEMM microkernel itself (bgemm_avx2.h: nibble-split
-//                          operands, a 1 x 16 register tile) on panels in L1
+//   tiled        (AVX2)    the GEMM microkernel itself (bgemm_avx2.h: tables chosen
+//                          by weight digits, looked up by activation digits of 256
+//                          rows) on panels in L1
 //   vpopcntq     (AVX-512) VPOPCNTQ per 512 bits
-// The 1-D loops read two fresh operands per XOR; `tiled` reuses each loaded weight
-// word sixteen times and each activation vector once per weight row, as a GEMM may.
+// The 1-D loops read two fresh operands per XOR; `tiled` reuses each weight digit's
+// table 256 times and each activation vector once per weight row, as a GEMM may.
 #pragma once
 
 #include <chrono>
@@ -42,9 +43,9 @@ RooflineMethod roofline_method_from_name(const std::string &name);
 // two operands a, b of `words` 64-bit words (a positive multiple of 32), filled with a
 // fixed pseudo-random pattern. One pass computes
 //   1-D methods: sum_i popcount(a[i] ^ b[i])                        (64 * words bit-ops)
-//   tiled:       sum_{r, c < 16} popcount(a_r ^ b_c) with a_r (b_c) row r (c) of the
-//                first 16 S words of a (b) cut into rows of S = min(words / 16, 31)
-//                words                                            (64 * 256 * S bit-ops)
+//   tiled:       sum_{r < 16, c < 256} popcount(a_r ^ b_c) over the first 252 bits,
+//                with a_r (b_c) words [4r, 4r + 4) of a (b); words >= 1024
+//                                                                 (16 * 256 * 252 bit-ops)
 // Throws std::invalid_argument for bad sizes or a method the active ISA lacks.
 RooflineResult xor_popcount_roofline(int64_t words, int64_t repeats, RooflineMethod method);
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "bgemm_avx2.h"
@@ -13,10 +14,14 @@ namespace apb {
 
 namespace {
 
-using bgemm_avx2::nibble_popcount_lut;
 
 inline __m256i load(const uint64_t *p) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
+}
+
+inline __m256i nibble_popcount_lut() {
+    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
+                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
 }
 
 // Bit counts of each byte of v (Mula, Kurz, Lemire 2018).
@@ -89,53 +94,56 @@ uint64_t harley_seal_pass(const uint64_t *a, const uint64_t *b, int64_t words) {
     return sum_lanes(total);
 }
 
-// The GEMM microkernel on L1 panels: 16 weight rows and 16 activation rows of
-// min(words / 16, 31) words from the start of a and b (31 steps: the longest rows it
-// counts without folding its byte counters), all 256 dot products per pass.
+// The GEMM microkernel on L1 panels: a and b cut into rows of 4 words, of which the
+// first 252 columns count (63 digits: one interval between widenings of the byte
+// counters); weight rows 0..15 of a against activation rows 0..255 of b (one column
+// tile), all 16 x 256 dot products per pass. The pass returns the sum of the 16-bit
+// sums (at most 256 x 252 per lane: no overflow).
 RooflineResult tiled(const uint64_t *a, const uint64_t *b, int64_t words, int64_t repeats) {
     using namespace bgemm_avx2;
-    constexpr int kRows = 16;
-    static_assert(kTileCols == kRows, "one column tile of the microkernel");
-    const int64_t steps = std::min<int64_t>(words / kRows, kFlushSteps<1>);
+    constexpr int kRows = 16, kRowWords = 4, kColumns = 252;
+    constexpr int64_t kDigits = kColumns / 4;
+    static_assert(kTileCols == 256 && kDigits <= 255 / 4);
+    if (words < kTileCols * kRowWords) {
+        throw std::invalid_argument("roofline method tiled needs words >= 1024, got " +
+                                    std::to_string(words));
+    }
     PopcountGemm g;
     g.w = a;
     g.x = b;
     g.M = kRows;
-    g.N = kRows;
-    g.W = steps;
-    std::vector<uint64_t> w_panel(static_cast<size_t>(2 * kRows * steps));
-    std::vector<uint64_t> x_panel(static_cast<size_t>(2 * kRows * steps));
-    pack_weight_rows(g, 0, kRows, w_panel.data());
-    pack_activation_rows(g, 0, kRows, x_panel.data());
-    alignas(32) int32_t out[kRows * kRows];
-    ColumnPass c;
-    c.w = w_panel.data();
-    c.w_row = steps;
-    c.w_half = kRows * steps;
-    c.x = x_panel.data();
-    c.x_group = 8 * steps;
-    c.x_step = 8;
-    c.steps = steps;
+    g.N = kTileCols;
+    g.W = kRowWords;
+    g.last_mask = last_word_mask(kColumns);
+    const int64_t D = kDigitsPerWord * kRowWords;
+    std::vector<uint16_t> w_digits(static_cast<size_t>(kRows * D));
+    std::vector<uint8_t> x_digits(static_cast<size_t>(kTileCols * D));
+    pack_table_digits(weights_of(g), 0, kRows, 0, kRows, w_digits.data());
+    pack_byte_digits(activations_of(g), 0, kNRV, 0, kTileCols, x_digits.data());
+    alignas(32) uint16_t sums[kRows * kNRV * kGroupRows];
+    LutPass c;
+    c.w = w_digits.data();
+    c.w_row = D;
+    c.tables = tables_of(BitOp::Xor);
+    c.x = x_digits.data();
+    c.x_group = D * kGroupRows;
+    c.d0 = 0;
+    c.d1 = kDigits;
+    c.flush = kDigits;
     c.rows = kRows;
-    c.out = out;
-    c.out_row = kRows;
-    c.cols = kRows;
-    c.code_sums = nullptr;
-    c.constant = 0;
-    c.scale = 1;
-    c.shift = 0;
-    c.first = c.last = true;
-    return time_passes(repeats, 64.0 * kRows * kRows * static_cast<double>(steps), [&] {
-        column_pass<BitOp::Xor, 1, kNRV, true>(c);
-        __m256i sum = _mm256_setzero_si256();
-        for (int i = 0; i < kRows * kRows; i += 8) {
-            sum = _mm256_add_epi32(sum, _mm256_load_si256(reinterpret_cast<const __m256i *>(out + i)));
+    c.sums = sums;
+    return time_passes(repeats, static_cast<double>(kRows) * kTileCols * kColumns, [&] {
+        lut_pass<kNRV>(c);
+        __m256i total = _mm256_setzero_si256();
+        for (int i = 0; i < kRows * kNRV * kGroupRows; i += 16) {
+            total = _mm256_add_epi16(total, _mm256_load_si256(reinterpret_cast<const __m256i *>(sums + i)));
         }
-        alignas(32) uint32_t lanes[8];
-        _mm256_store_si256(reinterpret_cast<__m256i *>(lanes), sum);
-        uint64_t total = 0;
-        for (uint32_t lane : lanes) total += lane;
-        return total;
+        // 16-bit lanes, each the sum of 256 sums of at most 252: below 2^16.
+        alignas(32) uint16_t lanes[16];
+        _mm256_store_si256(reinterpret_cast<__m256i *>(lanes), total);
+        uint64_t sum = 0;
+        for (uint16_t lane : lanes) sum += lane;
+        return sum;
     });
 }
 

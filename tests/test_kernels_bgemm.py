@@ -19,14 +19,15 @@ from apb.kernels.reference_bgemm import (
 )
 
 # Column counts around every boundary the kernels have: a word (64), 4 words (the AVX2
-# panel packer's transpose), an AVX-512 chunk (8 words), and the steps after which the
-# AVX2 byte counters are folded into 64-bit sums: 10 words with two activation planes
-# (640 columns), 31 with one (1984).
-EDGE_K = [0, 1, 63, 64, 65, 127, 128, 129, 255, 256, 257, 320, 511, 512, 513, 576, 639, 640,
-          641, 1983, 1984, 1985, 7937]
-# Rows around the register tiles and their remainders: AVX2 reads activations in groups
-# of 4 rows, pairs them into 8 and tiles of 16; AVX-512 tiles are 4 x 4.
-EDGE_ROWS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 25]
+# packers' transposes), an AVX-512 chunk (8 words), and the digits (4 columns) after
+# which the AVX2 byte counters are widened: 21 with two weight planes (84 columns), 63
+# otherwise (252).
+EDGE_K = [0, 1, 63, 64, 65, 83, 84, 85, 127, 128, 129, 251, 252, 253, 256, 257, 320, 511,
+          512, 513, 576, 7937]
+# Rows around the register tiles and their remainders: AVX2 reads the byte side in
+# groups of 32 rows, 8 groups to a tile, the table side in chunks of 16 rows and (when
+# transposed) stores blocks of 8; AVX-512 tiles are 4 x 4.
+EDGE_ROWS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 33]
 
 ISAS = [pytest.param(isa, id=isa) for isa in kernels.ISA_NAMES]
 
@@ -263,6 +264,29 @@ def test_large_blocked_threaded(isa: str, threads: int, style: str) -> None:
         kernels.set_num_threads(previous)
     _check(out_1x1, bgemm_1x1_ref(w[0], x[0], k))
     _check(out_1x2, bgemm_1x2_ref(w[0], x, k))
+    _check(out_2x2, bgemm_2x2_ref(w, x, k))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("M", "N", "k"), [(300, 20, 200), (20, 300, 200), (600, 9, 70)])
+def test_many_tiles_both_orientations(isa: str, threads: int, M: int, N: int, k: int) -> None:
+    """Shapes whose AVX2 kernels take either operand as the table side (small N puts the
+    weights on the byte side), with several column tiles and a partial last one."""
+    _require(isa)
+    rng = np.random.default_rng(M + N)
+    w = _random_words(rng, (2, M, _words(k)), "uniform")
+    x = _random_words(rng, (3, N, _words(k)), "uniform")
+    previous = kernels.get_num_threads()
+    kernels.set_num_threads(threads)
+    try:
+        with kernels.use_isa(isa):
+            out = kernels.bgemm_1x1(w[0], x[0], k), kernels.bgemm_1x2(w[0], x[:2], k)
+            out_2x2 = kernels.bgemm_2x2(w, x, k)
+    finally:
+        kernels.set_num_threads(previous)
+    _check(out[0], bgemm_1x1_ref(w[0], x[0], k))
+    _check(out[1], bgemm_1x2_ref(w[0], x[:2], k))
     _check(out_2x2, bgemm_2x2_ref(w, x, k))
 
 

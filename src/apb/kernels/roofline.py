@@ -23,14 +23,14 @@ def roofline_methods() -> list[str]:
 
 
 def xor_popcount_rooflines(
-    words: int = 512, seconds: float = 0.3, trials: int = 30
+    words: int = 1024, seconds: float = 0.3, trials: int = 30
 ) -> dict[str, float]:
     """G bit-ops/s of each roofline loop of the active ISA on one thread, the best of
     ``trials`` short trials each (a limit is what the core can do; other load on the
     machine only lowers a trial, and short ones are more often left alone).
 
-    ``words`` uint64 per operand (two operands of 4 KiB by default, in L1); the loops
-    together take about ``seconds``.
+    ``words`` uint64 per operand (two operands of 8 KiB by default, in L1; ``tiled``
+    needs at least 1024); the loops together take about ``seconds``.
     """
     if not isinstance(words, int) or words <= 0 or words % 32:
         raise ValueError(f"words must be a positive multiple of 32, got {words!r}")
@@ -55,6 +55,6 @@ def xor_popcount_rooflines(
     return rates
 
 
-def xor_popcount_roofline(words: int = 512, seconds: float = 0.3, trials: int = 30) -> float:
+def xor_popcount_roofline(words: int = 1024, seconds: float = 0.3, trials: int = 30) -> float:
     """The roofline: the best G bit-ops/s over :func:`xor_popcount_rooflines`."""
     return max(xor_popcount_rooflines(words, seconds, trials).values())
