@@ -144,7 +144,9 @@ void run_block(const PopcountGemm &g, const Side &t, const Side &b, bool transpo
     const int pairs = (t.planes + 1) / 2;
     alignas(32) uint16_t sums[kChunkRows * kNRV * kGroupRows];
     for (int64_t c0 = b.r0; c0 < b.r1; c0 += kTileCols) {
-        const int64_t j0 = (c0 - b.base) / kGroupRows;  // the tile's first group
+        // The tile's first group; blocks start at multiples of a tile (the kernel's
+        // mr and nr), so the byte panel's tiles are the block's.
+        const int64_t j0 = (c0 - b.base) / kGroupRows;
         const int cols = static_cast<int>(std::min<int64_t>(kTileCols, b.r1 - c0));
         const int nrv = static_cast<int>(groups_of(cols));
         for (int64_t rc = t.r0; rc < t.r1; rc += kChunkRows) {
@@ -158,8 +160,8 @@ void run_block(const PopcountGemm &g, const Side &t, const Side &b, bool transpo
                         c.w = table_digits + (h * t.count + rc - t.base) * D;
                         c.w_row = D;
                         c.tables = tables_of(g.op);
-                        c.x = b.panel + (p * b.count + j0) * D * kGroupRows;
-                        c.x_group = D * kGroupRows;
+                        c.x = b.panel + byte_digit_offset(b.count, D, p, j0, 0);
+                        c.x_step = kGroupRows * nrv;
                         c.d0 = d0;
                         c.d1 = std::min(D, d0 + span);
                         c.flush = std::min<int64_t>(kMaxFlushDigits, 255 / largest);

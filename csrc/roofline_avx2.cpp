@@ -116,17 +116,17 @@ RooflineResult tiled(const uint64_t *a, const uint64_t *b, int64_t words, int64_
     g.W = kRowWords;
     g.last_mask = last_word_mask(kColumns);
     const int64_t D = kDigitsPerWord * kRowWords;
-    std::vector<uint16_t> w_digits(static_cast<size_t>(kRows * D));
-    std::vector<uint8_t> x_digits(static_cast<size_t>(kTileCols * D));
-    pack_table_digits(weights_of(g), 0, kRows, 0, kRows, w_digits.data());
-    pack_byte_digits(activations_of(g), 0, kNRV, 0, kTileCols, x_digits.data());
+    alignas(64) uint16_t w_digits[kRows * kDigitsPerWord * kRowWords];
+    alignas(64) uint8_t x_digits[kTileCols * kDigitsPerWord * kRowWords];  // 16 KiB
+    pack_table_digits(weights_of(g), 0, kRows, 0, kRows, w_digits);
+    pack_byte_digits(activations_of(g), 0, kNRV, 0, kTileCols, x_digits);
     alignas(32) uint16_t sums[kRows * kNRV * kGroupRows];
     LutPass c;
-    c.w = w_digits.data();
+    c.w = w_digits;
     c.w_row = D;
     c.tables = tables_of(BitOp::Xor);
-    c.x = x_digits.data();
-    c.x_group = D * kGroupRows;
+    c.x = x_digits;
+    c.x_step = kGroupRows * kNRV;
     c.d0 = 0;
     c.d1 = kDigits;
     c.flush = kDigits;
