@@ -133,22 +133,21 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     const int64_t row_bytes =
         std::max<int64_t>(1, kernel.activation_panel_words(g, kernel.nr) * 8 / kernel.nr);
     const int64_t max_cols = multiple_at_most(kActivationPanelBytes / row_bytes, kernel.nr);
+    // More blocks for more threads: rows first, up to kBlocksPerThread blocks per thread
+    // (a block of columns is then packed once per thread that meets it); columns only as
+    // far as needed for a number of blocks that the threads share evenly (with the
+    // activations on the table side, every block of columns streams all the weights).
     int64_t parts_n = ceil_div(g.N, max_cols), parts_m = 1;
-    // More blocks for more threads: rows first (each block of columns is packed once per
-    // thread that meets it), then columns.
-    while (nt > 1 && parts_m * parts_n < kBlocksPerThread * nt) {
-        if (2 * parts_m * kernel.mr <= g.M) {
-            parts_m *= 2;
-        } else if ((parts_n + 1) * kernel.nr <= g.N) {
-            ++parts_n;
-        } else {
-            break;
-        }
+    while (nt > 1 && parts_m * parts_n < kBlocksPerThread * nt && 2 * parts_m * kernel.mr <= g.M) {
+        parts_m *= 2;
     }
-    const int64_t nc = part_size(g.N, parts_n, kernel.nr);
-    const int64_t blocks_n = ceil_div(g.N, nc);
+    int64_t nc = part_size(g.N, parts_n, kernel.nr);
     const int64_t mc = part_size(g.M, parts_m, kernel.mr);
     const int64_t blocks_m = ceil_div(g.M, mc);
+    while (nt > 1 && (blocks_m * ceil_div(g.N, nc)) % nt != 0 && (parts_n + 1) * kernel.nr <= g.N) {
+        nc = part_size(g.N, ++parts_n, kernel.nr);
+    }
+    const int64_t blocks_n = ceil_div(g.N, nc);
     const int64_t panel_words = part_size(kernel.activation_panel_words(g, nc), 1, 8);  // lines
     const int64_t sums_per_thread = g.epilogue.add_code_sums ? part_size(nc, 1, kernel.nr) : 0;
     // Allocated here, outside the parallel region, so that a failure throws to the caller.

@@ -23,14 +23,15 @@ def roofline_methods() -> list[str]:
 
 
 def xor_popcount_rooflines(
-    words: int = 1024, seconds: float = 0.3, trials: int = 30
+    words: int = 1024, seconds: float = 0.5, trials: int = 100
 ) -> dict[str, float]:
     """G bit-ops/s of each roofline loop of the active ISA on one thread, the best of
     ``trials`` short trials each (a limit is what the core can do; other load on the
-    machine only lowers a trial, and short ones are more often left alone).
+    machine only lowers a trial, and short ones are more often left alone). Trials of
+    the methods alternate, so that a busy spell of the machine hits them alike.
 
     ``words`` uint64 per operand (two operands of 8 KiB by default, in L1; ``tiled``
-    needs at least 1024); the loops together take about ``seconds``.
+    needs at least 1024); the trials together take about ``seconds``.
     """
     if not isinstance(words, int) or words <= 0 or words % 32:
         raise ValueError(f"words must be a positive multiple of 32, got {words!r}")
@@ -39,22 +40,23 @@ def xor_popcount_rooflines(
     ext = extension()
     methods = roofline_methods()
     budget = seconds / len(methods) / trials
-    rates = {}
+    repeats = {}
     for method in methods:
-        repeats = 16
+        n = 16
         while True:  # calibrate: grow until one trial takes a measurable share of the budget
-            elapsed, _, _ = ext.xor_popcount_roofline(words, repeats, method)
-            if elapsed >= budget / 4 or repeats >= 1 << 30:
+            elapsed, _, _ = ext.xor_popcount_roofline(words, n, method)
+            if elapsed >= budget / 4 or n >= 1 << 30:
                 break
-            repeats *= 4
-        best = 0.0
-        for _ in range(trials):
-            elapsed, bit_ops, _ = ext.xor_popcount_roofline(words, repeats, method)
-            best = max(best, bit_ops / elapsed / 1e9)
-        rates[method] = best
+            n *= 4
+        repeats[method] = n
+    rates = dict.fromkeys(methods, 0.0)
+    for _ in range(trials):
+        for method in methods:
+            elapsed, bit_ops, _ = ext.xor_popcount_roofline(words, repeats[method], method)
+            rates[method] = max(rates[method], bit_ops / elapsed / 1e9)
     return rates
 
 
-def xor_popcount_roofline(words: int = 1024, seconds: float = 0.3, trials: int = 30) -> float:
+def xor_popcount_roofline(words: int = 1024, seconds: float = 0.5, trials: int = 100) -> float:
     """The roofline: the best G bit-ops/s over :func:`xor_popcount_rooflines`."""
     return max(xor_popcount_rooflines(words, seconds, trials).values())
