@@ -140,7 +140,7 @@ static inline void run_tile(int mr, int nr, const uint64_t *w, const uint64_t *x
     Kernels::template tile<op, MR, NR>(w, x, W, last_mask, counts);
 }
 
-// The block loop every ISA shares: register tiles of Kernels::kMR x Kernels::kNR over
+// The block loop the in-place ISAs share: register tiles of Kernels::kMR x Kernels::kNR over
 // [m0, m1) x [n0, n1) (weight tile outer, so it stays in L1 while the activation rows
 // of the block stream past it), every plane pair per tile, then the epilogue.
 template <class Kernels, BitOp op>

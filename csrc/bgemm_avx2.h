@@ -2,37 +2,40 @@
 // bgemm_avx2.cpp and roofline_avx2.cpp (include it from *_avx2.cpp files only: it
 // needs -mavx2; everything is `static` so each file keeps its own copy).
 //
-// Table lookup with the weights choosing the table. The K columns of every plane are
-// cut into digits of 4 columns. vpshufb looks up 16-byte tables by 4-bit indices, so
-// with the activation digits as indices and a table per weight digit v,
+// Table lookup, one operand choosing the tables and the other indexing them. The K
+// columns of every plane are cut into digits of 4 columns. vpshufb looks up 16-byte
+// tables by 4-bit indices; with the digits of one operand (the byte side) as indices
+// and a table per digit v of the other (the table side),
 //
-//   T_v[i] = popcount(v ^ i)                        (bgemm_1x1)
-//   T_v[i] = sum_t (bit_t(v_lo) + 2 bit_t(v_hi)) bit_t(i)   (AND; v = two weight planes'
-//                                                    digits, v_lo + 16 v_hi, 256 tables)
+//   T_v[i] = popcount(v ^ i)                                  (bgemm_1x1)
+//   T_v[i] = sum_t (bit_t(v_lo) + 2 bit_t(v_hi)) bit_t(i)     (AND: v = v_lo + 16 v_hi,
+//                                                             two planes' digits)
 //
-// one vpshufb and one byte add count a digit for 32 activation rows at once: per 32
-// bytes, 128 bit-ops (1x1) or 256 (two weight planes), for two vector operations. (A
-// popcount of XOR/AND products by nibble lookup, Mula, Kurz, Lemire 2018, needs six
-// per 256 bit-ops even with nibble-split operands; Harley-Seal carry-save adders five
-// per input vector plus the XOR/AND; see docs/performance.md.)
+// one vpshufb and one byte add count a digit for 32 byte-side rows at once: 128
+// bit-ops (one plane on each side) or 256 (two table-side planes) per two vector
+// operations. A nibble-lookup popcount of XOR/AND products (Mula, Kurz, Lemire,
+// "Faster population counts using AVX2 instructions", 2018) needs six per 256
+// bit-ops even with operands stored nibble-split, and Harley-Seal carry-save adders
+// five per input vector plus the XOR/AND (docs/performance.md has the measurements).
 //
-// Layouts (repacked per call, so the public layout stays):
-//   - byte side: per plane, groups of 32 rows; per digit d one 32-byte vector whose
-//     byte r is digit d of row r of the group (a byte transpose of the bit rows), the
-//     vectors of a column tile's groups (up to 8) side by side for each digit, so that
-//     the microkernel reads one contiguous stream (with the groups a stride apart, the
-//     eight streams fell into the same L1 sets whenever the stride was a multiple of
-//     4 KiB: measured 0.6x the speed at 1152 digits).
-//   - weights: per pair of planes, per row, per digit the byte offset of its table.
+// Layouts (both operands are repacked per call, so the public layout stays):
+//   - table side: per pair of planes, per row, per digit the byte offset of its table.
+//   - byte side: per plane, groups of 32 rows; per digit one 32-byte vector whose
+//     byte i is the digit of row i of the group (a byte transpose of the bit rows),
+//     the vectors of a column tile's groups (up to 8) side by side for each digit, so
+//     that the microkernel reads one contiguous stream. (With the groups a stride
+//     apart, their eight streams shared L1 sets whenever the stride was a multiple of
+//     4 KiB: 0.6x the speed at 1152 digits.)
 //   - byte counters gain at most the largest table entry per digit (4, or 12 with two
-//     weight planes); they are widened into 16-bit sums (vpmovzxbw) before they
+//     table-side planes); they are widened into 16-bit sums (vpmovzxbw) before they
 //     overflow, and the 16-bit sums into the int32 output before those do.
 //
-// The register tile is one weight row x 8 groups (256 activation rows): 8 byte
-// counters, the table, temporaries; activation vectors are read from L1 as memory
+// The register tile is one table-side row x 8 groups (256 byte-side rows): 8 byte
+// counters, the table, temporaries; byte-side vectors are read from L1 as memory
 // operands of vpshufb. Per digit: one 2-byte load (the table offset), one table load,
-// 8 x (vpshufb + vpaddb) (measured on Zen 3 in L1: 1 x 8 with activations from memory
-// 1.48x the six-operation nibble-split kernel; 1 x 4, 2 x 4, 3 x 4 slower).
+// 8 x (vpshufb + vpaddb). Measured on Zen 3 with data in L1: 1 x 8 with the byte side
+// from memory 1.48x the six-operation nibble-split kernel; 1 x 4, 2 x 4, 3 x 4
+// slower. Which operand is which side is the driver's choice (bgemm_avx2.cpp).
 #pragma once
 
 #include <immintrin.h>
@@ -43,9 +46,9 @@
 
 namespace apb::bgemm_avx2 {
 
-constexpr int kGroupRows = 32;               // activation rows per vector, one byte each
+constexpr int kGroupRows = 32;               // byte-side rows per vector, one byte each
 constexpr int kNRV = 8;                      // groups per column tile
-constexpr int kTileCols = kGroupRows * kNRV;  // activation rows per column tile
+constexpr int kTileCols = kGroupRows * kNRV;  // byte-side rows per column tile
 constexpr int kDigitsPerWord = 16;           // 4 columns per digit
 
 // ---- tables -------------------------------------------------------------------------
@@ -66,7 +69,8 @@ constexpr DigitTables<16> make_xor_tables() {
     return t;
 }
 
-// v = lo + 16 hi: the digits of two weight planes (weights 1 and 2) at the same columns.
+// v = lo + 16 hi: the digits of two table-side planes (weights 1 and 2) at the same
+// columns; a single plane uses tables 0..15 (hi = 0).
 constexpr DigitTables<256> make_and_tables() {
     DigitTables<256> t{};
     for (int v = 0; v < 256; ++v) {
@@ -85,17 +89,18 @@ static inline const uint8_t *tables_of(BitOp op) {
     return op == BitOp::Xor ? &kXorTables.entry[0][0] : &kAndTables.entry[0][0];
 }
 
-// The largest table entry a pass adds per digit: 4, or 12 with two weight planes.
-static inline int largest_entry(BitOp op, int weight_planes) {
-    return op == BitOp::Xor || weight_planes == 1 ? 4 : 12;
+// The largest table entry a pass adds per digit: 4, or 12 with two table-side planes.
+static inline int largest_entry(BitOp op, int table_planes) {
+    return op == BitOp::Xor || table_planes == 1 ? 4 : 12;
 }
 
 // ---- the microkernel ------------------------------------------------------------------
 
-// One column tile (NRV groups of activation rows) against a run of weight rows over
-// digits [d0, d1), into 16-bit sums:
+// One column tile (NRV groups of byte-side rows) against a run of table-side rows
+// over digits [d0, d1), into 16-bit sums:
 //   sums[(r * kNRV + j) * 32 + l] = sum_{d0 <= d < d1} table(w_r[d])[x_{j,l}[d]]
-// with x_{j,l} row l of group j. The caller keeps (d1 - d0) * largest entry < 65536.
+// with w_r table-side row r and x_{j,l} byte-side row l of group j. The caller keeps
+// (d1 - d0) * largest entry < 65536.
 struct LutPass {
     const uint16_t *w;  // row r, digit d: byte offset of its table at w[r * w_row + d]
     int64_t w_row;
