@@ -291,6 +291,23 @@ def test_many_tiles_both_orientations(isa: str, threads: int, M: int, N: int, k:
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_rows_longer_than_one_pass(isa: str) -> None:
+    """Rows whose counts the AVX2 kernels split into several passes over K (their 16-bit
+    sums hold 65535 / 4 digits of one table-side plane, 65535 / 12 of two)."""
+    _require(isa)
+    rng = np.random.default_rng(17)
+    for k, planes in [(65536 + 300, 1), (22000, 2)]:
+        w = _random_words(rng, (planes, 3, _words(k)), "dense")
+        x = _random_words(rng, (planes, 35, _words(k)), "dense")
+        with kernels.use_isa(isa):
+            if planes == 1:
+                _check(kernels.bgemm_1x1(w[0], x[0], k), bgemm_1x1_ref(w[0], x[0], k))
+            else:
+                _check(kernels.bgemm_2x2(w, x, k), bgemm_2x2_ref(w, x, k))
+                _check(kernels.bgemm_2x2(x, w, k), bgemm_2x2_ref(x, w, k))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_resnet_shape_against_scalar(isa: str) -> None:
     """A ResNet-18 GEMM shape, (M, K, N) = (256, 2304, 144), every ISA equal to scalar."""
     _require(isa)
