@@ -95,7 +95,10 @@ def report_markdown(report: dict, plot: str | None = None) -> str:
     """The whole result as markdown: the command, the machine, the table, the plot (its path
     as given, relative to the markdown file) and the dominance sentences."""
     env = report.get("environment", {})
-    parts = [f"## {report['model']} on {report['dataset']}", ""]
+    parts = [f"# Results: {report['model']} on {report['dataset']}", "",
+             "Written by `apb compare` (regenerate with `make results`): every method trained "
+             "or compressed on one harness, the same epochs for every trained method, "
+             "post-training methods applied to the `fp` model of the same seed.", ""]
     if report.get("command"):
         parts += ["```bash", report["command"], "```", ""]
     if env:
