@@ -141,7 +141,7 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
     }
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
-    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + _header_length(data))
+    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
 
 
 def _architecture_of(model: nn.Module, architecture: dict | None) -> dict:
@@ -235,20 +235,25 @@ def pruned_layout(rows: int, cols: int, nnz: int, bits: int) -> str:
 
 
 def _pruned_tensors(layer) -> dict[str, np.ndarray]:
-    """A pruned layer's weights as stored: kept codes, and the bitmap or the CSR structure."""
-    nnz = layer.nnz
+    return pruned_file_tensors(unpack_bits(layer.keep_bits, layer.cols).bool(),
+                               unpack_bits(layer.code_planes, layer.cols))
+
+
+def pruned_file_tensors(keep: torch.Tensor, codes: torch.Tensor) -> dict[str, np.ndarray]:
+    """A pruned layer's weights as stored, from its mask (bool ``[M, K]``) and its code
+    planes (0/1 ``[Q, M, K]``): the kept codes, and the bitmap or the CSR structure."""
+    rows, cols = keep.shape
+    nnz = int(keep.sum())
     if not nnz:
         return {}
-    keep = unpack_bits(layer.keep_bits, layer.cols).bool()
-    codes = unpack_bits(layer.code_planes, layer.cols)[:, keep]  # [Q, nnz], row-major order
-    out = {"kept_codes": _dense_bitstream(codes)}
-    if pruned_layout(layer.rows, layer.cols, nnz, layer.weight_bits) == "bitmap":
+    out = {"kept_codes": _dense_bitstream(codes[:, keep])}  # [Q, nnz], row-major order
+    if pruned_layout(rows, cols, nnz, codes.shape[0]) == "bitmap":
         out["keep_bits"] = _dense_bitstream(keep)
     else:
         r, c = keep.nonzero(as_tuple=True)
-        indptr = torch.zeros(layer.rows + 1, dtype=torch.int64)
-        indptr[1:] = torch.bincount(r, minlength=layer.rows).cumsum(0)
-        out["csr_indices"] = _as_unsigned(c, index_bits(layer.cols - 1))
+        indptr = torch.zeros(rows + 1, dtype=torch.int64)
+        indptr[1:] = torch.bincount(r, minlength=rows).cumsum(0)
+        out["csr_indices"] = _as_unsigned(c, index_bits(cols - 1))
         out["csr_indptr"] = _as_unsigned(indptr, index_bits(nnz))
     return out
 
@@ -298,9 +303,9 @@ def expected_tensors(cfg: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], st
 # -- reading -------------------------------------------------------------------------------
 def read_packed_info(path: str | os.PathLike) -> PackedFileInfo:
     """Sizes of the packed file at ``path`` (its header is checked, its tensors are not)."""
-    data = _read(Path(path))
-    _header(data, Path(path))
-    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + _header_length(data))
+    data = read_file(Path(path))
+    packed_header(data, Path(path))
+    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
 
 
 def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Module:
@@ -311,14 +316,19 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
     :class:`PackedFormatError` when the file is missing, damaged, not an apb packed model,
     written by a newer format version, or inconsistent with its own metadata.
     """
+    path = Path(path)
+    return load_packed_bytes(read_file(path), where=str(path), backend=backend)
+
+
+def load_packed_bytes(data: bytes, *, where: str = "packed model",
+                      backend: str | None = None) -> nn.Module:
+    """:func:`load_packed` of a packed file's bytes (``where`` names them in errors)."""
     from .. import models
 
-    path = Path(path)
-    data = _read(path)
-    metadata = _header(data, path)
-    arrays = _tensors(data, path)
-    arch, layer_cfgs = _parse_metadata(metadata, path)
-    where = f"{path}"
+    path = Path(where)
+    metadata = packed_header(data, path)
+    arrays = file_arrays(data, path)
+    arch, layer_cfgs = parse_metadata(metadata, path)
     try:
         with torch.device("meta"):
             net = models.create(arch["name"], **arch["kwargs"])
@@ -340,7 +350,7 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
                 f"configuration stores {({k: v for k, (_, v) in spec.items()})!r}"
             )
         try:
-            packed[name] = _build_layer(cfg, tensors, backend)
+            packed[name] = build_layer(cfg, tensors, backend)
         except (ValueError, TypeError, RuntimeError) as err:
             raise PackedFormatError(f"{where}: layer {name!r}: {_first_line(err)}") from None
     plain: dict[str, torch.Tensor] = {}
@@ -372,7 +382,7 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
     return net.eval()
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
     if not path.exists():
         raise PackedFormatError(f"no packed model at {path}")
     if not path.is_file():
@@ -383,16 +393,16 @@ def _read(path: Path) -> bytes:
         raise PackedFormatError(f"cannot read {path}: {err}") from None
 
 
-def _header_length(data: bytes) -> int:
+def header_length(data: bytes) -> int:
     return struct.unpack("<Q", data[:HEADER_PREFIX_BYTES])[0]
 
 
-def _header(data: bytes, path: Path) -> dict[str, str]:
+def packed_header(data: bytes, path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file that says it is an apb packed model."""
     not_ours = f"{path} is not an apb packed model (a safetensors file with apb metadata)"
     if len(data) < HEADER_PREFIX_BYTES:
         raise PackedFormatError(f"{not_ours}: it has only {len(data)} bytes")
-    n = _header_length(data)
+    n = header_length(data)
     if n > len(data) - HEADER_PREFIX_BYTES:
         raise PackedFormatError(
             f"{not_ours}: its first 8 bytes announce a {n}-byte header, but the file has "
@@ -422,7 +432,7 @@ def _header(data: bytes, path: Path) -> dict[str, str]:
     return metadata
 
 
-def _tensors(data: bytes, path: Path) -> dict[str, np.ndarray]:
+def file_arrays(data: bytes, path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load
 
     try:
@@ -433,7 +443,9 @@ def _tensors(data: bytes, path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def _parse_metadata(metadata: dict, path: Path) -> tuple[dict, dict[str, dict]]:
+def parse_metadata(metadata: dict, path: Path) -> tuple[dict, dict[str, dict]]:
+    """``(architecture, layer configs)`` of a packed file's metadata, every layer entry
+    checked (PackedFormatError naming ``path`` and the layer)."""
     docs = {}
     for key in ("architecture", "layers"):
         text = metadata.get(key)
@@ -577,7 +589,9 @@ def stream_bits(stream: np.ndarray, count: int) -> np.ndarray:
     return bits[:count]
 
 
-def _build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None) -> PackedLayer:
+def build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None = None) -> PackedLayer:
+    """The packed layer of a (validated) metadata entry and its file tensors; ValueError
+    when the tensors do not fit together."""
     cls = KINDS[cfg["kind"]]
     rows, k = cfg["rows"], cfg["K"]
     kwargs: dict[str, Any] = {"act_bits": cfg["act_bits"], "backend": backend}
@@ -601,14 +615,14 @@ def _build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None) -> Pa
             kwargs["csr"] = _csr_tensors(t, cfg["nnz"], k)
     elif cls in (PackedPrunedConv2d, PackedPrunedLinear):
         kwargs["alpha"] = torch.from_numpy(t["alpha"])
-        kwargs["keep_bits"], kwargs["code_planes"] = _pruned_planes(t, cfg)
+        kwargs["keep_bits"], kwargs["code_planes"] = pruned_planes(t, cfg)
     else:
         kwargs["weight_planes"] = _bits_from_stream(t["weight_codes"], cfg["weight_bits"],
                                                     rows, k)
     return cls(*geometry, **kwargs)
 
 
-def _pruned_planes(t: dict[str, np.ndarray], cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def pruned_planes(t: dict[str, np.ndarray], cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(keep_bits [M, W], code_planes [Q, M, W])`` of a pruned layer's stored tensors."""
     rows, k, nnz, bits = cfg["rows"], cfg["K"], cfg["nnz"], cfg["weight_bits"]
     keep = np.zeros(rows * k, dtype=np.uint8)
