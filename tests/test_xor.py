@@ -333,6 +333,22 @@ def test_every_packed_layer_kind_round_trips_exactly(config):
             assert bits["total"] == bits["dense"]  # nothing to gain, nothing lost
 
 
+@pytest.mark.parametrize("kept", ["none", "all", "one"])
+def test_pruned_layers_at_the_extremes_round_trip(kept):
+    from apb.pack import PackedPrunedLinear
+
+    rows, cols, q = 3, 70, 2
+    keep = {"none": torch.zeros(rows, cols), "all": torch.ones(rows, cols),
+            "one": torch.zeros(rows, cols).index_fill_(1, torch.tensor([69]), 1)}[kept]
+    keep = keep.to(torch.uint8)
+    codes = torch.randint(0, 2, (q, rows, cols), dtype=torch.uint8) * keep
+    layer = PackedPrunedLinear(cols, rows, keep_bits=pack_bits(keep),
+                               code_planes=pack_bits(codes), alpha=torch.rand(rows))
+    decoded = decode_layer(encode_layer(layer))
+    assert torch.equal(decoded.keep_bits, layer.keep_bits)
+    assert torch.equal(decoded.code_planes, layer.code_planes)
+
+
 def test_apb_signs_implied_by_the_correction_are_dont_care():
     """|S| >= alpha fixes the sign: those positions cost nothing; the others stay care."""
     model = packed_lenet(APBConfig(fp_fraction=0.3))

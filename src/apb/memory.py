@@ -128,10 +128,11 @@ def sparse_storage(
 
 
 def xor_bits(n_bits: int, n_planes: int, n_in: int, n_out: int,
-             n_patches: int) -> tuple[int, int]:
+             n_patches: float) -> tuple[float, float]:
     """(encrypted, patch) bits of ``n_planes`` bit-planes of ``n_bits`` bits each under an
     XOR-gate network of ``n_in`` inputs and ``n_out`` outputs (:mod:`apb.pack.xor`), with
-    ``n_patches`` patches over all planes.
+    ``n_patches`` patches over all planes (integers in, integers out; an expected, fractional
+    patch count gives the expected bits).
 
     Encrypted: ``n_in`` bits per block of ``n_out`` bits, ``ceil(n_bits / n_out)`` blocks per
     plane. Patches: per block, its patch count in unary (count + 1 bits: a block without

@@ -418,8 +418,11 @@ def packed_header(data: bytes, path: Path) -> dict[str, str]:
     if not isinstance(metadata, dict) or "format" not in metadata:
         raise PackedFormatError(f"{not_ours}: it carries no apb metadata")
     if metadata.get("format") != FORMAT:
+        hint = ("; it is XOR-encoded: decode it with apb xor-decode (or apb.pack.xor.load_xor)"
+                if metadata.get("format") == "apb-xor" else "")
         raise PackedFormatError(
-            f"{not_ours}: its metadata says format {metadata.get('format')!r}, not {FORMAT!r}"
+            f"{not_ours}: its metadata says format {metadata.get('format')!r}, not "
+            f"{FORMAT!r}{hint}"
         )
     version = metadata.get("format_version")
     if not isinstance(version, str) or not version.isdigit() or int(version) < 1:

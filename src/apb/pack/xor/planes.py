@@ -151,10 +151,9 @@ def candidate_shapes(care: np.ndarray, n_planes: int = 1) -> list[tuple[float, i
         for n_out in range(n_in, -(-top // 8) * 8 + 1, 8):
             starts = np.arange(0, n, n_out)
             counts = cumulative[np.minimum(starts + n_out, n)] - cumulative[starts]
-            patches = n_planes * table[counts].sum()
-            blocks = starts.shape[0]
-            bits = n_planes * blocks * (n_in + 1) + patches * (1 + offset_bits(n_out))
-            out.append((float(bits), n_in, n_out))
+            encrypted, patch = xor_bits(n, n_planes, n_in, n_out,
+                                        n_planes * float(table[counts].sum()))
+            out.append((encrypted + patch, n_in, n_out))
     out.sort()
     return out
 
