@@ -1,5 +1,5 @@
-"""The ``apb`` command: ``apb train | ptq | summary | pack | eval | demo | compare |
-plot-weights | bench``.
+"""The ``apb`` command: ``apb train | ptq | summary | pack | xor-encode | xor-decode | eval |
+demo | compare | plot-weights | bench``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -175,6 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
     p_pack.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="the packed model file to write (.safetensors)")
 
+    p_xor = sub.add_parser(
+        "xor-encode", help="XOR-gate encrypt a packed model's sparse bit-planes",
+        description="Encrypt every packed layer's bit-planes with a seeded random XOR-gate "
+                    "network (pruned weights and APB signs implied by the CSR part are "
+                    "don't-care bits), store the pruning mask beside them, and write the "
+                    "result as safetensors with JSON metadata; print bits per weight per "
+                    "layer (encrypted, patches, mask, total) against CSR and bitmap. "
+                    "apb xor-decode gives the packed model back.",
+    )
+    p_xor.add_argument("packed", metavar="FILE", help="a packed model file (from apb pack)")
+    p_xor.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="the XOR-encoded file to write (.safetensors)")
+    p_xor.add_argument("--seed", type=int, default=0, help="the XOR network's seed")
+    p_xor.add_argument("--scheme", default="auto", choices=["auto", "xor", "plain"],
+                       help="auto: XOR where it beats the dense planes, the care bits as they "
+                            "are elsewhere; xor / plain: always that")
+    p_xor.add_argument("--json", default=None, metavar="FILE", help="also write the report")
+
+    p_xdec = sub.add_parser(
+        "xor-decode", help="decode an XOR-encoded file back into its packed model file",
+        description="Decode every layer (checked against its recorded sha256) and write the "
+                    "packed model the file was encoded from.",
+    )
+    p_xdec.add_argument("encoded", metavar="FILE", help="a file written by apb xor-encode")
+    p_xdec.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="the packed model file to write (.safetensors)")
+
     p_eval = sub.add_parser(
         "eval", help="test accuracy and size of a checkpoint or a packed model file",
         description="Evaluate a checkpoint (fake-quantized training model) or a packed "
@@ -215,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated subset (default: all)")
     p_gemm.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     p_gemm.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of totals")
+    p_bxor = bench_sub.add_parser(
+        "xor", help="XOR-gate encryption of random pruned weights: bits, losslessness, speed",
+        description="Encrypt N random B-bit weights with a fraction P pruned; report bits per "
+                    "weight (encrypted + patches, mask, total; CSR and bitmap of the same "
+                    "matrix), whether decoding is lossless, encoding seconds and one-thread "
+                    "decoding speed in GB/s of decoded weight bits, beside memcpy and a numpy "
+                    "bitmap scatter measured in the same run.",
+    )
+    p_bxor.add_argument("--weights", type=int, default=1_000_000, metavar="N",
+                        help="weights in the layer")
+    p_bxor.add_argument("--prune", type=float, default=0.91, metavar="P",
+                        help="fraction of weights pruned (exactly round(P*N), random positions)")
+    p_bxor.add_argument("--bits", type=int, default=1, metavar="B", help="bit-planes per weight")
+    p_bxor.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p_bxor.add_argument("--repeats", type=int, default=50, help="timed decodes (median)")
+    p_bxor.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     return parser
 
 
@@ -382,10 +425,38 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_xor_encode(args) -> int:
+    from .io import atomic_write_text
+    from .pack.xor import encode_file, is_xor_file
+
+    if is_xor_file(args.packed):
+        raise CLIError(f"{args.packed} is already XOR-encoded; apb xor-encode takes a packed "
+                       "model (from apb pack)")
+    report = encode_file(args.packed, args.output, seed=args.seed, scheme=args.scheme,
+                         progress=sys.stderr.isatty())
+    print(report.table(), end="")
+    print(f"wrote {args.output}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _cmd_xor_decode(args) -> int:
+    from .pack.xor import decode_file
+
+    info = decode_file(args.encoded, args.output)
+    print(f"decoded {args.encoded} -> {args.output}: {info.file_bytes:,} bytes "
+          f"({info.model_bytes:,} model bytes + {info.header_bytes:,} header), every layer "
+          "checked against its checksum")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench.gemm import SHAPE_SETS, plot_report, report_table, run_gemm_benchmark
     from .io import atomic_write_text
 
+    if args.bench == "xor":
+        return _cmd_bench_xor(args)
     impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
     report = run_gemm_benchmark(SHAPE_SETS[args.shapes], impls=impls, threads=args.threads,
                                 repeats=args.repeats)
@@ -397,9 +468,22 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_bench_xor(args) -> int:
+    from .bench.xor import report_table, run_xor_benchmark
+    from .io import atomic_write_text
+
+    report = run_xor_benchmark(args.weights, args.prune, args.bits, seed=args.seed,
+                               repeats=args.repeats)
+    print(report_table(report), end="")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "summary": _cmd_summary, "pack": _cmd_pack,
-            "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare,
-            "plot-weights": _cmd_plot_weights, "bench": _cmd_bench}
+            "xor-encode": _cmd_xor_encode, "xor-decode": _cmd_xor_decode, "eval": _cmd_eval,
+            "demo": _cmd_demo, "compare": _cmd_compare, "plot-weights": _cmd_plot_weights,
+            "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
