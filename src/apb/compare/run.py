@@ -175,15 +175,37 @@ def _post_training_run(config: CompareConfig, spec: MethodSpec, source: str, see
         result = run_ptq_job(job, log=lambda *_: None)
         return {"label": spec.label, "seed": seed, "test_acc": result["test_acc"],
                 "checkpoint": checkpoint, **_memory(result)}
-    from ..quantized_pruning_job import run_quantized_pruning_for_compare
+    return _quantized_pruning(config, spec, source, seed, checkpoint, progress)
 
-    result = run_quantized_pruning_for_compare(
-        source, budget_ratio=spec.budget_ratio, trials=config.trials,
-        finetune_epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.lr,
-        scale_lr=config.scale_lr, seed=seed, output=checkpoint, data_dir=config.data_dir,
+
+def _quantized_pruning(config: CompareConfig, spec: MethodSpec, source: str, seed: int,
+                       checkpoint: str, progress: bool) -> dict:
+    """Filter pruning of the binary model ``source`` with Bayesian-optimised per-layer
+    ratios under the size budget, then ``finetune_epochs`` of fine-tuning (the rest of the
+    training budget); the method's own defaults otherwise (criterion, fine-tuning rate)."""
+    from .. import data
+    from ..methods.quantized_pruning import prune_quantized
+    from ..summary import summary
+    from ..train import build_model_from_checkpoint, evaluate, pruned_state, save_checkpoint
+    from ..train.metrics import jsonable
+    from ..train.trainer import evenly_spaced_subset
+
+    model, ckpt = build_model_from_checkpoint(source)
+    split = data.load(config.dataset, config.data_dir)
+    pruned, report = prune_quantized(
+        model, evenly_spaced_subset(split.train, config.train_samples),
+        budget_ratio=spec.budget_ratio, trials=config.trials,
+        finetune_epochs=config.finetune_epochs, batch_size=config.batch_size, seed=seed,
+        progress=progress,
     )
-    return {"label": spec.label, "seed": seed, "test_acc": result["test_acc"],
-            "checkpoint": checkpoint, **_memory(result)}
+    test_acc, _ = evaluate(pruned, evenly_spaced_subset(split.test, config.test_samples), 256)
+    s = summary(pruned)
+    entry = jsonable({"ratios": "bo", "seed": seed, "test_acc": test_acc,
+                      "model_bytes": s.model_bytes, "per_layer_ratio": report.per_layer_ratio,
+                      "source": source})
+    save_checkpoint(pruned_state(ckpt, pruned, entry), checkpoint)
+    return {"label": spec.label, "seed": seed, "test_acc": test_acc, "checkpoint": checkpoint,
+            "bits_per_weight": float(s.bits_per_weight), "model_bytes": int(s.model_bytes)}
 
 
 # -- phase 3: latency ---------------------------------------------------------------------
