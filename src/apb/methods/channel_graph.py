@@ -169,6 +169,9 @@ def channel_groups(model: nn.Module, example: torch.Tensor | None = None
     model.eval()  # BatchNorm in training mode would update its statistics
     try:
         ShapeProp(graph_module).propagate(example)
+    except Exception as err:  # whatever the forward raises on a wrong example
+        raise ChannelGraphError(f"the model does not run on an example input of shape "
+                                f"{tuple(example.shape)} ({type(err).__name__}: {err})") from None
     finally:
         model.train(was_training)
     modules = dict(model.named_modules())

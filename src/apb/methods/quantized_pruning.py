@@ -262,29 +262,30 @@ class QuantizedPruner:
 
     def ratios_for(self, intensities: Sequence[float]) -> dict[str, float]:
         """Per-group ratios :math:`\\min(r_{max}, s\\,w_g)` with the smallest ``s`` that meets
-        the budget (see the module docstring)."""
+        the budget (see the module docstring), as applied: channels removed over channels.
+
+        Group ``g`` loses its ``k``-th channel at :math:`s = k / (C_g w_g)`; bytes never grow
+        with ``s``, so a binary search over these breakpoints finds the smallest one that fits.
+        """
         w = [max(MIN_INTENSITY, float(x)) for x in intensities]
         if len(w) != len(self.groups):
             raise ValueError(f"need {len(self.groups)} intensities, got {len(w)}")
         r_max = self.config.max_ratio
 
-        def ratios(s: float) -> dict[str, float]:
-            return {g.name: min(r_max, s * x) for g, x in zip(self.groups, w)}
+        def counts(s: float) -> tuple[int, ...]:
+            return self.counts({g.name: min(r_max, s * x) for g, x in zip(self.groups, w)})
 
-        def fits(s: float) -> bool:
-            return self.bytes_for(self.counts(ratios(s))) <= self.budget_bytes
-
-        if fits(0.0):
-            return ratios(0.0)
-        lo, hi = 0.0, r_max / min(w)  # at hi every group is at max_ratio, which fits
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-            if hi - lo < 1e-4:
-                break
-        # the ratios actually applied: channels removed over channels, per group
-        counts = self.counts(ratios(hi))
-        return {g.name: (g.size - n) / g.size for g, n in zip(self.groups, counts)}
+        steps = sorted({0.0} | {k / (g.size * x) for g, x in zip(self.groups, w)
+                                for k in range(1, math.floor(r_max * g.size + 1e-9) + 1)})
+        lo, hi = 0, len(steps) - 1  # the last step has every group at max_ratio: it fits
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.bytes_for(counts(steps[mid])) <= self.budget_bytes:
+                hi = mid
+            else:
+                lo = mid + 1
+        kept = counts(steps[lo])
+        return {g.name: (g.size - n) / g.size for g, n in zip(self.groups, kept)}
 
     def uniform_ratios(self) -> dict[str, float]:
         return self.ratios_for([1.0] * len(self.groups))
