@@ -46,7 +46,7 @@ class QuantizedPruningJob:
     saliency_batches: training batches for the taylor criterion.
     batch_size: samples per training batch.
     finetune_epochs: fine-tuning epochs after pruning, the same for both ratio choices.
-    lr: peak learning rate of the fine-tuning.
+    lr: peak learning rate of the fine-tuning (a tenth of the usual training rate).
     progress: show progress bars (on a terminal).
     """
 
@@ -70,7 +70,7 @@ class QuantizedPruningJob:
     saliency_batches: int = 8
     batch_size: int = 128
     finetune_epochs: int = 2
-    lr: float = 1e-3
+    lr: float = 1e-4
     progress: bool = True
 
 

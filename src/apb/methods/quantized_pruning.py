@@ -80,7 +80,8 @@ class QuantizedPruningConfig:
     saliency_batches: training batches for the taylor criterion.
     batch_size: samples per training batch.
     finetune_epochs: epochs of fine-tuning after pruning (0: none).
-    lr: peak learning rate of the fine-tuning Adam (cosine to 0).
+    lr: peak learning rate of the fine-tuning Adam (cosine to 0); a tenth of the usual
+        training rate, as fine-tuning a trained network goes.
     seed: seeds the sampler, the batches and the fine-tuning.
     """
 
@@ -97,7 +98,7 @@ class QuantizedPruningConfig:
     saliency_batches: int = 8
     batch_size: int = 128
     finetune_epochs: int = 2
-    lr: float = 1e-3
+    lr: float = 1e-4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -395,7 +396,7 @@ class QuantizedPruner:
         else:
             chosen, trials = self.uniform_ratios(), []
         pruned = self.prune(chosen)
-        proxy_acc, _ = self.proxy(pruned, seed)
+        proxy_acc, _ = self.proxy(copy.deepcopy(pruned), seed)  # fine-tuning starts unchanged
         torch.manual_seed(seed)
         self.finetune(pruned, seed, progress)
         val_acc = evaluate(pruned, self.val_data, max(self.config.batch_size, 256))[0] \
