@@ -232,7 +232,7 @@ def test_criteria_score_every_channel_and_taylor_finds_dead_channels(digits_bnn,
     for criterion in CRITERIA:
         scores = filter_saliency(model, groups, criterion, batches)
         assert {k: v.shape[0] for k, v in scores.items()} == {g.name: g.size for g in groups}
-    for criterion in ("taylor", "bn_scale"):
+    for criterion in ("variance", "taylor", "bn_scale"):
         scores = filter_saliency(model, groups, criterion, batches)["conv1"]
         assert set(scores.argsort()[:2].tolist()) == {2, 5}
         assert float(scores[[2, 5]].max()) == 0.0

@@ -36,14 +36,14 @@ class QuantizedPruningJob:
     json: also write the results as JSON here.
     seeds: runs per ratio choice, seeds first_seed, first_seed + 1, ...
     first_seed: the first seed.
-    criterion: filter saliency: taylor, bn_scale, latent_l1 or random.
+    criterion: filter saliency: variance, taylor, bn_scale, latent_l1 or random.
     sampler: gp (optuna GPSampler) or tpe (optuna TPESampler).
     max_ratio: no group loses more than this fraction of its channels.
     min_channels: every group keeps at least this many channels.
     val_samples: training samples held out for the proxy (never the test set).
     proxy_batches: training batches re-estimating BatchNorm in each trial.
     proxy_steps: fine-tuning steps in each trial before that (0: BatchNorm only).
-    saliency_batches: training batches for the taylor criterion.
+    saliency_batches: training batches for the data-driven criteria (variance, taylor).
     batch_size: samples per training batch.
     finetune_epochs: fine-tuning epochs after pruning, the same for both ratio choices.
     lr: peak learning rate of the fine-tuning (a tenth of the usual training rate).
@@ -60,7 +60,7 @@ class QuantizedPruningJob:
     json: str | None = None
     seeds: int = 3
     first_seed: int = 0
-    criterion: str = "taylor"
+    criterion: str = "bn_scale"
     sampler: str = "gp"
     max_ratio: float = 0.9
     min_channels: int = 1

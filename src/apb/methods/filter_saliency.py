@@ -8,6 +8,19 @@ group has several members (a residual stream is written by many layers) each mem
 are divided by their mean before they are summed, so that layers of different scales weigh
 alike.
 
+``"variance"`` (data-driven, on the quantized network): the energy that the layers reading
+the channel lose when it is replaced by its mean (a constant, which the BatchNorm after them
+absorbs once its statistics are re-estimated),
+
+.. math:: I_c = \sum_{\text{consumers}} \sum_{j \in c} \|\hat W_{:,j}\|^2\,
+          \operatorname{Var}[\hat x_j] ,
+
+with :math:`\hat x` the consumer's input as it computes with it (after its activation
+quantizer), :math:`\hat W` its (quantized) weight, :math:`j` the input columns of channel
+:math:`c` (one per position of a flattened feature map; a convolution's input channel
+pools its positions and kernel taps), variances over the batches and positions — the
+reconstruction-error view of channel selection (ThiNet, Luo et al., ICCV 2017) to first order.
+
 ``"taylor"`` (data-driven, on the quantized network): the first-order Taylor estimate of the
 loss change when the channel is zeroed at its BatchNorm (Molchanov et al., "Importance
 Estimation for Neural Network Pruning", CVPR 2019, on the BN parameters):
@@ -39,9 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.layers import COMPRESSED_TYPES
 from .channel_graph import ChannelGroup
 
-CRITERIA = ("taylor", "bn_scale", "latent_l1", "random")
+CRITERIA = ("variance", "taylor", "bn_scale", "latent_l1", "random")
+DATA_DRIVEN = ("variance", "taylor")
 
 
 def filter_saliency(
@@ -53,17 +68,19 @@ def filter_saliency(
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """``{group name: scores}`` (float64, one per channel) of ``criterion`` (see the module
-    docstring); ``batches`` of ``(inputs, labels)`` are needed by ``"taylor"`` alone."""
+    docstring); ``batches`` of ``(inputs, labels)`` are needed by the data-driven ones."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown saliency criterion {criterion!r}; criteria: "
                          f"{', '.join(CRITERIA)}")
     if criterion == "random":
         gen = torch.Generator().manual_seed(seed)
         return {g.name: torch.rand(g.size, generator=gen, dtype=torch.float64) for g in groups}
+    if criterion in DATA_DRIVEN and batches is None:
+        raise ValueError(f"the {criterion} criterion needs training batches")
     if criterion == "taylor":
-        if batches is None:
-            raise ValueError("the taylor criterion needs training batches")
         return _taylor(model, groups, batches)
+    if criterion == "variance":
+        return _variance(model, groups, batches)
     scores = {}
     for group in groups:
         if criterion == "bn_scale" and group.with_role("norm"):
@@ -123,3 +140,63 @@ def _taylor(model: nn.Module, groups: list[ChannelGroup], batches: Iterable
     if count == 0:
         raise ValueError("the taylor criterion got no batches")
     return {name: _combine([s / count for s in parts]) for name, parts in sums.items()}
+
+
+class _InputMoments:
+    """Per-column sums of ``x̂`` and ``x̂²`` of one layer's input, over batches (and the
+    positions of a convolution's input)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.n = 0
+        self.s1 = self.s2 = None
+
+    @torch.no_grad()
+    def __call__(self, module: nn.Module, args) -> None:
+        x = args[0]
+        if isinstance(module, COMPRESSED_TYPES):
+            x = module.quantized_input(x)
+        x = x.double()
+        dims = (0, 2, 3) if x.dim() == 4 else (0,)
+        s1, s2 = x.sum(dims), (x * x).sum(dims)
+        self.s1 = s1 if self.s1 is None else self.s1 + s1
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.n += x.numel() // s1.numel()
+
+    def variance(self) -> torch.Tensor:
+        mean = self.s1 / self.n
+        return (self.s2 / self.n - mean * mean).clamp_min(0)
+
+
+@torch.no_grad()
+def _variance(model: nn.Module, groups: list[ChannelGroup], batches: Iterable
+              ) -> dict[str, torch.Tensor]:
+    moments = {m.module: _InputMoments(model.get_submodule(m.module))
+               for g in groups for m in g.with_role("in")}
+    handles = [mom.module.register_forward_pre_hook(mom) for mom in moments.values()]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for inputs, _ in batches:
+            model(inputs.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    scores = {}
+    for group in groups:
+        parts = []
+        for member in group.with_role("in"):
+            mom = moments[member.module]
+            if mom.n == 0:
+                raise ValueError(f"layer {member.module!r} never ran on the batches")
+            layer = mom.module
+            w = layer.quantized_weight() if isinstance(layer, COMPRESSED_TYPES) else layer.weight
+            col_energy = (w.double() ** 2).sum(0)  # [in] or [in, kh, kw]
+            if col_energy.dim() > 1:
+                col_energy = col_energy.flatten(1).sum(1)
+            per_column = col_energy * mom.variance()
+            parts.append(per_column.reshape(group.size, member.expansion).sum(1).cpu())
+        scores[group.name] = _combine(parts)
+    return scores

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from ..nn import BinaryWeightQuantizer, DoReFaWeightQuantizer, compressed_layers
 from .channel_graph import ChannelGraphError, ChannelGroup, channel_groups, remove_channels
-from .filter_saliency import CRITERIA, filter_saliency
+from .filter_saliency import CRITERIA, DATA_DRIVEN, filter_saliency
 from .obc_calib import recalibrate_batchnorm
 
 SAMPLERS = ("gp", "tpe")
@@ -68,8 +68,9 @@ class QuantizedPruningConfig:
     budget_ratio: size reduction asked for: model bytes at most (1 - budget_ratio) times the
         unpruned quantized model's (0.25: a quarter smaller). Ignored when budget_bytes is set.
     budget_bytes: the budget in model bytes (apb.memory accounting), instead of budget_ratio.
-    criterion: filter saliency: taylor (data-driven, on the quantized network), bn_scale,
-        latent_l1 or random (see apb.methods.filter_saliency).
+    criterion: filter saliency: bn_scale (the default: the most consistent in
+        docs/quantized_pruning.md), variance or taylor (data-driven, on the quantized
+        network), latent_l1 or random (see apb.methods.filter_saliency).
     trials: Bayesian-optimisation trials, the first being the uniform ratios.
     sampler: gp (optuna GPSampler: Gaussian process, log expected improvement) or tpe.
     max_ratio: no group loses more than this fraction of its channels.
@@ -77,7 +78,7 @@ class QuantizedPruningConfig:
     val_samples: training samples held out (evenly spaced) for the proxy and its validation.
     proxy_batches: training batches that re-estimate BatchNorm statistics in each trial.
     proxy_steps: fine-tuning steps in each trial before that (0: BatchNorm re-estimation only).
-    saliency_batches: training batches for the taylor criterion.
+    saliency_batches: training batches for the data-driven criteria (variance, taylor).
     batch_size: samples per training batch.
     finetune_epochs: epochs of fine-tuning after pruning (0: none).
     lr: peak learning rate of the fine-tuning Adam (cosine to 0); a tenth of the usual
@@ -87,7 +88,7 @@ class QuantizedPruningConfig:
 
     budget_ratio: float | None = 0.25
     budget_bytes: int | None = None
-    criterion: str = "taylor"
+    criterion: str = "bn_scale"
     trials: int = 40
     sampler: str = "gp"
     max_ratio: float = 0.9
@@ -240,7 +241,7 @@ class QuantizedPruner:
                 "max_ratio")
         saliency_batches = (_first_batches(self.fit_data, config.saliency_batches,
                                            config.batch_size, config.seed)
-                            if config.criterion == "taylor" else None)
+                            if config.criterion in DATA_DRIVEN else None)
         self.saliency = filter_saliency(model, self.groups, config.criterion, saliency_batches,
                                         seed=config.seed)
 
