@@ -1,5 +1,5 @@
-"""The ``apb`` command: ``apb train | ptq | summary | pack | xor-encode | xor-decode | eval |
-demo | compare | plot-weights | bench``.
+"""The ``apb`` command: ``apb train | ptq | prune-quantized | summary | pack | xor-encode |
+xor-decode | eval | demo | compare | plot-weights | bench``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                                metavar=fname.upper(), help=help_text)
 
     _add_ptq_parser(sub)
+    _add_prune_quantized_parser(sub)
     _add_compare_parsers(sub)
     p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
     p_sum.add_argument("checkpoint", metavar="CKPT_OR_FILE",
@@ -329,6 +330,35 @@ def _cmd_plot_weights(args) -> int:
 
     layers = plot_weights(args.checkpoint, args.output, layer=args.layer)
     print(f"wrote {args.output}: {', '.join(layers)}")
+def _add_prune_quantized_parser(sub) -> None:
+    from .quantized_pruning_job import JOB_SKIP, QuantizedPruningJob
+
+    p = sub.add_parser(
+        "prune-quantized",
+        help="remove filters of a binary/DoReFa checkpoint to a size budget (BO ratios)",
+        description="Filter pruning of a trained binary (bnn) or DoReFa network: per-layer "
+                    "ratios by Bayesian optimisation (optuna) under a budget in model bytes, "
+                    "compared with uniform ratios at the same budget and fine-tuning. Writes "
+                    "the pruned checkpoint (apb summary / eval / pack read it); flags are the "
+                    "fields of apb.quantized_pruning_job.QuantizedPruningJob.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="a bnn or dorefa checkpoint")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the pruned checkpoint to write")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-bytes", type=int, default=None, metavar="B",
+                        help="size budget in model bytes (apb summary's accounting)")
+    budget.add_argument("--budget-ratio", type=float, default=None, metavar="R",
+                        help="size reduction: at most (1 - R) times the unpruned model bytes")
+    _add_dataclass_flags(p, QuantizedPruningJob, skip=JOB_SKIP)
+
+
+def _cmd_prune_quantized(args) -> int:
+    from .quantized_pruning_job import QuantizedPruningJob, run_quantized_pruning_job
+
+    fields = {f.name for f in dataclasses.fields(QuantizedPruningJob)}
+    run_quantized_pruning_job(
+        QuantizedPruningJob(**{k: v for k, v in vars(args).items() if k in fields}))
     return 0
 
 
@@ -480,9 +510,10 @@ def _cmd_bench_xor(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "summary": _cmd_summary, "pack": _cmd_pack,
-            "xor-encode": _cmd_xor_encode, "xor-decode": _cmd_xor_decode, "eval": _cmd_eval,
-            "demo": _cmd_demo, "compare": _cmd_compare, "plot-weights": _cmd_plot_weights,
+COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "prune-quantized": _cmd_prune_quantized,
+            "summary": _cmd_summary, "pack": _cmd_pack, "xor-encode": _cmd_xor_encode,
+            "xor-decode": _cmd_xor_decode, "eval": _cmd_eval, "demo": _cmd_demo,
+            "compare": _cmd_compare, "plot-weights": _cmd_plot_weights,
             "bench": _cmd_bench}
 
 
