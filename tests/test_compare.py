@@ -171,3 +171,21 @@ def test_compare_bad_input(tmp_path, args, message):
     r = run(["compare", *args, "--out", "runs"], tmp_path)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_compare_quantized_pruning_meets_its_budget_and_packs(tmp_path):
+    r = run(["compare", "--methods", "bnn,quantized-pruning@0.25", "--seeds", "1",
+             "--epochs", "2", "--finetune-epochs", "1", "--trials", "3", "--train-samples",
+             "600", "--jobs", "1", "--latency-repeats", "2", "--out", "runs", "--json", "q.json",
+             "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {x["method"]: x for x in json.loads((tmp_path / "q.json").read_text())["results"]}
+    bnn, pruned = rows["bnn"], rows["quantized-pruning@0.25"]
+    # the unpruned network it starts from is trained one epoch less, with the same widths
+    assert pruned["model_bytes"] <= 0.75 * bnn["model_bytes"]
+    assert pruned["runs_on"] == "packed"
+    r = run(["eval", pruned["checkpoint"], "--dataset", "mnist5k", "--json", "e.json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    measured = json.loads((tmp_path / "e.json").read_text())
+    assert measured["test_acc"] == pruned["test_accs"][0]
+    assert measured["model_bytes"] == pruned["model_bytes"]
