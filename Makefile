@@ -49,7 +49,7 @@ install: $(INSTALL_STAMP)
 
 test: install
 	$(VENV)/bin/ruff check src tests
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 demo: install
 	$(VENV)/bin/apb demo

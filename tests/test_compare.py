@@ -96,6 +96,7 @@ def compare_run(tmp_path_factory):
     return tmp, json.loads((tmp / "c.json").read_text()), r.stdout
 
 
+@pytest.mark.xdist_group("compare_run")  # one worker runs the shared comparison
 def test_compare_report(compare_run):
     tmp, report, stdout = compare_run
     assert report["model"] == "lenet5" and report["dataset"] == "mnist5k"
@@ -115,10 +116,16 @@ def test_compare_report(compare_run):
     assert rows["bnn"]["model_bytes"] < rows["apb@0.05"]["model_bytes"] < rows["fp"]["model_bytes"]
     assert rows["apb-ptq@1.6"]["bits_per_weight"] <= 1.6
     assert (tmp / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (tmp / "c.md").read_text()
-    assert all(f"| {m}" in table for m in rows) and table.strip() in stdout
+    page = (tmp / "c.md").read_text()
+    assert all(f"| {m}" in page for m in rows)
+    table = stdout[stdout.index("lenet5 on mnist5k, mean"):stdout.index("report written")]
+    assert table.strip() in page  # the page holds the printed table
+    assert "apb compare --methods fp,bnn,apb@0.05" in page and "](c.png)" in page
+    for name in ("fp", "bnn", "obc-prune@0.5"):  # every non-APB method is set against APB
+        assert f"- **{name}**" in page
 
 
+@pytest.mark.xdist_group("compare_run")  # one worker runs the shared comparison
 def test_compare_numbers_match_apb_eval(compare_run):
     """The accuracy and bytes in the report are what `apb eval` measures on the same file."""
     tmp, report, _ = compare_run
@@ -132,6 +139,7 @@ def test_compare_numbers_match_apb_eval(compare_run):
         assert measured["model_bytes"] == rows[name]["model_bytes_per_seed"][0]
 
 
+@pytest.mark.xdist_group("compare_run")  # one worker runs the shared comparison
 def test_plot_weights(compare_run):
     from apb.plot_weights import apb_layers, layer_histogram_data
     from apb.summary import summary
