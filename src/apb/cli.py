@@ -1,5 +1,5 @@
 """The ``apb`` command: ``apb train | ptq | prune-quantized | summary | pack | xor-encode |
-xor-decode | eval | demo | bench``.
+xor-decode | eval | demo | compare | plot-weights | bench``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_ptq_parser(sub)
     _add_prune_quantized_parser(sub)
+    _add_compare_parsers(sub)
     p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
     p_sum.add_argument("checkpoint", metavar="CKPT_OR_FILE",
                        help="a checkpoint written by apb train (last.pt/best.pt) or a packed "
@@ -284,6 +285,51 @@ def _add_ptq_parser(sub) -> None:
                             "1.6 (apb-ptq: bits per weight), model_bytes=20000")
 
 
+def _add_compare_parsers(sub) -> None:
+    from .compare import CompareConfig
+
+    p_cmp = sub.add_parser(
+        "compare", help="every method on one harness: accuracy, memory, latency, Pareto plot",
+        description="Train and compress one model with every listed method and several "
+                    "seeds (same training budget), then report test accuracy (mean ± std), "
+                    "bits per weight, model bytes and CPU latency at batch 1 and 64; JSON, a "
+                    "markdown table and a Pareto plot. Flags are the fields of "
+                    "apb.compare.CompareConfig; method names are described in "
+                    "apb.compare.spec (e.g. fp, bnn, dorefa2, magnitude@0.9, "
+                    "magnitude@0.9+bnn, quantized-pruning@0.25, obc-compound@0.5/2, apb-ptq@1.6, "
+                    "apb@0.02).",
+    )
+    _add_dataclass_flags(p_cmp, CompareConfig)
+
+    p_hist = sub.add_parser(
+        "plot-weights", help="histogram of an APB layer's latent weights with its band",
+        description="Draw the latent-weight histogram of one APB layer of a checkpoint: the "
+                    "binarized band |w| <= alpha + delta... and the full-precision tails "
+                    "outside it, marked at alpha and alpha ± delta.",
+    )
+    p_hist.add_argument("checkpoint", metavar="CKPT", help="a checkpoint of an APB model")
+    p_hist.add_argument("--layer", default=None, metavar="NAME",
+                        help="the layer (default: every APB layer, one panel each)")
+    p_hist.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                        help="the picture to write")
+
+
+def _cmd_compare(args) -> int:
+    from .compare import CompareConfig, run_compare
+
+    fields = {f.name for f in dataclasses.fields(CompareConfig)}
+    import shlex
+
+    run_compare(CompareConfig(**{k: v for k, v in vars(args).items() if k in fields}),
+                command=shlex.join(["apb", *sys.argv[1:]]))
+    return 0
+
+
+def _cmd_plot_weights(args) -> int:
+    from .plot_weights import plot_weights
+
+    layers = plot_weights(args.checkpoint, args.output, layer=args.layer)
+    print(f"wrote {args.output}: {', '.join(layers)}")
 def _add_prune_quantized_parser(sub) -> None:
     from .quantized_pruning_job import JOB_SKIP, QuantizedPruningJob
 
@@ -467,6 +513,7 @@ def _cmd_bench_xor(args) -> int:
 COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "prune-quantized": _cmd_prune_quantized,
             "summary": _cmd_summary, "pack": _cmd_pack, "xor-encode": _cmd_xor_encode,
             "xor-decode": _cmd_xor_decode, "eval": _cmd_eval, "demo": _cmd_demo,
+            "compare": _cmd_compare, "plot-weights": _cmd_plot_weights,
             "bench": _cmd_bench}
 
 
