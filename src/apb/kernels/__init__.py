@@ -16,6 +16,8 @@ Kernels:
     spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
     im2col_pack_signs, im2col_pack_codes, quantize_pack_codes: layer inputs quantized
     and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
+    xor_gate_encode, xor_gate_table, xor_gate_decode: XOR-gate weight encryption, the
+    GF(2) block solver and the table decoder (:mod:`apb.kernels.xor_gate`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -46,6 +48,7 @@ from apb.kernels.runtime import (
 )
 from apb.kernels.sign_packing import pack_signs, unpack_signs
 from apb.kernels.spmm import spmm_csr
+from apb.kernels.xor_gate import xor_gate_decode, xor_gate_encode, xor_gate_table
 
 __all__ = [
     "ISA_NAMES",
@@ -68,6 +71,9 @@ __all__ = [
     "spmm_csr",
     "unpack_signs",
     "use_isa",
+    "xor_gate_decode",
+    "xor_gate_encode",
+    "xor_gate_table",
     "xor_popcount_roofline",
     "xor_popcount_rooflines",
 ]
