@@ -108,18 +108,13 @@ RooflineResult tiled(const uint64_t *a, const uint64_t *b, int64_t words, int64_
         throw std::invalid_argument("roofline method tiled needs words >= 1024, got " +
                                     std::to_string(words));
     }
-    PopcountGemm g;
-    g.w = a;
-    g.x = b;
-    g.M = kRows;
-    g.N = kTileCols;
-    g.W = kRowWords;
-    g.last_mask = last_word_mask(kColumns);
+    const BitRows weights{a, 1, kRows, kRowWords, last_word_mask(kColumns)};
+    const BitRows activations{b, 1, kTileCols, kRowWords, last_word_mask(kColumns)};
     const int64_t D = kDigitsPerWord * kRowWords;
     alignas(64) uint16_t w_digits[kRows * kDigitsPerWord * kRowWords];
     alignas(64) uint8_t x_digits[kTileCols * kDigitsPerWord * kRowWords];  // 16 KiB
-    pack_table_digits(weights_of(g), 0, kRows, 0, kRows, w_digits);
-    pack_byte_digits(activations_of(g), 0, kNRV, 0, kTileCols, x_digits);
+    pack_table_digits(weights, 0, kRows, 0, kRows, w_digits);
+    pack_byte_digits(activations, 0, kNRV, 0, kTileCols, x_digits);
     alignas(32) uint16_t sums[kRows * kNRV * kGroupRows];
     LutPass c;
     c.w = w_digits;
