@@ -124,13 +124,14 @@ def plot_pareto(report: dict, path: str) -> None:
     results = report["results"]
     front = pareto_front(results)
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in results:
+    # Alternate label offsets by size order, so that neighbours' labels do not overlap.
+    for i, r in enumerate(sorted(results, key=lambda r: r["model_bytes"])):
         apb_like = r["method"].startswith("apb")
         ax.errorbar(r["model_bytes"], 100 * r["test_acc_mean"], yerr=100 * r["test_acc_std"],
                     fmt="o" if apb_like else "s", color="C3" if apb_like else "C0",
                     capsize=3, markersize=6)
         ax.annotate(r["method"], (r["model_bytes"], 100 * r["test_acc_mean"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+                    textcoords="offset points", xytext=(5, 5 if i % 2 else -11), fontsize=8)
     by_name = {r["method"]: r for r in results}
     ax.plot([by_name[m]["model_bytes"] for m in front],
             [100 * by_name[m]["test_acc_mean"] for m in front],
