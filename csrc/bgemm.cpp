@@ -3,35 +3,36 @@
 #include "bgemm.h"
 
 #include <algorithm>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "cpu_features.h"
 #include "popcount.h"
 #include "threads.h"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace apb {
 
 namespace {
 
-// The activation rows of one block (all their planes) are sized to stay in a 32 KiB
-// L1 data cache while every weight tile of the block passes over them, leaving room
-// for the weight tile itself.
+// In-place kernels: the activation rows of one block (all their planes) are sized to
+// stay in a 32 KiB L1 data cache while every weight tile of the block passes over
+// them, leaving room for the weight tile itself.
 constexpr int64_t kActivationBlockBytes = 16 * 1024;
+// Packed kernels: one block's activation panel, packed by its thread and then read
+// once per weight tile, stays in L2; each register tile's part of it stays in L1.
+constexpr int64_t kActivationPanelBytes = 96 * 1024;
 // Weight rows per block: a block's weights (tile after tile) come from L2.
 constexpr int64_t kWeightBlockRows = 64;
 // Blocks per thread below which the weight blocks are split further, so that every
 // thread gets work even when N is one block.
 constexpr int64_t kBlocksPerThread = 4;
-
-PopcountGemmKernel kernel_for(Isa isa) {
-    switch (isa) {
-#if defined(APB_HAVE_X86_KERNELS)
-        case Isa::avx512: return popcount_gemm_kernel_avx512();
-        case Isa::avx2: return popcount_gemm_kernel_avx2();
-#endif
-        default: return popcount_gemm_kernel_scalar();
-    }
-}
+// Weight rows per unit of parallel weight packing.
+constexpr int64_t kPackRows = 32;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -40,24 +41,152 @@ int64_t multiple_at_most(int64_t limit, int64_t step) {
     return std::max(step, limit / step * step);
 }
 
-void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
-    if (g.M <= 0 || g.N <= 0) return;
-    const PopcountGemmKernel kernel = kernel_for(active_isa());  // may throw: outside the team
+int gemm_threads(const PopcountGemm &g) {
+    return apb::threads_for(g.M * g.N * std::max<int64_t>(1, g.W) * g.Q * g.P);
+}
+
+// Rows per weight block: `rows` (all of M, or kWeightBlockRows) halved until there are
+// kBlocksPerThread blocks per thread.
+int64_t weight_block_rows(const PopcountGemm &g, int64_t rows, int64_t blocks_n, int mr, int nt) {
+    int64_t mc = std::min(g.M, multiple_at_most(rows, mr));
+    while (nt > 1 && mc > mr && ceil_div(g.M, mc) * blocks_n < kBlocksPerThread * nt) {
+        mc = multiple_at_most(mc / 2, mr);
+    }
+    return mc;
+}
+
+int thread_index() {
+#if defined(_OPENMP)
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void run_in_place(const PopcountGemmKernel &kernel, PopcountGemm g, int32_t *out) {
+    // sum_p 2^p popcount(x[p, n]): the part of each output that does not depend on m.
+    std::vector<int64_t> code_sums;
+    if (g.epilogue.add_code_sums) {
+        code_sums.assign(static_cast<size_t>(g.N), 0);
+        for (int p = 0; p < g.P; ++p) {
+            for (int64_t n = 0; n < g.N; ++n) {
+                const uint64_t *row = g.x + (p * g.N + n) * g.W;
+                int64_t count = 0;
+                for (int64_t k = 0; k < g.W; ++k) {
+                    count += popcount64(k == g.W - 1 ? row[k] & g.last_mask : row[k]);
+                }
+                code_sums[n] += count << p;
+            }
+        }
+        g.epilogue.per_n = code_sums.data();
+    }
     const int64_t x_row_bytes = std::max<int64_t>(1, g.P * g.W * 8);
     const int64_t nc =
         std::min(g.N, multiple_at_most(kActivationBlockBytes / x_row_bytes, kernel.nr));
-    int64_t mc = std::min(g.M, multiple_at_most(kWeightBlockRows, kernel.mr));
-    const int nt = threads_for(g.M * g.N * std::max<int64_t>(1, g.W) * g.Q * g.P);
+    const int nt = gemm_threads(g);
     const int64_t blocks_n = ceil_div(g.N, nc);
-    while (nt > 1 && mc > kernel.mr && ceil_div(g.M, mc) * blocks_n < kBlocksPerThread * nt) {
-        mc = multiple_at_most(mc / 2, kernel.mr);
-    }
+    const int64_t mc = weight_block_rows(g, kWeightBlockRows, blocks_n, kernel.mr, nt);
     const int64_t blocks = ceil_div(g.M, mc) * blocks_n;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
         const int64_t m0 = (b / blocks_n) * mc;
         const int64_t n0 = (b % blocks_n) * nc;
         kernel.block(g, m0, std::min(g.M, m0 + mc), n0, std::min(g.N, n0 + nc), out);
+    }
+}
+
+// `total` cut into `parts` near-equal pieces, each a multiple of `step`: the piece size.
+int64_t part_size(int64_t total, int64_t parts, int64_t step) {
+    return ceil_div(ceil_div(total, parts), step) * step;
+}
+
+// Buffers the kernels overwrite before reading: no zero-filling, and aligned to a cache
+// line, as vector loads that straddle two lines cost two (measured: panels at an
+// address 16 mod 64, which large allocations get from malloc, ran the AVX2 microkernel
+// at 0.73x).
+constexpr std::align_val_t kPanelAlignment{64};
+
+struct AlignedDelete {
+    template <class T>
+    void operator()(T *p) const {
+        ::operator delete[](p, kPanelAlignment);
+    }
+};
+
+template <class T>
+using Panel = std::unique_ptr<T[], AlignedDelete>;
+
+template <class T>
+Panel<T> uninitialized(int64_t count) {
+    const size_t n = static_cast<size_t>(std::max<int64_t>(count, 1));
+    return Panel<T>(static_cast<T *>(::operator new[](n * sizeof(T), kPanelAlignment)));
+}
+
+// Packs the whole weight panel (in parallel), then runs blocks of columns x rows of
+// near-equal sizes (so that threads get equal work): a thread packs a block's
+// activation panel once and keeps it for its next block of the same columns (blocks
+// are ordered columns first and scheduled statically, so a thread's blocks are
+// consecutive). Columns are cut so that one activation panel stays in L2; rows only as
+// far as needed to give every thread kBlocksPerThread blocks.
+void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, int32_t *out) {
+    const int nt = gemm_threads(g);
+    const int64_t row_bytes =
+        std::max<int64_t>(1, kernel.activation_panel_words(g, kernel.nr) * 8 / kernel.nr);
+    const int64_t max_cols = multiple_at_most(kActivationPanelBytes / row_bytes, kernel.nr);
+    // More blocks for more threads: rows first, up to kBlocksPerThread blocks per thread
+    // (a block of columns is then packed once per thread that meets it); columns only as
+    // far as needed for a number of blocks that the threads share evenly (with the
+    // activations on the table side, every block of columns streams all the weights).
+    int64_t parts_n = ceil_div(g.N, max_cols), parts_m = 1;
+    while (nt > 1 && parts_m * parts_n < kBlocksPerThread * nt && 2 * parts_m * kernel.mr <= g.M) {
+        parts_m *= 2;
+    }
+    int64_t nc = part_size(g.N, parts_n, kernel.nr);
+    const int64_t mc = part_size(g.M, parts_m, kernel.mr);
+    const int64_t blocks_m = ceil_div(g.M, mc);
+    while (nt > 1 && (blocks_m * ceil_div(g.N, nc)) % nt != 0 && (parts_n + 1) * kernel.nr <= g.N) {
+        nc = part_size(g.N, ++parts_n, kernel.nr);
+    }
+    const int64_t blocks_n = ceil_div(g.N, nc);
+    const int64_t panel_words = part_size(kernel.activation_panel_words(g, nc), 1, 8);  // lines
+    const int64_t sums_per_thread = g.epilogue.add_code_sums ? part_size(nc, 1, kernel.nr) : 0;
+    // Allocated here, outside the parallel region, so that a failure throws to the caller.
+    const auto w_panel = uninitialized<uint64_t>(kernel.weight_panel_words(g));
+    const auto x_panels = uninitialized<uint64_t>(nt * panel_words);
+    const auto sums = uninitialized<int32_t>(nt * sums_per_thread);
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < g.M; m += kPackRows) {
+            kernel.pack_weights(g, m, std::min(g.M, m + kPackRows), w_panel.get());
+        }
+        const int t = thread_index();
+        uint64_t *x_panel = x_panels.get() + t * panel_words;
+        int32_t *code_sums = g.epilogue.add_code_sums ? sums.get() + t * sums_per_thread : nullptr;
+        int64_t packed = -1;  // the block of columns x_panel holds
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks_m * blocks_n; ++b) {
+            const int64_t bn = b / blocks_m;
+            const int64_t n0 = bn * nc, n1 = std::min(g.N, n0 + nc);
+            const int64_t m0 = (b % blocks_m) * mc;
+            if (bn != packed) {
+                kernel.pack_activations(g, n0, n1, x_panel, code_sums);
+                packed = bn;
+            }
+            kernel.block(g, w_panel.get(), x_panel, code_sums, m0, std::min(g.M, m0 + mc), n0,
+                         n1, out);
+        }
+    }
+}
+
+void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
+    if (g.M <= 0 || g.N <= 0) return;
+    switch (active_isa()) {  // may throw: outside any thread team
+#if defined(APB_HAVE_X86_KERNELS)
+        case Isa::avx512: return run_in_place(popcount_gemm_kernel_avx512(), g, out);
+        case Isa::avx2: return run_packed(packed_popcount_gemm_kernel_avx2(g), g, out);
+#endif
+        default: return run_in_place(popcount_gemm_kernel_scalar(), g, out);
     }
 }
 
@@ -89,19 +218,7 @@ void bgemm_1x1(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64
 void bgemm_1x2(const uint64_t *w, const uint64_t *x, int64_t M, int64_t N, int64_t W, int P,
                int64_t K, int32_t *out) {
     PopcountGemm g = gemm_of(w, x, M, N, W, 1, P, BitOp::And, K);
-    // sum_p 2^p popcount(x[p, n]): the part of each output that does not depend on m.
-    std::vector<int64_t> code_sums(static_cast<size_t>(std::max<int64_t>(N, 0)), 0);
-    for (int p = 0; p < P; ++p) {
-        for (int64_t n = 0; n < N; ++n) {
-            const uint64_t *row = x + (p * N + n) * W;
-            int64_t count = 0;
-            for (int64_t k = 0; k < W; ++k) {
-                count += popcount64(k == W - 1 ? row[k] & g.last_mask : row[k]);
-            }
-            code_sums[n] += count << p;
-        }
-    }
-    g.epilogue.per_n = code_sums.data();
+    g.epilogue.add_code_sums = true;
     g.epilogue.scale = -2;
     run_popcount_gemm(g, out);
 }

@@ -18,12 +18,16 @@
 //
 // Structure, for the benefit of speed work (the hot loop is the microkernel):
 //   - bgemm.cpp, compiled without ISA flags: dispatch, cache blocking over M and N,
-//     OpenMP over independent output blocks, the epilogue's per-row constants.
-//   - bgemm_<isa>.cpp: one "kernel set" per ISA, a struct with the register tile
-//     (kMR weight rows x kNR activation rows) and the microkernel
-//     `tile<op, MR, NR>` that counts one MR x NR tile over all W words, loading each
-//     word once per tile. The block loop over tiles and plane pairs
-//     (popcount_gemm_block below) is shared by every ISA.
+//     OpenMP over independent output blocks, the epilogue's per-column constants.
+//   - Two kinds of ISA kernel:
+//     * packed (AVX2, bgemm_avx2.h): the ISA repacks both operands into panels laid
+//       out for its microkernel (PackedPopcountGemmKernel below); bgemm.cpp allocates
+//       the panels and runs the packing and the blocks on its threads.
+//     * in place (scalar, AVX-512): a "kernel set" struct with the register tile
+//       (kMR weight rows x kNR activation rows) and the microkernel
+//       `tile<op, MR, NR>` that counts one MR x NR tile over all W words of the
+//       operands as given, loading each word once per tile. The block loop over tiles
+//       and plane pairs (popcount_gemm_block below) is shared by those ISAs.
 #pragma once
 
 #include <cstdint>
@@ -32,12 +36,16 @@ namespace apb {
 
 enum class BitOp : int { Xor = 0, And = 1 };
 
-// out[m, n] = constant + per_n[n] + scale * acc[m, n] (per_n may be null), computed in
-// int64 and stored as int32; the caller guarantees it fits.
+// out[m, n] = constant + per_n[n] + scale * acc[m, n], computed in int64 and stored as
+// int32; the caller guarantees it fits. per_n[n] is the code sum
+// sum_p 2^p popcount(x[p, n]) (over the columns below K) when add_code_sums is set,
+// else 0. The driver computes it: into per_n for in-place kernels, while packing for
+// packed ones.
 struct BgemmEpilogue {
     int64_t constant = 0;
-    const int64_t *per_n = nullptr;
     int64_t scale = 1;
+    bool add_code_sums = false;
+    const int64_t *per_n = nullptr;  // in-place kernels only, filled by the driver
 };
 
 struct PopcountGemm {
@@ -86,8 +94,32 @@ struct PopcountGemmKernel {
 };
 
 PopcountGemmKernel popcount_gemm_kernel_scalar();
-PopcountGemmKernel popcount_gemm_kernel_avx2();
 PopcountGemmKernel popcount_gemm_kernel_avx512();
+
+// A kernel that reads its operands from panels it packs itself. Weight panel: the
+// whole of w, packed by row ranges in parallel. Activation panels: one per block of
+// columns, packed by the thread that computes the block.
+struct PackedPopcountGemmKernel {
+    int mr;  // granularity of blocks: weight rows x activation rows (may depend on g;
+    int nr;  // weight blocks are packed in chunks of 32 rows, so mr is 1 or a multiple)
+    int64_t (*weight_panel_words)(const PopcountGemm &g);
+    void (*pack_weights)(const PopcountGemm &g, int64_t m0, int64_t m1, uint64_t *panel);
+    // Words of the panel of `rows` activation rows.
+    int64_t (*activation_panel_words)(const PopcountGemm &g, int64_t rows);
+    // Packs rows [n0, n1) of x into panel and, when code_sums is not null, writes
+    // code_sums[n - n0] = sum_p 2^p popcount(x[p, n]) over the columns below K (it fits
+    // int32 when the output does) for n < n1, and zeros after it up to a multiple of 8
+    // (nr is a multiple of 8).
+    void (*pack_activations)(const PopcountGemm &g, int64_t n0, int64_t n1, uint64_t *panel,
+                             int32_t *code_sums);
+    // Rows [m0, m1) x columns [n0, n1) of out (row stride g.N), from the weight panel
+    // and the panel (and code sums, or null) of exactly columns [n0, n1).
+    void (*block)(const PopcountGemm &g, const uint64_t *w_panel, const uint64_t *x_panel,
+                  const int32_t *code_sums, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                  int32_t *out);
+};
+
+PackedPopcountGemmKernel packed_popcount_gemm_kernel_avx2(const PopcountGemm &g);
 
 // Helpers shared by the per-ISA files. `static` on purpose (see pack_signs.h): each
 // file is compiled with different -m flags and must keep its own copy.
@@ -108,7 +140,7 @@ static inline void run_tile(int mr, int nr, const uint64_t *w, const uint64_t *x
     Kernels::template tile<op, MR, NR>(w, x, W, last_mask, counts);
 }
 
-// The block loop every ISA shares: register tiles of Kernels::kMR x Kernels::kNR over
+// The block loop the in-place ISAs share: register tiles of Kernels::kMR x Kernels::kNR over
 // [m0, m1) x [n0, n1) (weight tile outer, so it stays in L1 while the activation rows
 // of the block stream past it), every plane pair per tile, then the epilogue.
 template <class Kernels, BitOp op>

@@ -1,199 +1,221 @@
 // Bitwise GEMM with AVX2. Compiled with -mavx2 (and POPCNT); called only when
-// cpu_features().avx2 is true.
+// cpu_features().avx2 is true. The microkernel and the panel layouts are in
+// bgemm_avx2.h; this file packs the panels and walks a block in column tiles.
 //
-// Popcount of 256-bit vectors by nibble lookup (Mula, Kurz, Lemire, "Faster
-// population counts using AVX2 instructions", 2018): vpshufb looks up the bit count of
-// each 4-bit nibble, the byte counts of successive chunks are summed with byte adds,
-// and vpsadbw folds them into 64-bit sums only at the end of the row, or every
-// kMaxChunks chunks of a longer one (a byte gains at most 8 per chunk, so 31 chunks
-// stay below 256). Harley-Seal carry-save adders are not used: they need four or more
-// state registers per output, which a register tile of several outputs cannot spare.
+// Orientation: either operand can be the table side (its digits pick tables, two
+// planes per table) and the other the byte side (32 rows per vector, 256 per column
+// tile). Normally the weights pick the tables; the roles swap when that costs fewer
+// cycles (see swapped): when N is small, so that the weights fill the column tiles,
+// or when the activations have two planes to combine per table and the weights one.
+// The weight panel then holds byte digits, the activation panels table offsets, and
+// the epilogue writes out transposed.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "bgemm.h"
+#include "bgemm_avx2.h"
 
 namespace apb {
 
 namespace {
 
-constexpr int64_t kWordsPerChunk = 4;
-constexpr int64_t kMaxChunks = 31;
+using namespace bgemm_avx2;
 
-inline __m256i nibble_popcount_lut() {
-    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
-                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+// Table-side rows per microkernel call: their 16-bit sums (16 x 8 x 64 bytes) stay in L1.
+constexpr int64_t kChunkRows = 16;
+// Byte counters are widened at least this often, so that one flush interval of a
+// column tile's byte digits (8 x 32 x 63 bytes) stays in L1.
+constexpr int64_t kMaxFlushDigits = 63;
+
+int64_t digits_per_row(const PopcountGemm &g) { return kDigitsPerWord * g.W; }
+int64_t groups_of(int64_t rows) { return (rows + kGroupRows - 1) / kGroupRows; }
+
+// Cycles per table-side row and digit of a tile of n groups, from its instructions
+// (lut_pass): 2n vector operations at 4 per cycle, or 2n + 5 instructions (offset
+// and table loads, loop) at 6 dispatched per cycle, whichever limits.
+double tile_cycles(int64_t n) {
+    return std::max(static_cast<double>(n) / 2, static_cast<double>(2 * n + 5) / 6);
 }
 
-// Horizontal sums of four vectors of 64-bit lanes: {sum a, sum b, sum c, sum d}.
-inline __m256i sum_lanes4(__m256i a, __m256i b, __m256i c, __m256i d) {
-    const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
-    const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(c, d), _mm256_unpackhi_epi64(c, d));
-    return _mm256_add_epi64(_mm256_permute2x128_si256(ab, cd, 0x20),
-                            _mm256_permute2x128_si256(ab, cd, 0x31));
+// Lookups of a GEMM with `table` rows and planes on the table side, in cycles per digit.
+double lut_cycles(int64_t table_rows, int table_planes, int64_t byte_rows, int byte_planes) {
+    const int64_t groups = groups_of(byte_rows);
+    const double tiles = static_cast<double>(groups / kNRV) * tile_cycles(kNRV) +
+                         (groups % kNRV ? tile_cycles(groups % kNRV) : 0.0);
+    return static_cast<double>(table_rows) * ((table_planes + 1) / 2) * byte_planes * tiles;
 }
 
-inline int64_t sum_lanes(__m256i v) {
-    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
+// Whether the activations are the table side (the cheaper way round).
+bool swapped(const PopcountGemm &g) {
+    return lut_cycles(g.N, g.P, g.M, g.Q) < lut_cycles(g.M, g.Q, g.N, g.P);
+}
+int64_t words_for_bytes(int64_t bytes) { return (bytes + 7) / 8; }
+
+// Panel sizes in words: table side (2 bytes per digit per pair of planes and row) and
+// byte side (one byte per digit per plane and row, in groups of 32 rows).
+int64_t table_words(const BitRows &a, int64_t rows, int64_t D) {
+    return words_for_bytes(2 * ((a.planes + 1) / 2) * rows * D);
+}
+int64_t byte_words(const BitRows &a, int64_t rows, int64_t D) {
+    return words_for_bytes(int64_t{kGroupRows} * a.planes * groups_of(rows) * D);
 }
 
-// Words [0, n) of p, 1 <= n <= 4, zero-extended to a vector; never reads p[n] or later.
-inline __m256i load_words(const uint64_t *p, int n) {
-    const __m128i *p128 = reinterpret_cast<const __m128i *>(p);
-    switch (n) {
-        case 1: return _mm256_zextsi128_si256(_mm_loadl_epi64(p128));
-        case 2: return _mm256_zextsi128_si256(_mm_loadu_si128(p128));
-        case 3:
-            return _mm256_inserti128_si256(_mm256_zextsi128_si256(_mm_loadu_si128(p128)),
-                                           _mm_loadl_epi64(p128 + 1), 1);
-        default: return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
-    }
+int64_t weight_panel_words(const PopcountGemm &g) {
+    const int64_t D = digits_per_row(g);
+    return swapped(g) ? byte_words(weights_of(g), g.M, D) : table_words(weights_of(g), g.M, D);
 }
 
-template <BitOp op>
-inline __m256i apply(__m256i a, __m256i b) {
-    if constexpr (op == BitOp::Xor) {
-        return _mm256_xor_si256(a, b);
+int64_t activation_panel_words(const PopcountGemm &g, int64_t rows) {
+    const int64_t D = digits_per_row(g);
+    return swapped(g) ? table_words(activations_of(g), rows, D)
+                      : byte_words(activations_of(g), rows, D);
+}
+
+// The driver packs rows [m0, m1) in chunks of 32 from 0, as the byte side needs.
+void pack_weights(const PopcountGemm &g, int64_t m0, int64_t m1, uint64_t *panel) {
+    if (swapped(g)) {
+        pack_byte_digits(weights_of(g), 0, groups_of(g.M), m0, m1,
+                         reinterpret_cast<uint8_t *>(panel));
     } else {
-        return _mm256_and_si256(a, b);
+        pack_table_digits(weights_of(g), 0, g.M, m0, m1, reinterpret_cast<uint16_t *>(panel));
     }
 }
 
-struct Avx2Kernels {
-    // A 4 x 2 tile fills the 16 ymm registers: 8 byte accumulators, 2 activation
-    // vectors, a weight vector, 3 temporaries, the lookup table and the nibble mask.
-    // (4x3 and 3x3 measured the same on Zen 3, 2x2 and 2x4 slower.)
-    static constexpr int kMR = 4;
-    static constexpr int kNR = 2;
-
-    // One 256-bit chunk (4 words at `off`) of an MR x NR tile: each weight and each
-    // activation vector is loaded once and used NR resp. MR times. The chunk that
-    // holds a row's last word (kLast) loads only its n valid words and ANDs `mask`
-    // (the last word's column mask) into both operands.
-    template <BitOp op, int MR, int NR, bool kLast>
-    static inline __attribute__((always_inline)) void chunk(const uint64_t *w,
-                                                            const uint64_t *x, int64_t W,
-                                                            int64_t off, int n, __m256i mask,
-                                                            __m256i lut, __m256i low4,
-                                                            __m256i (&bytes)[MR][NR]) {
-        __m256i xv[NR];
-        for (int j = 0; j < NR; ++j) {
-            if constexpr (kLast) {
-                xv[j] = _mm256_and_si256(load_words(x + j * W + off, n), mask);
-            } else {
-                xv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + j * W + off));
-            }
-        }
-        for (int i = 0; i < MR; ++i) {
-            __m256i wv;
-            if constexpr (kLast) {
-                wv = _mm256_and_si256(load_words(w + i * W + off, n), mask);
-            } else {
-                wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i * W + off));
-            }
-            for (int j = 0; j < NR; ++j) {
-                const __m256i t = apply<op>(wv, xv[j]);
-                const __m256i lo = _mm256_and_si256(t, low4);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), low4);
-                bytes[i][j] = _mm256_add_epi8(bytes[i][j], _mm256_shuffle_epi8(lut, lo));
-                bytes[i][j] = _mm256_add_epi8(bytes[i][j], _mm256_shuffle_epi8(lut, hi));
-            }
-        }
+// Also the code sums sum_p 2^p popcount(x[p, n]) of each row (the per-column constant
+// of bgemm_1x2), while the rows are in cache; zeros up to the next multiple of 8
+// rows, as the epilogue reads them eight at a time.
+void pack_activations(const PopcountGemm &g, int64_t n0, int64_t n1, uint64_t *panel,
+                      int32_t *code_sums) {
+    if (swapped(g)) {
+        pack_table_digits(activations_of(g), n0, n1 - n0, n0, n1,
+                          reinterpret_cast<uint16_t *>(panel));
+    } else {
+        pack_byte_digits(activations_of(g), n0, groups_of(n1 - n0), n0, n1,
+                         reinterpret_cast<uint8_t *>(panel));
     }
-
-    // sums += the byte counts folded into 64-bit lanes; bytes = 0.
-    template <int MR, int NR>
-    static inline __attribute__((always_inline)) void flush(__m256i (&bytes)[MR][NR],
-                                                            __m256i (&sums)[MR][NR]) {
-        for (int i = 0; i < MR; ++i) {
-            for (int j = 0; j < NR; ++j) {
-                sums[i][j] = _mm256_add_epi64(sums[i][j],
-                                              _mm256_sad_epu8(bytes[i][j], _mm256_setzero_si256()));
-                bytes[i][j] = _mm256_setzero_si256();
-            }
+    if (code_sums == nullptr) return;
+    const int64_t W = g.W;
+    for (int64_t n = n0; n < n1; ++n) {
+        int64_t sum = 0;
+        for (int p = 0; p < g.P; ++p) {
+            const uint64_t *row = g.x + (p * g.N + n) * W;
+            int64_t count = 0;
+            for (int64_t k = 0; k + 1 < W; ++k) count += __builtin_popcountll(row[k]);
+            if (W > 0) count += __builtin_popcountll(row[W - 1] & g.last_mask);
+            sum += count << p;
         }
+        code_sums[n - n0] = static_cast<int32_t>(sum);  // <= (2^P - 1) K: checked to fit
     }
+    for (int64_t n = n1; (n - n0) % 8 != 0; ++n) code_sums[n - n0] = 0;
+}
 
-    // The chunk holding word W-1: its n = 1..4 valid words, all ones below lane n-1,
-    // last_mask in lane n-1.
-    template <BitOp op, int MR, int NR>
-    static inline __attribute__((always_inline)) void last_chunk(
-        const uint64_t *w, const uint64_t *x, int64_t W, int64_t last, uint64_t last_mask,
-        __m256i lut, __m256i low4, __m256i (&bytes)[MR][NR]) {
-        const int n = static_cast<int>(W - last * kWordsPerChunk);
-        const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
-        const __m256i top = _mm256_set1_epi64x(n - 1);
-        const __m256i mask = _mm256_or_si256(
-            _mm256_cmpgt_epi64(top, lane),
-            _mm256_and_si256(_mm256_cmpeq_epi64(top, lane),
-                             _mm256_set1_epi64x(static_cast<long long>(last_mask))));
-        chunk<op, MR, NR, true>(w, x, W, last * kWordsPerChunk, n, mask, lut, low4, bytes);
+void run_lut_pass(int nrv, const LutPass &c) {
+    switch (nrv) {
+        case 1: return lut_pass<1>(c);
+        case 2: return lut_pass<2>(c);
+        case 3: return lut_pass<3>(c);
+        case 4: return lut_pass<4>(c);
+        case 5: return lut_pass<5>(c);
+        case 6: return lut_pass<6>(c);
+        case 7: return lut_pass<7>(c);
+        default: return lut_pass<kNRV>(c);
     }
+}
 
-    // counts[i*NR + j] = the sum of the lanes of v[i][j], which holds byte counts
-    // (kBytes) or 64-bit sums.
-    template <bool kBytes, int MR, int NR>
-    static inline __attribute__((always_inline)) void finish(__m256i (&v)[MR][NR],
-                                                             int64_t *counts) {
-        constexpr int T = MR * NR;
-        __m256i flat[T];
-        for (int i = 0; i < MR; ++i) {
-            for (int j = 0; j < NR; ++j) {
-                flat[i * NR + j] =
-                    kBytes ? _mm256_sad_epu8(v[i][j], _mm256_setzero_si256()) : v[i][j];
-            }
-        }
-        int t = 0;
-        for (; t + 4 <= T; t += 4) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i *>(counts + t),
-                                sum_lanes4(flat[t], flat[t + 1], flat[t + 2], flat[t + 3]));
-        }
-        for (; t < T; ++t) counts[t] = sum_lanes(flat[t]);
-    }
-
-    // The microkernel: counts[i*NR + j] = sum_w popcount(op(w_i[w], x_j[w]) & mask_w)
-    // over rows of W words, in chunks of 4 words; the last chunk, whole or partial,
-    // loads only words below W and applies the last word's mask.
-    template <BitOp op, int MR, int NR>
-    static void tile(const uint64_t *w, const uint64_t *x, int64_t W, uint64_t last_mask,
-                     int64_t *counts) {
-        const __m256i lut = nibble_popcount_lut();
-        const __m256i low4 = _mm256_set1_epi8(0x0f);
-        const __m256i zero = _mm256_setzero_si256();
-        __m256i bytes[MR][NR];
-        __m256i sums[MR][NR];  // only for rows longer than kMaxChunks chunks
-        for (int i = 0; i < MR; ++i) {
-            for (int j = 0; j < NR; ++j) bytes[i][j] = sums[i][j] = zero;
-        }
-        if (W > 0) {
-            const int64_t last = (W - 1) / kWordsPerChunk;  // the chunk holding word W-1
-            if (last < kMaxChunks) {
-                // Rows of up to 124 words (7936 columns) need no flush before the end.
-                for (int64_t ch = 0; ch < last; ++ch) {
-                    chunk<op, MR, NR, false>(w, x, W, ch * kWordsPerChunk, kWordsPerChunk, zero,
-                                             lut, low4, bytes);
-                }
-                last_chunk<op, MR, NR>(w, x, W, last, last_mask, lut, low4, bytes);
-                finish<true>(bytes, counts);
-                return;
-            }
-            for (int64_t c0 = 0; c0 < last; c0 += kMaxChunks) {
-                const int64_t c1 = last - c0 < kMaxChunks ? last : c0 + kMaxChunks;
-                for (int64_t ch = c0; ch < c1; ++ch) {
-                    chunk<op, MR, NR, false>(w, x, W, ch * kWordsPerChunk, kWordsPerChunk, zero,
-                                             lut, low4, bytes);
-                }
-                flush<MR, NR>(bytes, sums);
-            }
-            last_chunk<op, MR, NR>(w, x, W, last, last_mask, lut, low4, bytes);
-            flush<MR, NR>(bytes, sums);
-        }
-        finish<false>(sums, counts);
-    }
+// One side of the product as a block sees it: its panel and rows [r0, r1) in it.
+struct Side {
+    const uint8_t *panel;
+    int64_t base;    // the panel's first row
+    int64_t count;   // rows the panel holds (table side) or groups (byte side)
+    int64_t r0, r1;  // the block's rows
+    int planes;
 };
+
+// Rows t.r0.. of the table side x rows b.r0.. of the byte side, for out of g.
+// Passes: one per pair of table-side planes h and byte-side plane p (weight
+// 2^(2h + p)), split further along K where 16-bit sums could overflow; each pass adds
+// into out, the last one applies the epilogue. `transposed`: the table side is the
+// activations (out columns), the byte side the weights (out rows).
+void run_block(const PopcountGemm &g, const Side &t, const Side &b, bool transposed,
+               const int32_t *code_sums, int32_t *out) {
+    const int64_t D = digits_per_row(g);
+    const uint16_t *table_digits = reinterpret_cast<const uint16_t *>(t.panel);
+    const int pairs = (t.planes + 1) / 2;
+    alignas(32) uint16_t sums[kChunkRows * kNRV * kGroupRows];
+    for (int64_t c0 = b.r0; c0 < b.r1; c0 += kTileCols) {
+        // The tile's first group; blocks start at multiples of a tile (the kernel's
+        // mr and nr), so the byte panel's tiles are the block's.
+        const int64_t j0 = (c0 - b.base) / kGroupRows;
+        const int cols = static_cast<int>(std::min<int64_t>(kTileCols, b.r1 - c0));
+        const int nrv = static_cast<int>(groups_of(cols));
+        for (int64_t rc = t.r0; rc < t.r1; rc += kChunkRows) {
+            const int64_t rows = std::min(kChunkRows, t.r1 - rc);
+            for (int h = 0; h < pairs; ++h) {
+                const int largest = largest_entry(g.op, 2 * h + 1 < t.planes ? 2 : 1);
+                const int64_t span = 65535 / largest;  // digits per pass: 16-bit sums fit
+                for (int p = 0; p < b.planes; ++p) {
+                    for (int64_t d0 = 0; d0 < D || d0 == 0; d0 += span) {
+                        LutPass c;
+                        c.w = table_digits + (h * t.count + rc - t.base) * D;
+                        c.w_row = D;
+                        c.tables = tables_of(g.op);
+                        c.x = b.panel + byte_digit_offset(b.count, D, p, j0, 0);
+                        c.x_step = kGroupRows * nrv;
+                        c.d0 = d0;
+                        c.d1 = std::min(D, d0 + span);
+                        c.flush = std::min<int64_t>(kMaxFlushDigits, 255 / largest);
+                        c.rows = rows;
+                        c.sums = sums;
+                        run_lut_pass(nrv, c);
+                        const int shift = 2 * h + p;
+                        const bool first = h == 0 && p == 0 && d0 == 0;
+                        const bool last = h == pairs - 1 && p == b.planes - 1 && c.d1 == D;
+                        const int32_t constant = static_cast<int32_t>(g.epilogue.constant);
+                        const int32_t scale = static_cast<int32_t>(g.epilogue.scale);
+                        if (transposed) {
+                            const int32_t *sums_n = code_sums ? code_sums + (rc - t.r0) : nullptr;
+                            lut_epilogue_transposed({sums, rows, cols, out + c0 * g.N + rc, g.N,
+                                                     sums_n, constant, scale, shift, first, last});
+                        } else {
+                            const int32_t *sums_n = code_sums ? code_sums + (c0 - b.r0) : nullptr;
+                            lut_epilogue({sums, rows, cols, out + rc * g.N + c0, g.N, sums_n,
+                                          constant, scale, shift, first, last});
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Rows [m0, m1) x columns [n0, n1) of out, the activation panel holding exactly
+// columns [n0, n1) and its code sums (or null).
+void block(const PopcountGemm &g, const uint64_t *w_panel, const uint64_t *x_panel,
+           const int32_t *code_sums, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+           int32_t *out) {
+    const uint8_t *w = reinterpret_cast<const uint8_t *>(w_panel);
+    const uint8_t *x = reinterpret_cast<const uint8_t *>(x_panel);
+    if (swapped(g)) {
+        const Side table{x, n0, n1 - n0, n0, n1, g.P};
+        const Side bytes{w, 0, groups_of(g.M), m0, m1, g.Q};
+        run_block(g, table, bytes, true, code_sums, out);
+    } else {
+        const Side table{w, 0, g.M, m0, m1, g.Q};
+        const Side bytes{x, n0, groups_of(n1 - n0), n0, n1, g.P};
+        run_block(g, table, bytes, false, code_sums, out);
+    }
+}
 
 }  // namespace
 
-PopcountGemmKernel popcount_gemm_kernel_avx2() { return bgemm_detail::kernel_of<Avx2Kernels>(); }
+PackedPopcountGemmKernel packed_popcount_gemm_kernel_avx2(const PopcountGemm &g) {
+    // Blocks of the byte side come in whole column tiles, of the table side in any
+    // number of rows (eight for the transposed epilogue's stores).
+    const int mr = swapped(g) ? kTileCols : 1;
+    const int nr = swapped(g) ? 8 : kTileCols;
+    return PackedPopcountGemmKernel{mr, nr, &weight_panel_words, &pack_weights,
+                                    &activation_panel_words, &pack_activations, &block};
+}
 
 }  // namespace apb

@@ -1,38 +1,69 @@
-// Timing loop and dispatch of the popcount roofline; compiled without ISA flags.
+// Dispatch of the popcount roofline and its scalar loop; compiled without ISA flags.
 #include "roofline.h"
 
-#include <chrono>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "cpu_features.h"
+#include "popcount.h"
 
 namespace apb {
 
 namespace {
 
-using SumFn = uint64_t (*)(const uint64_t *, const uint64_t *, int64_t);
-
-SumFn sum_for(Isa isa) {
-    switch (isa) {
-#if defined(APB_HAVE_X86_KERNELS)
-        case Isa::avx512: return xor_popcount_sum_avx512;
-        case Isa::avx2: return xor_popcount_sum_avx2;
-#endif
-        default: return xor_popcount_sum_scalar;
-    }
-}
+constexpr const char *kMethodNames[] = {"popcnt", "lookup", "harley_seal", "tiled", "vpopcntq"};
 
 }  // namespace
 
-uint64_t xor_popcount_sum_scalar(const uint64_t *a, const uint64_t *b, int64_t words) {
-    uint64_t total = 0;
-    for (int64_t i = 0; i < words; ++i) total += __builtin_popcountll(a[i] ^ b[i]);
-    return total;
+std::vector<RooflineMethod> roofline_methods(Isa isa) {
+    switch (isa) {
+        case Isa::avx512: return {RooflineMethod::vpopcntq};
+        case Isa::avx2:
+            return {RooflineMethod::lookup, RooflineMethod::harley_seal, RooflineMethod::tiled};
+        default: return {RooflineMethod::popcnt};
+    }
 }
 
-RooflineResult xor_popcount_roofline(int64_t words, int64_t repeats) {
+const char *roofline_method_name(RooflineMethod method) {
+    return kMethodNames[static_cast<int>(method)];
+}
+
+RooflineMethod roofline_method_from_name(const std::string &name) {
+    for (int i = 0; i < static_cast<int>(std::size(kMethodNames)); ++i) {
+        if (name == kMethodNames[i]) return static_cast<RooflineMethod>(i);
+    }
+    throw std::invalid_argument("unknown roofline method '" + name +
+                                "'; expected popcnt, lookup, harley_seal, tiled or vpopcntq");
+}
+
+void roofline_operands(int64_t words, std::vector<uint64_t> &a, std::vector<uint64_t> &b) {
+    a.assign(static_cast<size_t>(words), 0);
+    b.assign(static_cast<size_t>(words), 0);
+    uint64_t state = 0x9e3779b97f4a7c15ull;  // any fixed bit pattern will do
+    for (int64_t i = 0; i < words; ++i) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        a[i] = state;
+        b[i] = state * 0xff51afd7ed558ccdull;
+    }
+}
+
+RooflineResult roofline_scalar(RooflineMethod method, const uint64_t *a, const uint64_t *b,
+                               int64_t words, int64_t repeats) {
+    if (method != RooflineMethod::popcnt) {
+        throw std::invalid_argument(std::string("roofline method ") +
+                                    roofline_method_name(method) + " needs another ISA than scalar");
+    }
+    return time_passes(repeats, 64.0 * static_cast<double>(words), [&] {
+        uint64_t total = 0;
+        for (int64_t i = 0; i < words; ++i) total += popcount64(a[i] ^ b[i]);
+        return total;
+    });
+}
+
+RooflineResult xor_popcount_roofline(int64_t words, int64_t repeats, RooflineMethod method) {
     if (words <= 0 || words % 32 != 0) {
         throw std::invalid_argument("xor_popcount_roofline: words must be a positive multiple "
                                     "of 32, got " + std::to_string(words));
@@ -41,26 +72,22 @@ RooflineResult xor_popcount_roofline(int64_t words, int64_t repeats) {
         throw std::invalid_argument("xor_popcount_roofline: repeats must be positive, got " +
                                     std::to_string(repeats));
     }
-    const SumFn sum = sum_for(active_isa());
-    std::vector<uint64_t> a(words), b(words);
-    uint64_t state = 0x9e3779b97f4a7c15ull;  // any fixed bit pattern will do
-    for (int64_t i = 0; i < words; ++i) {
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17;
-        a[i] = state;
-        b[i] = state * 0xff51afd7ed558ccdull;
+    const Isa isa = active_isa();
+    bool known = false;
+    for (RooflineMethod m : roofline_methods(isa)) known = known || m == method;
+    if (!known) {
+        throw std::invalid_argument(std::string("xor_popcount_roofline: the ") + isa_name(isa) +
+                                    " kernels have no method " + roofline_method_name(method));
     }
-    RooflineResult r;
-    sum(a.data(), b.data(), words);  // warm the caches and the core
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t rep = 0; rep < repeats; ++rep) {
-        // The barrier makes every pass real: the compiler may not reuse the last result.
-        asm volatile("" : : "r"(a.data()), "r"(b.data()) : "memory");
-        r.checksum += sum(a.data(), b.data(), words);
+    std::vector<uint64_t> a, b;
+    roofline_operands(words, a, b);
+    switch (isa) {
+#if defined(APB_HAVE_X86_KERNELS)
+        case Isa::avx512: return roofline_avx512(method, a.data(), b.data(), words, repeats);
+        case Isa::avx2: return roofline_avx2(method, a.data(), b.data(), words, repeats);
+#endif
+        default: return roofline_scalar(method, a.data(), b.data(), words, repeats);
     }
-    const auto t1 = std::chrono::steady_clock::now();
-    r.seconds = std::chrono::duration<double>(t1 - t0).count();
-    r.bit_ops = 64.0 * static_cast<double>(words) * static_cast<double>(repeats);
-    return r;
 }
 
 }  // namespace apb

@@ -22,6 +22,7 @@ def test_every_impl_runs_and_report_structure(tmp_path):
         assert "error" not in r, r
         assert len(r["per_shape_ms"]) == 2 and r["total_ms"] == sum(r["per_shape_ms"])
     assert report["roofline_gbitops"] > 0 and report["threads"] == 1
+    assert report["roofline_gbitops"] == max(report["roofline_methods_gbitops"].values())
     assert "vs ort_int8" in gemm.report_table(report)
     json.dumps(report)
     gemm.plot_report(report, tmp_path / "g.png")

@@ -18,12 +18,16 @@ from apb.kernels.reference_bgemm import (
     pack_planes_ref,
 )
 
-# Column counts around every boundary the kernels have: a word (64), an AVX2 chunk
-# (4 words), an AVX-512 chunk (8 words), and the 31 AVX2 chunks after which byte
-# counts are flushed (124 words = 7936 columns).
-EDGE_K = [0, 1, 63, 64, 65, 127, 128, 129, 255, 256, 257, 320, 511, 512, 513, 576, 7935, 7937]
-# Rows around the register tiles (up to 4 x 4) and their remainders.
-EDGE_ROWS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13]
+# Column counts around every boundary the kernels have: a word (64), 4 words (the AVX2
+# packers' transposes), an AVX-512 chunk (8 words), and the digits (4 columns) after
+# which the AVX2 byte counters are widened: 21 with two weight planes (84 columns), 63
+# otherwise (252).
+EDGE_K = [0, 1, 63, 64, 65, 83, 84, 85, 127, 128, 129, 251, 252, 253, 256, 257, 320, 511,
+          512, 513, 576, 7937]
+# Rows around the register tiles and their remainders: AVX2 reads the byte side in
+# groups of 32 rows, 8 groups to a tile, the table side in chunks of 16 rows and (when
+# transposed) stores blocks of 8; AVX-512 tiles are 4 x 4.
+EDGE_ROWS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 33]
 
 ISAS = [pytest.param(isa, id=isa) for isa in kernels.ISA_NAMES]
 
@@ -261,6 +265,46 @@ def test_large_blocked_threaded(isa: str, threads: int, style: str) -> None:
     _check(out_1x1, bgemm_1x1_ref(w[0], x[0], k))
     _check(out_1x2, bgemm_1x2_ref(w[0], x, k))
     _check(out_2x2, bgemm_2x2_ref(w, x, k))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("M", "N", "k"), [(300, 20, 200), (20, 300, 200), (600, 9, 70)])
+def test_many_tiles_both_orientations(isa: str, threads: int, M: int, N: int, k: int) -> None:
+    """Shapes whose AVX2 kernels take either operand as the table side (small N puts the
+    weights on the byte side), with several column tiles and a partial last one."""
+    _require(isa)
+    rng = np.random.default_rng(M + N)
+    w = _random_words(rng, (2, M, _words(k)), "uniform")
+    x = _random_words(rng, (3, N, _words(k)), "uniform")
+    previous = kernels.get_num_threads()
+    kernels.set_num_threads(threads)
+    try:
+        with kernels.use_isa(isa):
+            out = kernels.bgemm_1x1(w[0], x[0], k), kernels.bgemm_1x2(w[0], x[:2], k)
+            out_2x2 = kernels.bgemm_2x2(w, x, k)
+    finally:
+        kernels.set_num_threads(previous)
+    _check(out[0], bgemm_1x1_ref(w[0], x[0], k))
+    _check(out[1], bgemm_1x2_ref(w[0], x[:2], k))
+    _check(out_2x2, bgemm_2x2_ref(w, x, k))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rows_longer_than_one_pass(isa: str) -> None:
+    """Rows whose counts the AVX2 kernels split into several passes over K (their 16-bit
+    sums hold 65535 / 4 digits of one table-side plane, 65535 / 12 of two)."""
+    _require(isa)
+    rng = np.random.default_rng(17)
+    for k, planes in [(65536 + 300, 1), (22000, 2)]:
+        w = _random_words(rng, (planes, 3, _words(k)), "dense")
+        x = _random_words(rng, (planes, 35, _words(k)), "dense")
+        with kernels.use_isa(isa):
+            if planes == 1:
+                _check(kernels.bgemm_1x1(w[0], x[0], k), bgemm_1x1_ref(w[0], x[0], k))
+            else:
+                _check(kernels.bgemm_2x2(w, x, k), bgemm_2x2_ref(w, x, k))
+                _check(kernels.bgemm_2x2(x, w, k), bgemm_2x2_ref(x, w, k))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -26,7 +26,7 @@ Run time:
 
 Measurement:
     xor_popcount_roofline: one core's XOR+popcount throughput on L1 data (the limit the
-    bitwise GEMMs are quoted against).
+    bitwise GEMMs are quoted against), the best of xor_popcount_rooflines (each loop).
 """
 
 from apb.kernels.activation_packing import (
@@ -36,7 +36,7 @@ from apb.kernels.activation_packing import (
 )
 from apb.kernels.bgemm import MAX_PLANES, bgemm_1x1, bgemm_1x2, bgemm_2x2, pack_planes
 from apb.kernels.bgemm_fp import bgemm_1xf
-from apb.kernels.roofline import xor_popcount_roofline
+from apb.kernels.roofline import roofline_methods, xor_popcount_roofline, xor_popcount_rooflines
 from apb.kernels.runtime import (
     ISA_NAMES,
     active_isa,
@@ -65,6 +65,7 @@ __all__ = [
     "pack_planes",
     "pack_signs",
     "quantize_pack_codes",
+    "roofline_methods",
     "set_isa",
     "set_num_threads",
     "spmm_csr",
@@ -74,4 +75,5 @@ __all__ = [
     "xor_gate_encode",
     "xor_gate_table",
     "xor_popcount_roofline",
+    "xor_popcount_rooflines",
 ]
