@@ -160,4 +160,18 @@ static void for_each_batch(const SpmmTile &t, HalvesToFloats &&halves_to_floats,
 
 }  // namespace spmm_detail
 
+// The inner loop of spmm_csr, per ISA, shared with sparse_conv2d: adds a batch of
+// nonzeros to one output row, out[c0, c1) += sum_k values[k] * rows[k][c0, c1), one
+// fused multiply-add per element and nonzero in batch order (bit-identical across ISAs).
+void spmm_csr_sweep_scalar(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                           int64_t c1);
+void spmm_csr_sweep_avx2(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                         int64_t c1);
+void spmm_csr_sweep_avx512(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                           int64_t c1);
+
+// float16 bits -> float32, exactly, per ISA (F16C on AVX2, vcvtph2ps on AVX-512).
+void spmm_csr_halves_to_floats_avx2(const uint16_t *src, int64_t n, float *dst);
+void spmm_csr_halves_to_floats_avx512(const uint16_t *src, int64_t n, float *dst);
+
 }  // namespace apb

@@ -14,6 +14,8 @@ Kernels:
     GEMMs of packed operands by XOR/AND + popcount (see :mod:`apb.kernels.bgemm`).
     bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
     spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
+    sparse_conv2d: direct sparse convolution of a CSR weight matrix with a layer's
+    quantized input, plus the layer's epilogue (:mod:`apb.kernels.sparse_conv`).
     im2col_pack_signs, im2col_pack_codes, quantize_pack_codes: layer inputs quantized
     and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
 
@@ -45,6 +47,7 @@ from apb.kernels.runtime import (
     use_isa,
 )
 from apb.kernels.sign_packing import pack_signs, unpack_signs
+from apb.kernels.sparse_conv import sparse_conv2d
 from apb.kernels.spmm import spmm_csr
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "quantize_pack_codes",
     "set_isa",
     "set_num_threads",
+    "sparse_conv2d",
     "spmm_csr",
     "unpack_signs",
     "use_isa",
