@@ -210,6 +210,94 @@ void im2col_row(const float *x, const Conv2dGeometry &g, const Planes &planes, i
     }
 }
 
+// Pixels (hwc im2col): eight consecutive pixels per vector, one vector per channel
+// (contiguous in [B, C, H, W]), so no transposition is needed: each channel's bit of
+// plane p is shifted into place in eight 32-bit lanes, channels 0..31 of the word in
+// `low`, 32..63 in `high`, and the two are interleaved into the eight pixels' words.
+// Planes is a compile-time count so that the accumulators stay in registers.
+template <int Planes, typename Bits>
+void pack_pixels_impl(const float *x, int64_t channels, int64_t pixels, const Bits &bits,
+                      int64_t b, int64_t p0, int64_t p1, uint64_t *out, int64_t plane_stride) {
+    const int64_t words = (channels + 63) / 64;
+    const float *image = x + b * channels * pixels;
+    uint64_t *image_out = out + b * pixels * words;
+    alignas(32) uint64_t lanes_out[Planes][8];
+    for (int64_t i0 = p0; i0 < p1; i0 += 8) {
+        const int64_t lanes = p1 - i0 < 8 ? p1 - i0 : 8;
+        const __m256i valid = avx2::first_lanes(lanes);
+        for (int64_t w = 0; w < words; ++w) {
+            const int64_t c0 = 64 * w;
+            const int64_t count = channels - c0 < 64 ? channels - c0 : 64;
+            __m256i half[2][Planes];
+            for (int h = 0; h < 2; ++h) {
+                for (int p = 0; p < Planes; ++p) half[h][p] = _mm256_setzero_si256();
+            }
+            for (int64_t c = 0; c < count; ++c) {
+                // The masked load reads nothing past pixel p1 - 1; zero lanes are unused.
+                const float *src = image + (c0 + c) * pixels + i0;
+                const __m256 v = lanes == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, valid);
+                __m256i plane_bits[Planes];
+                bits(v, plane_bits);
+                const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(c & 31));
+                const int h = c < 32 ? 0 : 1;
+                for (int p = 0; p < Planes; ++p) {
+                    half[h][p] = _mm256_or_si256(half[h][p], _mm256_sll_epi32(plane_bits[p], shift));
+                }
+            }
+            for (int p = 0; p < Planes; ++p) {
+                // Lanes (low_i, high_i) -> 64-bit words, pixel order restored across
+                // the two 128-bit halves.
+                const __m256i a = _mm256_unpacklo_epi32(half[0][p], half[1][p]);  // 0 1 | 4 5
+                const __m256i c = _mm256_unpackhi_epi32(half[0][p], half[1][p]);  // 2 3 | 6 7
+                _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p]),
+                                   _mm256_permute2x128_si256(a, c, 0x20));
+                _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p] + 4),
+                                   _mm256_permute2x128_si256(a, c, 0x31));
+                uint64_t *dst = image_out + p * plane_stride + i0 * words + w;
+                for (int64_t i = 0; i < lanes; ++i) dst[i * words] = lanes_out[p][i];
+            }
+        }
+    }
+}
+
+// Bit 0 of each lane: plane p of the code (or the sign bit), the rules of SignPlanes
+// and CodePlanes.
+struct SignBits {
+    void operator()(__m256 v, __m256i *out) const {
+        const __m256i bits = _mm256_castps_si256(v);
+        const __m256i negative = _mm256_and_si256(
+            _mm256_cmpgt_epi32(bits, _mm256_set1_epi32(static_cast<int32_t>(0x80000000u))),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(0xff800001u)), bits));
+        out[0] = _mm256_srli_epi32(negative, 31);
+    }
+};
+
+template <int Planes>
+struct CodeBits {
+    __m256 scale;
+    __m256 levels;
+
+    void operator()(__m256 v, __m256i *out) const {
+        v = _mm256_max_ps(v, _mm256_setzero_ps());
+        v = _mm256_min_ps(v, scale);
+        const __m256 q = _mm256_mul_ps(_mm256_div_ps(v, scale), levels);
+        const __m256i code = _mm256_cvtps_epi32(
+            _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i one = _mm256_set1_epi32(1);
+        for (int p = 0; p < Planes; ++p) {
+            out[p] = _mm256_and_si256(_mm256_srli_epi32(code, p), one);
+        }
+    }
+};
+
+template <int Planes>
+void pack_code_pixels(const float *x, int64_t channels, int64_t pixels,
+                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                      uint64_t *out, int64_t plane_stride) {
+    const CodeBits<Planes> bits{_mm256_set1_ps(q.scale), _mm256_set1_ps(q.levels)};
+    pack_pixels_impl<Planes>(x, channels, pixels, bits, b, p0, p1, out, plane_stride);
+}
+
 }  // namespace
 
 void im2col_pack_row_avx2(const float *x, const Conv2dGeometry &g,
@@ -230,6 +318,22 @@ void quantize_pack_row_avx2(const float *x, int64_t K, const ActivationQuantizer
     } else {
         quantize_row(x + n * K, K, CodePlanes(q), row_out, plane_stride);
     }
+}
+
+void pack_pixels_avx2(const float *x, int64_t channels, int64_t pixels,
+                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                      uint64_t *out, int64_t plane_stride) {
+    if (q.signs) {
+        pack_pixels_impl<1>(x, channels, pixels, SignBits{}, b, p0, p1, out, plane_stride);
+        return;
+    }
+    using Fn = void (*)(const float *, int64_t, int64_t, const ActivationQuantizer &, int64_t,
+                        int64_t, int64_t, uint64_t *, int64_t);
+    static constexpr Fn by_planes[8] = {pack_code_pixels<1>, pack_code_pixels<2>,
+                                        pack_code_pixels<3>, pack_code_pixels<4>,
+                                        pack_code_pixels<5>, pack_code_pixels<6>,
+                                        pack_code_pixels<7>, pack_code_pixels<8>};
+    by_planes[q.planes - 1](x, channels, pixels, q, b, p0, p1, out, plane_stride);
 }
 
 }  // namespace apb
