@@ -9,7 +9,9 @@ Layers: :class:`PackedAPBConv2d` / :class:`PackedAPBLinear` (APB, and the binary
 without a sparse part) and :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear`
 (DoReFa ``k``-bit weights). Kernels run through ``torch.ops.apb.*`` custom ops
 (:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
-``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`.
+``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
+fastest inference, :func:`fold_batchnorm_` folds BatchNorms into the packed layers'
+epilogues (after saving: a folded model is not saved).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from .backend import BACKENDS, DEFAULT_BACKEND
 from .convert import PackError, pack_, pack_layer
+from .fold import fold_batchnorm_
 from .format import (
     FORMAT,
     FORMAT_VERSION,
@@ -39,7 +42,8 @@ from .layers import (
 __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
-    "PackedFileInfo", "PackedFormatError", "PackedLayer", "load_packed", "pack_", "pack_layer",
+    "PackedFileInfo", "PackedFormatError", "PackedLayer", "fold_batchnorm_", "load_packed",
+    "pack_", "pack_layer",
     "packed_layers", "read_packed_info", "save_packed", "set_backend",
 ]
 
