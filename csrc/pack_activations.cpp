@@ -108,6 +108,40 @@ class BitRow {
     int used_ = 0;  // bits in pending_, < 64
 };
 
+// The hwc rows of output row oy when C % 64 == 0: every tap is pixel_words whole words.
+// A position whose kernel row lies inside the image (dilation 1) copies kw taps as one
+// run of contiguous words; only border positions test each tap.
+void gather_whole_words(const Conv2dGeometry &g, const uint64_t *image, int64_t pixel_words,
+                        int64_t oy, uint64_t *row_out, int64_t words) {
+    const int64_t run = g.kernel_w * pixel_words;
+    for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        uint64_t *dst = row_out + ox * words;
+        const int64_t ix0 = ox * g.stride_w - g.pad_w;
+        const bool interior = g.dilation_w == 1 && ix0 >= 0 && ix0 + g.kernel_w <= g.width;
+        for (int64_t dy = 0; dy < g.kernel_h; ++dy, dst += run) {
+            const int64_t iy = pack_activations_detail::tap(oy, g.stride_h, g.pad_h, dy,
+                                                            g.dilation_h);
+            if (iy < 0 || iy >= g.height) {
+                for (int64_t w = 0; w < run; ++w) dst[w] = 0;
+                continue;
+            }
+            const uint64_t *line = image + iy * g.width * pixel_words;
+            if (interior) {
+                const uint64_t *src = line + ix0 * pixel_words;
+                for (int64_t w = 0; w < run; ++w) dst[w] = src[w];
+                continue;
+            }
+            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
+                const int64_t ix = ix0 + dx * g.dilation_w;
+                const bool inside = 0 <= ix && ix < g.width;
+                for (int64_t w = 0; w < pixel_words; ++w) {
+                    dst[dx * pixel_words + w] = inside ? line[ix * pixel_words + w] : 0;
+                }
+            }
+        }
+    }
+}
+
 struct PixelWorkspace;  // thread_workspace tag
 
 // hwc im2col: (1) every pixel's C inputs quantized and packed once (C bits per plane
@@ -146,26 +180,7 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
             const uint64_t *image = packed + p * pixel_plane + b * image_pixels * pixel_words;
             uint64_t *row_out = out + p * plane_stride + row * g.out_w * words;
             if (g.channels % 64 == 0) {
-                // Whole words per tap: plain copies, no bit shifting.
-                for (int64_t ox = 0; ox < g.out_w; ++ox) {
-                    uint64_t *dst = row_out + ox * words;
-                    for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
-                        const int64_t iy = pack_activations_detail::tap(oy, g.stride_h, g.pad_h,
-                                                                        dy, g.dilation_h);
-                        const bool row_inside = 0 <= iy && iy < g.height;
-                        for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                            const int64_t ix = pack_activations_detail::tap(
-                                ox, g.stride_w, g.pad_w, dx, g.dilation_w);
-                            if (row_inside && 0 <= ix && ix < g.width) {
-                                const uint64_t *src = image + (iy * g.width + ix) * pixel_words;
-                                for (int64_t w = 0; w < pixel_words; ++w) dst[w] = src[w];
-                            } else {
-                                for (int64_t w = 0; w < pixel_words; ++w) dst[w] = 0;
-                            }
-                            dst += pixel_words;
-                        }
-                    }
-                }
+                gather_whole_words(g, image, pixel_words, oy, row_out, words);
                 continue;
             }
             for (int64_t ox = 0; ox < g.out_w; ++ox) {

@@ -11,6 +11,14 @@ namespace apb {
 
 namespace {
 
+// The first n < 8 lanes of v to dst. Through the stack rather than vmaskmovps, whose
+// store form is slow on AMD cores; tails are frequent here (rows of 28, 14, 7 outputs).
+inline void store_first(float *dst, int64_t n, __m256 v) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, v);
+    for (int64_t i = 0; i < n; ++i) dst[i] = lanes[i];
+}
+
 // Eight dot values as floats, lanes past `valid` not read.
 inline __m256 load_dot(const void *dot, bool is_float, int64_t i, __m256i valid, bool full) {
     if (is_float) {
@@ -40,8 +48,8 @@ void epilogue_avx2(const void *dot, bool dot_is_float, float dot_scale, float sp
         const __m256 base =
             dot == nullptr ? s
                            : _mm256_fmadd_ps(a, load_dot(dot, dot_is_float, i, valid, false), s);
-        _mm256_maskstore_ps(out + i, valid,
-                            _mm256_fmadd_ps(g, _mm256_maskload_ps(acc + i, valid), base));
+        store_first(out + i, count - i,
+                    _mm256_fmadd_ps(g, _mm256_maskload_ps(acc + i, valid), base));
     }
 }
 
@@ -80,7 +88,7 @@ void sparse_conv2d_quantize_avx2(const float *x, int64_t n, const SparseConvInpu
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, quantize(_mm256_loadu_ps(x + i)));
     if (i < n) {
         const __m256i valid = avx2::first_lanes(n - i);
-        _mm256_maskstore_ps(out + i, valid, quantize(_mm256_maskload_ps(x + i, valid)));
+        store_first(out + i, n - i, quantize(_mm256_maskload_ps(x + i, valid)));
     }
 }
 

@@ -9,6 +9,10 @@
 #include "simd_avx2.h"
 #include "spmm_csr.h"
 
+// Full unrolling keeps the accumulators in registers: left to its cost model, GCC 12
+// kept some widths' accumulator arrays in memory, a store per vector and nonzero.
+#define APB_UNROLL _Pragma("GCC unroll 8")
+
 namespace apb {
 
 using spmm_detail::NonzeroBatch;
@@ -37,23 +41,23 @@ namespace {
 // that up to 8 FMA chains are in flight whatever the width of the remainder.
 template <int V, bool Masked>
 inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __m256i last) {
-    const auto load = [&](const float *p, int q) {
-        return Masked && q + 1 == V ? _mm256_maskload_ps(p, last) : _mm256_loadu_ps(p);
-    };
+    constexpr int kFull = Masked ? V - 1 : V;  // vectors loaded whole
     __m256 acc[V];
-    for (int q = 0; q < V; ++q) acc[q] = load(out + c + 8 * q, q);
+    APB_UNROLL for (int q = 0; q < kFull; ++q) acc[q] = _mm256_loadu_ps(out + c + 8 * q);
+    if constexpr (Masked) acc[V - 1] = _mm256_maskload_ps(out + c + 8 * (V - 1), last);
     for (int64_t k = 0; k < batch.count; ++k) {
         const __m256 v = _mm256_set1_ps(batch.values[k]);
         const float *x = batch.rows[k] + c;
-        for (int q = 0; q < V; ++q) acc[q] = _mm256_fmadd_ps(v, load(x + 8 * q, q), acc[q]);
-    }
-    for (int q = 0; q < V; ++q) {
-        if (Masked && q + 1 == V) {
-            _mm256_maskstore_ps(out + c + 8 * q, last, acc[q]);
-        } else {
-            _mm256_storeu_ps(out + c + 8 * q, acc[q]);
+        APB_UNROLL for (int q = 0; q < kFull; ++q) {
+            acc[q] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * q), acc[q]);
+        }
+        if constexpr (Masked) {
+            acc[V - 1] =
+                _mm256_fmadd_ps(v, _mm256_maskload_ps(x + 8 * (V - 1), last), acc[V - 1]);
         }
     }
+    APB_UNROLL for (int q = 0; q < kFull; ++q) _mm256_storeu_ps(out + c + 8 * q, acc[q]);
+    if constexpr (Masked) _mm256_maskstore_ps(out + c + 8 * (V - 1), last, acc[V - 1]);
 }
 
 // The last n < 64 columns in one pass of ceil(n/8) accumulators.

@@ -6,6 +6,10 @@
 #include "simd_avx512.h"
 #include "spmm_csr.h"
 
+// Full unrolling keeps the accumulators in registers: left to its cost model, GCC 12
+// kept some widths' accumulator arrays in memory, a store per vector and nonzero.
+#define APB_UNROLL _Pragma("GCC unroll 8")
+
 namespace apb {
 
 using spmm_detail::NonzeroBatch;
@@ -34,15 +38,19 @@ template <int V>
 inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __mmask16 last) {
     const auto mask = [&](int q) { return q + 1 == V ? last : static_cast<__mmask16>(0xffff); };
     __m512 acc[V];
-    for (int q = 0; q < V; ++q) acc[q] = _mm512_maskz_loadu_ps(mask(q), out + c + 16 * q);
+    APB_UNROLL for (int q = 0; q < V; ++q) {
+        acc[q] = _mm512_maskz_loadu_ps(mask(q), out + c + 16 * q);
+    }
     for (int64_t k = 0; k < batch.count; ++k) {
         const __m512 v = _mm512_set1_ps(batch.values[k]);
         const float *x = batch.rows[k] + c;
-        for (int q = 0; q < V; ++q) {
+        APB_UNROLL for (int q = 0; q < V; ++q) {
             acc[q] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask(q), x + 16 * q), acc[q]);
         }
     }
-    for (int q = 0; q < V; ++q) _mm512_mask_storeu_ps(out + c + 16 * q, mask(q), acc[q]);
+    APB_UNROLL for (int q = 0; q < V; ++q) {
+        _mm512_mask_storeu_ps(out + c + 16 * q, mask(q), acc[q]);
+    }
 }
 
 }  // namespace
