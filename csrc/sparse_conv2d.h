@@ -123,22 +123,15 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
         using P = decltype(indptr_tag);
         using I = decltype(index_tag);
         using V = decltype(value_tag);
-        const V *values = static_cast<const V *>(a.values);
+        const auto row_of = [&](int64_t column) { return t.phases + t.offsets[column] + t.n0; };
         NonzeroBatch batch;
         for (int64_t m = t.m0; m < t.m1; ++m) {
             for (int64_t i = 0; i < length; ++i) acc[i] = 0.0f;
             const int64_t e0 = load_index<P>(a.indptr, m);
             const int64_t e1 = load_index<P>(a.indptr, m + 1);
-            for (int64_t k0 = e0; k0 < e1; k0 += kBatch) {
-                batch.count = e1 - k0 < kBatch ? e1 - k0 : kBatch;
-                if constexpr (sizeof(V) == 2) {
-                    halves_to_floats(values + k0, batch.count, batch.values);
-                } else {
-                    spmm_detail::floats_to_floats(values + k0, batch.count, batch.values);
-                }
-                for (int64_t k = 0; k < batch.count; ++k) {
-                    batch.rows[k] = t.phases + t.offsets[load_index<I>(a.indices, k0 + k)] + t.n0;
-                }
+            for (int64_t e = e0; e < e1; e += kBatch) {
+                spmm_detail::fill_batch<I, V>(a, e, e1 - e < kBatch ? e1 - e : kBatch,
+                                              halves_to_floats, row_of, batch);
                 sweep(batch, acc, int64_t{0}, length);
             }
             const float dot_scale = e.dot == nullptr ? 0.0f : e.dot_scale[m];
@@ -154,9 +147,8 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
                 const int64_t n = m * positions + t.b * image_positions + oy * g.out_w + lo;
                 const void *dot_row = nullptr;
                 if (e.dot != nullptr) {
-                    dot_row = e.dot_is_float
-                                  ? static_cast<const void *>(static_cast<const float *>(e.dot) + n)
-                                  : static_cast<const void *>(static_cast<const int32_t *>(e.dot) + n);
+                    const size_t bytes = e.dot_is_float ? sizeof(float) : sizeof(int32_t);
+                    dot_row = static_cast<const char *>(e.dot) + static_cast<size_t>(n) * bytes;
                 }
                 epilogue(dot_row, e.dot_is_float, dot_scale, sparse_scale, shift,
                          acc + (oy * wq + lo - t.n0), t.out + n, hi - lo);

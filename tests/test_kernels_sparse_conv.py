@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _csr import random_csr
 from apb import kernels
 from apb.kernels.reference_activation_packing import conv2d_output_size
 from apb.kernels.reference_sparse_conv import quantized_input_ref, sparse_conv2d_ref
@@ -20,21 +21,6 @@ from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
 def _require(isa: str) -> None:
     if isa not in kernels.available_isas():
         pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
-
-
-def _random_csr(rng, m, k, density, indptr_dtype="int32", index_dtype="int32",
-                value_dtype="float32"):
-    """Rows of varying length (some empty), unsorted and repeated columns allowed."""
-    counts = rng.binomial(k, density, size=m) if k > 0 else np.zeros(m, dtype=np.int64)
-    counts[rng.random(m) < 0.2] = 0
-    limit = np.iinfo(indptr_dtype).max
-    if counts.sum() > limit:
-        counts = counts * limit // counts.sum()
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(indptr_dtype)
-    nnz = int(counts.sum())
-    indices = rng.integers(0, max(k, 1), size=nnz).astype(index_dtype)
-    values = rng.standard_normal(nnz).astype(value_dtype)
-    return indptr, indices, values
 
 
 @st.composite
@@ -57,7 +43,7 @@ def problems(draw: st.DrawFn) -> dict:
     m = draw(st.integers(1, 40))
     k = c * kernel[0] * kernel[1]
     index_dtype = draw(st.sampled_from(INDEX_DTYPES if k <= 256 else INDEX_DTYPES[1:]))
-    csr = _random_csr(rng, m, k, draw(st.sampled_from([0.0, 0.02, 0.3, 1.0])),
+    csr = random_csr(rng, m, k, draw(st.sampled_from([0.0, 0.02, 0.3, 1.0])),
                       draw(st.sampled_from(INDPTR_DTYPES)), index_dtype,
                       draw(st.sampled_from(VALUE_DTYPES)))
     act_bits = draw(st.sampled_from([32, 1, 2, 3, 8]))
@@ -147,7 +133,7 @@ def test_threaded_large_and_torch_tensors(isa: str, threads: int) -> None:
     _require(isa)
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.random((2, 24, 30, 30), dtype=np.float32))
-    indptr, indices, values = (torch.from_numpy(a) for a in _random_csr(
+    indptr, indices, values = (torch.from_numpy(a) for a in random_csr(
         rng, 70, 24 * 9, 0.05, "int64", "uint8", "float16"))
     dot = torch.from_numpy(rng.integers(-9, 9, (70, 2 * 15 * 30)).astype(np.int32))
     scale = torch.from_numpy(rng.random(70, dtype=np.float32))
