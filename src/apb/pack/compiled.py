@@ -27,7 +27,9 @@ def _bits(result: np.ndarray) -> Tensor:
 
 
 def _view(t: Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 def pack_signs(x: Tensor) -> Tensor:
