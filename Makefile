@@ -3,6 +3,8 @@
 #   make test           fresh .venv, real (non-editable) install with test extras,
 #                       ruff, pytest on 2 workers: what CI runs (.ci/run)
 #   make demo           install, then `apb demo`
+#   make results        install, then `apb compare` of every method on LeNet-5 / mnist5k,
+#                       3 seeds: writes docs/results.md (+ JSON and plot in docs/results/)
 #   make build-inplace  development: build apb._C into build/inplace and copy it into
 #                       src/apb/, so `PYTHONPATH=src .venv/bin/python` sees it
 #   make clean
@@ -26,7 +28,7 @@ INSTALL_STAMP := $(VENV)/.stamp-install
 INPLACE_DIR := build/inplace
 CMAKE_GENERATOR_FLAG := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
-.PHONY: venv install test demo build-inplace clean
+.PHONY: venv install test demo results build-inplace clean
 
 venv: $(PY)
 
@@ -47,10 +49,15 @@ install: $(INSTALL_STAMP)
 
 test: install
 	$(VENV)/bin/ruff check src tests
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 demo: install
 	$(VENV)/bin/apb demo
+
+results: install
+	$(VENV)/bin/apb compare --out runs/results --seeds 3 \
+		--json docs/results/lenet5-mnist5k.json --plot docs/results/lenet5-mnist5k.png \
+		--markdown docs/results.md
 
 build-inplace: | $(PY)
 	$(PY) -c "import nanobind" 2>/dev/null || $(PIP_INSTALL) nanobind

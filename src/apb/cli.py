@@ -1,4 +1,5 @@
-"""The ``apb`` command: ``apb train | ptq | summary | pack | eval | demo | bench gemm|model``.
+"""The ``apb`` command: ``apb train | ptq | prune-quantized | summary | pack | xor-encode |
+xor-decode | eval | demo | compare | plot-weights | bench gemm|model|xor``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                                metavar=fname.upper(), help=help_text)
 
     _add_ptq_parser(sub)
+    _add_prune_quantized_parser(sub)
+    _add_compare_parsers(sub)
     p_sum = sub.add_parser("summary", help="per-layer memory table of a checkpoint")
     p_sum.add_argument("checkpoint", metavar="CKPT_OR_FILE",
                        help="a checkpoint written by apb train (last.pt/best.pt) or a packed "
@@ -171,6 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_pack.add_argument("checkpoint", help="a checkpoint written by apb train (last.pt/best.pt)")
     p_pack.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="the packed model file to write (.safetensors)")
+
+    p_xor = sub.add_parser(
+        "xor-encode", help="XOR-gate encrypt a packed model's sparse bit-planes",
+        description="Encrypt every packed layer's bit-planes with a seeded random XOR-gate "
+                    "network (pruned weights and APB signs implied by the CSR part are "
+                    "don't-care bits), store the pruning mask beside them, and write the "
+                    "result as safetensors with JSON metadata; print bits per weight per "
+                    "layer (encrypted, patches, mask, total) against CSR and bitmap. "
+                    "apb xor-decode gives the packed model back.",
+    )
+    p_xor.add_argument("packed", metavar="FILE", help="a packed model file (from apb pack)")
+    p_xor.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="the XOR-encoded file to write (.safetensors)")
+    p_xor.add_argument("--seed", type=int, default=0, help="the XOR network's seed")
+    p_xor.add_argument("--scheme", default="auto", choices=["auto", "xor", "plain"],
+                       help="auto: XOR where it beats the dense planes, the care bits as they "
+                            "are elsewhere; xor / plain: always that")
+    p_xor.add_argument("--json", default=None, metavar="FILE", help="also write the report")
+
+    p_xdec = sub.add_parser(
+        "xor-decode", help="decode an XOR-encoded file back into its packed model file",
+        description="Decode every layer (checked against its recorded sha256) and write the "
+                    "packed model the file was encoded from.",
+    )
+    p_xdec.add_argument("encoded", metavar="FILE", help="a file written by apb xor-encode")
+    p_xdec.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="the packed model file to write (.safetensors)")
 
     p_eval = sub.add_parser(
@@ -229,6 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_model.add_argument("--threads", type=int, default=1, help="threads for every model")
     p_model.add_argument("--repeats", type=int, default=10, help="timed rounds (median)")
     p_model.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    p_bxor = bench_sub.add_parser(
+        "xor", help="XOR-gate encryption of random pruned weights: bits, losslessness, speed",
+        description="Encrypt N random B-bit weights with a fraction P pruned; report bits per "
+                    "weight (encrypted + patches, mask, total; CSR and bitmap of the same "
+                    "matrix), whether decoding is lossless, encoding seconds and one-thread "
+                    "decoding speed in GB/s of decoded weight bits, beside memcpy and a numpy "
+                    "bitmap scatter measured in the same run.",
+    )
+    p_bxor.add_argument("--weights", type=int, default=1_000_000, metavar="N",
+                        help="weights in the layer")
+    p_bxor.add_argument("--prune", type=float, default=0.91, metavar="P",
+                        help="fraction of weights pruned (exactly round(P*N), random positions)")
+    p_bxor.add_argument("--bits", type=int, default=1, metavar="B", help="bit-planes per weight")
+    p_bxor.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p_bxor.add_argument("--repeats", type=int, default=50, help="timed decodes (median)")
+    p_bxor.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     return parser
 
 
@@ -253,6 +299,83 @@ def _add_ptq_parser(sub) -> None:
     p_ptq.add_argument("--target", required=True,
                        help="e.g. 0.5 (obc-prune), 2:4, 4 (obc-quant), sparsity=0.5,bits=4, "
                             "1.6 (apb-ptq: bits per weight), model_bytes=20000")
+
+
+def _add_compare_parsers(sub) -> None:
+    from .compare import CompareConfig
+
+    p_cmp = sub.add_parser(
+        "compare", help="every method on one harness: accuracy, memory, latency, Pareto plot",
+        description="Train and compress one model with every listed method and several "
+                    "seeds (same training budget), then report test accuracy (mean ± std), "
+                    "bits per weight, model bytes and CPU latency at batch 1 and 64; JSON, a "
+                    "markdown table and a Pareto plot. Flags are the fields of "
+                    "apb.compare.CompareConfig; method names are described in "
+                    "apb.compare.spec (e.g. fp, bnn, dorefa2, magnitude@0.9, "
+                    "magnitude@0.9+bnn, quantized-pruning@0.25, obc-compound@0.5/2, apb-ptq@1.6, "
+                    "apb@0.02).",
+    )
+    _add_dataclass_flags(p_cmp, CompareConfig)
+
+    p_hist = sub.add_parser(
+        "plot-weights", help="histogram of an APB layer's latent weights with its band",
+        description="Draw the latent-weight histogram of one APB layer of a checkpoint: the "
+                    "binarized band |w| <= alpha + delta... and the full-precision tails "
+                    "outside it, marked at alpha and alpha ± delta.",
+    )
+    p_hist.add_argument("checkpoint", metavar="CKPT", help="a checkpoint of an APB model")
+    p_hist.add_argument("--layer", default=None, metavar="NAME",
+                        help="the layer (default: every APB layer, one panel each)")
+    p_hist.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                        help="the picture to write")
+
+
+def _cmd_compare(args) -> int:
+    from .compare import CompareConfig, run_compare
+
+    fields = {f.name for f in dataclasses.fields(CompareConfig)}
+    import shlex
+
+    run_compare(CompareConfig(**{k: v for k, v in vars(args).items() if k in fields}),
+                command=shlex.join(["apb", *sys.argv[1:]]))
+    return 0
+
+
+def _cmd_plot_weights(args) -> int:
+    from .plot_weights import plot_weights
+
+    layers = plot_weights(args.checkpoint, args.output, layer=args.layer)
+    print(f"wrote {args.output}: {', '.join(layers)}")
+def _add_prune_quantized_parser(sub) -> None:
+    from .quantized_pruning_job import JOB_SKIP, QuantizedPruningJob
+
+    p = sub.add_parser(
+        "prune-quantized",
+        help="remove filters of a binary/DoReFa checkpoint to a size budget (BO ratios)",
+        description="Filter pruning of a trained binary (bnn) or DoReFa network: per-layer "
+                    "ratios by Bayesian optimisation (optuna) under a budget in model bytes, "
+                    "compared with uniform ratios at the same budget and fine-tuning. Writes "
+                    "the pruned checkpoint (apb summary / eval / pack read it); flags are the "
+                    "fields of apb.quantized_pruning_job.QuantizedPruningJob.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="a bnn or dorefa checkpoint")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the pruned checkpoint to write")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-bytes", type=int, default=None, metavar="B",
+                        help="size budget in model bytes (apb summary's accounting)")
+    budget.add_argument("--budget-ratio", type=float, default=None, metavar="R",
+                        help="size reduction: at most (1 - R) times the unpruned model bytes")
+    _add_dataclass_flags(p, QuantizedPruningJob, skip=JOB_SKIP)
+
+
+def _cmd_prune_quantized(args) -> int:
+    from .quantized_pruning_job import QuantizedPruningJob, run_quantized_pruning_job
+
+    fields = {f.name for f in dataclasses.fields(QuantizedPruningJob)}
+    run_quantized_pruning_job(
+        QuantizedPruningJob(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
 
 
 def _cmd_ptq(args) -> int:
@@ -348,11 +471,39 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_xor_encode(args) -> int:
+    from .io import atomic_write_text
+    from .pack.xor import encode_file, is_xor_file
+
+    if is_xor_file(args.packed):
+        raise CLIError(f"{args.packed} is already XOR-encoded; apb xor-encode takes a packed "
+                       "model (from apb pack)")
+    report = encode_file(args.packed, args.output, seed=args.seed, scheme=args.scheme,
+                         progress=sys.stderr.isatty())
+    print(report.table(), end="")
+    print(f"wrote {args.output}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _cmd_xor_decode(args) -> int:
+    from .pack.xor import decode_file
+
+    info = decode_file(args.encoded, args.output)
+    print(f"decoded {args.encoded} -> {args.output}: {info.file_bytes:,} bytes "
+          f"({info.model_bytes:,} model bytes + {info.header_bytes:,} header), every layer "
+          "checked against its checksum")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .io import atomic_write_text
 
     if args.bench == "model":
         return _cmd_bench_model(args)
+    if args.bench == "xor":
+        return _cmd_bench_xor(args)
     from .bench.gemm import SHAPE_SETS, plot_report, report_table, run_gemm_benchmark
 
     impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
@@ -382,8 +533,23 @@ def _cmd_bench_model(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "summary": _cmd_summary, "pack": _cmd_pack,
-            "eval": _cmd_eval, "demo": _cmd_demo, "bench": _cmd_bench}
+def _cmd_bench_xor(args) -> int:
+    from .bench.xor import report_table, run_xor_benchmark
+    from .io import atomic_write_text
+
+    report = run_xor_benchmark(args.weights, args.prune, args.bits, seed=args.seed,
+                               repeats=args.repeats)
+    print(report_table(report), end="")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "prune-quantized": _cmd_prune_quantized,
+            "summary": _cmd_summary, "pack": _cmd_pack, "xor-encode": _cmd_xor_encode,
+            "xor-decode": _cmd_xor_decode, "eval": _cmd_eval, "demo": _cmd_demo,
+            "compare": _cmd_compare, "plot-weights": _cmd_plot_weights,
+            "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

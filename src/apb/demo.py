@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import atomic_write_text
+from .train.pool import run_in_processes
 
 DEMO_METHODS = ("fp", "bnn", "apb")
 
@@ -89,12 +88,6 @@ def _train_one(config: DemoConfig, method: str, seed: int, progress: bool) -> di
             "stats": result.stats}
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; LeNet-5 gains nothing from two threads
-
-
 def run_demo(config: DemoConfig, log=print) -> dict:
     """Train every method with every seed; return (and write) the results table."""
     config.validate()
@@ -113,17 +106,10 @@ def run_demo(config: DemoConfig, log=print) -> dict:
         log(f"  {run['method']:>4} seed {run['seed']}: test acc {run['test_acc']:.4f}  "
             f"bits/weight {run['stats']['bits_per_weight']:.3f}  ({time.time() - t0:.0f} s)")
 
-    if jobs <= 1:
-        for method, seed in runs:
-            record(_train_one(config, method, seed, config.progress))
-    else:
-        # Separate processes (spawned, so no OpenMP state is forked); each run is seeded,
-        # so the table does not depend on the order in which runs finish.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = [pool.submit(_train_one, config, m, s, False) for m, s in runs]
-            for future in as_completed(futures):
-                record(future.result())
+    # Separate processes when jobs > 1; each run is seeded, so the table does not depend
+    # on the order in which runs finish.
+    run_in_processes(_train_one, [(config, m, s, config.progress and jobs <= 1) for m, s in runs],
+                     jobs, record)
 
     results = []
     for method in config.methods:

@@ -12,6 +12,9 @@ Rules
   pointer per row (+1) in the smallest unsigned type that holds the nonzero count.
 * A sparse quantized matrix (pruning baselines) is stored in whichever of CSR or bitmap
   (one presence bit per weight, then the kept values) is smaller; the format is recorded.
+* XOR-gate encrypted bit-planes (:func:`xor_bits`): ``n_in`` bits per block of ``n_out``
+  weights per plane, plus the patches; the pruning mask is counted by the format that
+  stores it (:mod:`apb.pack.xor`).
 * Scalars (``α`` per layer or per channel, quantizer scales) cost 32 bits each.
 * Uncompressed tensors count at their stored precision (fp32: 32 bits).
 """
@@ -105,6 +108,12 @@ def quantized_storage(rows: int, cols: int, bits: int, *, n_scalars: int = 1) ->
     return LayerStorage(n, fmt, n * bits, 0, 0, 0, n_scalars * SCALAR_BITS)
 
 
+def bitmap_bits(rows: int, cols: int, nnz: int, value_bits: int) -> tuple[int, int]:
+    """(values, presence bitmap) bits of a ``rows × cols`` matrix stored as one presence bit
+    per position and the ``nnz`` kept values."""
+    return nnz * value_bits, rows * cols
+
+
 def sparse_storage(
     rows: int, cols: int, nnz: int, *, value_bits: int, n_scalars: int = 0
 ) -> LayerStorage:
@@ -113,7 +122,24 @@ def sparse_storage(
     fp = nnz if value_bits >= FP16_BITS else 0
     values, indices, pointers = csr_bits(rows, cols, nnz, value_bits)
     csr = LayerStorage(n, "csr", 0, values, indices, pointers, n_scalars * SCALAR_BITS, n_fp=fp)
-    bitmap = LayerStorage(
-        n, "bitmap", 0, nnz * value_bits, n, 0, n_scalars * SCALAR_BITS, n_fp=fp
-    )
+    kept, presence = bitmap_bits(rows, cols, nnz, value_bits)
+    bitmap = LayerStorage(n, "bitmap", 0, kept, presence, 0, n_scalars * SCALAR_BITS, n_fp=fp)
     return csr if csr.total_bits <= bitmap.total_bits else bitmap
+
+
+def xor_bits(n_bits: int, n_planes: int, n_in: int, n_out: int,
+             n_patches: float) -> tuple[float, float]:
+    """(encrypted, patch) bits of ``n_planes`` bit-planes of ``n_bits`` bits each under an
+    XOR-gate network of ``n_in`` inputs and ``n_out`` outputs (:mod:`apb.pack.xor`), with
+    ``n_patches`` patches over all planes (integers in, integers out; an expected, fractional
+    patch count gives the expected bits).
+
+    Encrypted: ``n_in`` bits per block of ``n_out`` bits, ``ceil(n_bits / n_out)`` blocks per
+    plane. Patches: per block, its patch count in unary (count + 1 bits: a block without
+    patches costs its 1-bit terminator), and per patch its offset in the block in
+    ``ceil(log2 n_out)`` bits.
+    """
+    blocks = -(-n_bits // n_out)
+    offset = max(1, (n_out - 1).bit_length())
+    return (n_planes * blocks * n_in,
+            n_planes * blocks + n_patches * (1 + offset))

@@ -42,6 +42,8 @@ class PTQJob:
     calib: calibration samples, evenly spaced over the training split.
     dataset: calibration and test data (default: the checkpoint's dataset).
     data_dir: where the dataset's files are (default: the checkpoint's).
+    test_samples: measure test accuracy on this many evenly spaced test samples only (as
+        ``apb train --test-samples`` does); None uses all of them.
     scope: layer (every layer meets the target) or model (the model as a whole does; each
         layer's level from the global step).
     per_channel: apb-ptq / apb-naive: one alpha per output channel instead of per layer.
@@ -61,6 +63,7 @@ class PTQJob:
     calib: int = 1024
     dataset: str | None = None
     data_dir: str | None = None
+    test_samples: int | None = None
     scope: str = "layer"
     per_channel: bool = False
     symmetric: bool = True
@@ -177,11 +180,12 @@ def run_ptq_job(job: PTQJob, log=print) -> dict:
         raise ValueError(f"--calib {job.calib} exceeds the {len(split.train)} training samples "
                          f"of {dataset}")
     calib = DataLoader(evenly_spaced_subset(split.train, job.calib), batch_size=job.batch_size)
-    fp_acc, _ = evaluate(model, split.test, job.batch_size)
+    test_set = evenly_spaced_subset(split.test, job.test_samples)
+    fp_acc, _ = evaluate(model, test_set, job.batch_size)
     compressed = copy.deepcopy(model)
     report = ptq_(compressed, config, calib,
                   progress=job.progress and sys.stderr.isatty())
-    test_acc, _ = evaluate(compressed, split.test, job.batch_size)
+    test_acc, _ = evaluate(compressed, test_set, job.batch_size)
     s = summary(compressed)
     seconds = round(time.perf_counter() - started, 3)
     result = {

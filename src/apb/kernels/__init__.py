@@ -18,6 +18,8 @@ Kernels:
     quantized input, plus the layer's epilogue (:mod:`apb.kernels.sparse_conv`).
     im2col_pack_signs, im2col_pack_codes, quantize_pack_codes: layer inputs quantized
     and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
+    xor_gate_encode, xor_gate_table, xor_gate_decode: XOR-gate weight encryption, the
+    GF(2) block solver and the table decoder (:mod:`apb.kernels.xor_gate`).
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -49,6 +51,7 @@ from apb.kernels.runtime import (
 from apb.kernels.sign_packing import pack_signs, unpack_signs
 from apb.kernels.sparse_conv import sparse_conv2d
 from apb.kernels.spmm import spmm_csr
+from apb.kernels.xor_gate import xor_gate_decode, xor_gate_encode, xor_gate_table
 
 __all__ = [
     "ISA_NAMES",
@@ -71,5 +74,8 @@ __all__ = [
     "spmm_csr",
     "unpack_signs",
     "use_isa",
+    "xor_gate_decode",
+    "xor_gate_encode",
+    "xor_gate_table",
     "xor_popcount_roofline",
 ]

@@ -5,6 +5,8 @@
 
 Post-training methods (OBC, post-training APB) compress a trained model from calibration
 data instead: ``apb.methods.ptq_(model, OBCConfig(mode="prune", sparsity=0.5), batches)``.
+A trained binary / DoReFa network loses whole filters to a size budget with
+``apb.methods.prune_quantized(model, train_data, budget_ratio=0.25)``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .magnitude import MagnitudeConfig, MagnitudeMethod, PruneQuantConfig, Prune
 from .obc import OBCConfig, OBCMethod
 from .obc_layer import OBCError
 from .ptq import PostTrainingMethod, PTQConfig, PTQReport, ptq_
+from .quantized_pruning import PruningReport, QuantizedPruningConfig, prune_quantized
 
 _REGISTRY: dict[str, type[Method]] = {
     m.name: m
@@ -35,8 +38,9 @@ _POST_TRAINING: dict[str, type[PostTrainingMethod]] = {
 __all__ = [
     "APBConfig", "APBPTQConfig", "BNNConfig", "CompressionConfig", "DoReFaConfig",
     "MagnitudeConfig", "Method", "OBCConfig", "OBCError", "PTQConfig", "PTQReport",
-    "PruneQuantConfig", "available", "available_post_training", "compress_", "config_class",
-    "create", "is_post_training", "ptq_", "select_layers",
+    "PruneQuantConfig", "PruningReport", "QuantizedPruningConfig", "available",
+    "available_post_training", "compress_", "config_class", "create", "is_post_training",
+    "prune_quantized", "ptq_", "select_layers",
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 ACTIVATIONS = ("relu", "hardtanh")
@@ -38,6 +40,17 @@ def check_positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     return value
+
+
+def check_widths(widths: object, count: int, what: str) -> tuple[int, ...]:
+    """``widths`` as a tuple of ``count`` positive ints, else a ``ValueError`` naming ``what``
+    (a JSON list from a checkpoint is accepted as well as a tuple)."""
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        raise ValueError(f"{what} must be a sequence of {count} channel counts, got {widths!r}")
+    if len(widths) != count:
+        raise ValueError(f"{what} must hold {count} channel counts, got {len(widths)}: "
+                         f"{list(widths)!r}")
+    return tuple(check_positive_int(w, f"every entry of {what}") for w in widths)
 
 
 def init_weights(model: nn.Module) -> None:

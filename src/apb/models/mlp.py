@@ -36,6 +36,11 @@ class MLP(nn.Sequential):
         self.input_shape = input_shape
         self.num_classes = num_classes
 
+    def width_kwargs(self) -> dict:
+        """The builder arguments that give this network's widths (after filter pruning too)."""
+        return {"hidden": [m.out_features for name, m in self.named_children()
+                           if name.startswith("fc")]}
+
 
 def _default_input_shape(in_features: int) -> tuple[int, int, int]:
     side = math.isqrt(in_features)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from torch import nn
 
 from apb.models.common import (
     check_activation,
     check_positive_int,
+    check_widths,
     init_weights,
     make_activation,
 )
@@ -28,10 +30,12 @@ class VGGSmall(nn.Sequential):
     activations.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, activation: str):
+    def __init__(self, num_classes: int, in_channels: int, activation: str,
+                 widths: tuple[int, ...] | None = None):
+        widths = widths or tuple(w for w, _ in VGG_SMALL_CONVS)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = in_channels
-        for index, (width, pooled) in enumerate(VGG_SMALL_CONVS, start=1):
+        for index, (width, (_, pooled)) in enumerate(zip(widths, VGG_SMALL_CONVS), start=1):
             layers[f"conv{index}"] = nn.Conv2d(channels, width, 3, padding=1, bias=False)
             if pooled:
                 layers[f"pool{index}"] = nn.MaxPool2d(2)
@@ -45,13 +49,22 @@ class VGGSmall(nn.Sequential):
         self.num_classes = num_classes
         init_weights(self)
 
+    def width_kwargs(self) -> dict:
+        """The builder arguments that give this network's widths (after filter pruning too)."""
+        return {"widths": [getattr(self, f"conv{i}").out_channels
+                           for i in range(1, len(VGG_SMALL_CONVS) + 1)]}
+
 
 @register
-def vgg_small(num_classes: int = 10, in_channels: int = 3, activation: str = "relu") -> VGGSmall:
+def vgg_small(num_classes: int = 10, in_channels: int = 3, activation: str = "relu",
+              widths: Sequence[int] | None = None) -> VGGSmall:
     """VGG-Small (128-128-M-256-256-M-512-512-M, Linear(512*4*4, num_classes)) for
-    ``(in_channels, 32, 32)`` inputs; about 4.66 M parameters for 10 classes."""
+    ``(in_channels, 32, 32)`` inputs; about 4.66 M parameters for 10 classes. ``widths``
+    replaces the six convolution widths (a filter-pruned VGG-Small records its own)."""
     return VGGSmall(
         num_classes=check_positive_int(num_classes, "num_classes"),
         in_channels=check_positive_int(in_channels, "in_channels"),
         activation=check_activation(activation),
+        widths=None if widths is None else check_widths(widths, len(VGG_SMALL_CONVS),
+                                                        "vgg_small widths"),
     )

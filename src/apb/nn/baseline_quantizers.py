@@ -35,6 +35,7 @@ class BinaryWeightQuantizer(WeightQuantizer):
     """
 
     method = "bnn"
+    resizable = True  # α is recomputed from W at every call
 
     def __init__(self, weight: torch.Tensor, *, per_channel: bool = True):
         super().__init__(weight)
@@ -71,6 +72,7 @@ class DoReFaWeightQuantizer(WeightQuantizer):
     """
 
     method = "dorefa"
+    resizable = True  # the scale max|tanh W| is recomputed from W at every call
 
     def __init__(self, weight: torch.Tensor, *, bits: int = 2):
         super().__init__(weight)

@@ -20,13 +20,26 @@ class WeightQuantizer(nn.Module):
     """
 
     method = "?"
+    resizable = False
+    """Whether the quantizer keeps no state shaped like the weight, so that it can follow a
+    weight whose rows or columns were removed (filter pruning) by :meth:`resize`."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        self.shape = tuple(weight.shape)
-        self.rows = self.shape[0]
-        self.cols = math.prod(self.shape[1:])
+        self._set_shape(tuple(weight.shape))
+
+    def _set_shape(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.rows = shape[0]
+        self.cols = math.prod(shape[1:])
         self.n_weights = self.rows * self.cols
+
+    def resize(self, weight: torch.Tensor) -> None:
+        """Follow ``weight`` after rows (filters) or columns (input channels) were removed."""
+        if not self.resizable:
+            raise TypeError(f"{type(self).__name__} keeps state shaped like its weight; it "
+                            "cannot follow a weight whose shape changed")
+        self._set_shape(tuple(weight.shape))
 
     def storage(self, weight: torch.Tensor) -> LayerStorage:
         raise NotImplementedError

@@ -6,8 +6,9 @@ popcount kernels, saved as safetensors.
 >>> model = apb.pack.load_packed("lenet.safetensors")
 
 Layers: :class:`PackedAPBConv2d` / :class:`PackedAPBLinear` (APB, and the binary baselines
-without a sparse part) and :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear`
-(DoReFa ``k``-bit weights). Kernels run through ``torch.ops.apb.*`` custom ops
+without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear`
+(DoReFa ``k``-bit weights) and :class:`PackedPrunedConv2d` / :class:`PackedPrunedLinear`
+(pruning + ``k``-bit quantization, ``prune_quant``). Kernels run through ``torch.ops.apb.*`` custom ops
 (:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
 ``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
 fastest inference, :func:`fold_batchnorm_` folds BatchNorms into the packed layers'
@@ -37,13 +38,15 @@ from .layers import (
     PackedDoReFaConv2d,
     PackedDoReFaLinear,
     PackedLayer,
+    PackedPrunedConv2d,
+    PackedPrunedLinear,
 )
 
 __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
-    "PackedFileInfo", "PackedFormatError", "PackedLayer", "fold_batchnorm_", "load_packed",
-    "pack_", "pack_layer",
+    "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
+    "PackedPrunedLinear", "fold_batchnorm_", "load_packed", "pack_", "pack_layer",
     "packed_layers", "read_packed_info", "save_packed", "set_backend",
 ]
 

@@ -9,10 +9,15 @@ so the packed layer reproduces the training model's logits):
 * :class:`apb.nn.BinaryWeightQuantizer` and 1-bit :class:`apb.nn.DoReFaWeightQuantizer`:
   ``B`` and ``α = mean|W|`` (per channel or per layer), no ``S``;
 * ``k``-bit DoReFa: the codes ``c = round(L·(tanh W / (2 max|tanh W|) + ½))`` as bit-planes.
+* :class:`apb.nn.PruneQuantizer` once it quantizes (pruning + ``k``-bit quantization): the
+  keep mask ``P``, the per-channel scale ``α_c`` and the codes ``c`` of the kept weights
+  (``k = 1``: ``c = [W ≥ 0]``; ``k ≥ 2``: ``c = round(L·(clamp(W/α_c, −1, 1) + 1)/2)``),
+  computed with the quantizer's own operations.
 
 Activation quantizers carry over as their parameters: none (fp), sign (1 bit), or the clip
-scale of :class:`apb.nn.UniformActivation`. Anything else (magnitude pruning, pruning +
-quantization, a custom quantizer) raises :class:`PackError` naming the layer.
+scale of :class:`apb.nn.UniformActivation`. Anything else (magnitude pruning with
+full-precision values, a pruning + quantization layer that has not started quantizing, a
+custom quantizer) raises :class:`PackError` naming the layer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..nn import (
     APBWeightQuantizer,
     BinaryWeightQuantizer,
     DoReFaWeightQuantizer,
+    PruneQuantizer,
     SignActivation,
     UniformActivation,
 )
@@ -37,12 +43,14 @@ from .layers import (
     PackedDoReFaConv2d,
     PackedDoReFaLinear,
     PackedLayer,
+    PackedPrunedConv2d,
+    PackedPrunedLinear,
     csr_index_dtype,
     csr_indptr_dtype,
 )
 from .reference import pack_bits
 
-PACKABLE = ("apb", "bnn", "dorefa")
+PACKABLE = ("apb", "bnn", "dorefa", "prune_quant")
 
 
 class PackError(ValueError):
@@ -101,10 +109,10 @@ def pack_layer(layer: nn.Module, *, name: str = "layer", backend: str | None = N
         geometry = {"in_channels": layer.in_channels, "out_channels": layer.out_channels,
                     "kernel_size": layer.kernel_size, "stride": layer.stride,
                     "padding": layer.padding, "dilation": layer.dilation}
-        classes = (PackedAPBConv2d, PackedDoReFaConv2d)
+        classes = (PackedAPBConv2d, PackedDoReFaConv2d, PackedPrunedConv2d)
     else:
         geometry = {"in_features": layer.in_features, "out_features": layer.out_features}
-        classes = (PackedAPBLinear, PackedDoReFaLinear)
+        classes = (PackedAPBLinear, PackedDoReFaLinear, PackedPrunedLinear)
     wq = layer.weight_quantizer
     w2d = weight.reshape(weight.shape[0], -1)
     if isinstance(wq, APBWeightQuantizer):
@@ -119,10 +127,20 @@ def pack_layer(layer: nn.Module, *, name: str = "layer", backend: str | None = N
     elif isinstance(wq, DoReFaWeightQuantizer):
         planes = _dorefa_code_planes(weight, wq.bits)
         return classes[1](**geometry, weight_planes=planes, **common)
+    elif isinstance(wq, PruneQuantizer) and bool(wq.quantizing):
+        on_device = layer.weight.detach().float()  # the quantizer's buffers live there
+        alpha = wq.scale(on_device).reshape(-1).float().cpu()
+        _require_finite(alpha, f"{label}: its scale alpha")
+        keep, codes = _pruned_codes(wq, on_device)
+        planes = pack_bits(torch.stack([(codes >> q) & 1 for q in range(wq.bits)]))
+        return classes[2](**geometry, keep_bits=pack_bits(keep), code_planes=planes,
+                          alpha=alpha, **common)
     else:
+        not_yet = (" before it started quantizing (train it to the end)"
+                   if isinstance(wq, PruneQuantizer) else "")
         raise PackError(
-            f"{label} is compressed with {type(wq).__name__} (method {wq.method!r}), which has "
-            f"no packed form; packable methods: {', '.join(PACKABLE)}"
+            f"{label} is compressed with {type(wq).__name__} (method {wq.method!r}){not_yet}, "
+            f"which has no packed form; packable methods: {', '.join(PACKABLE)}"
         )
     _require_finite(fields["alpha"], f"{label}: its scale alpha")
     return classes[0](**geometry, sign_bits=pack_bits(w2d < 0), **fields, **common)
@@ -157,6 +175,20 @@ def _dorefa_code_planes(weight: Tensor, bits: int) -> Tensor:
     x = t / (2 * t.abs().max().clamp_min(1e-12)) + 0.5
     codes = torch.round(x * levels).to(torch.uint8).reshape(weight.shape[0], -1)
     return pack_bits(torch.stack([(codes >> q) & 1 for q in range(bits)]))
+
+
+def _pruned_codes(wq: PruneQuantizer, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(keep [M, K] bool, codes [M, K] uint8, 0 where pruned)`` of a quantizing
+    :class:`apb.nn.PruneQuantizer`, with the operations of its forward."""
+    rows = weight.shape[0]
+    keep = wq.keep.reshape(rows, -1)
+    if wq.bits == 1:
+        codes = (weight >= 0).to(torch.uint8)  # sign(0) = +1: code 1
+    else:
+        levels = (1 << wq.bits) - 1
+        x = ((weight / wq.scale(weight)).clamp(-1, 1) + 1) / 2
+        codes = torch.round(x * levels).to(torch.uint8)
+    return keep.cpu(), (codes.reshape(rows, -1) * keep).cpu()
 
 
 def _bias(layer: nn.Module, label: str) -> Tensor | None:

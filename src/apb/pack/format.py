@@ -16,6 +16,13 @@ Tensors, per packed layer ``L`` (``n = M·K`` weights):
 ``L.csr_indptr``       row pointers ``[M + 1]``, the smallest unsigned type holding ``nnz``
 ``L.weight_codes``     DoReFa layers instead of the above: uint8 ``[ceil(Q·n/8)]``, the
                        ``Q`` bit-planes of the codes one after the other, each ``n`` bits
+``L.kept_codes``       pruned layers (``nnz`` kept weights, ``Q``-bit codes) instead:
+                       uint8 ``[ceil(Q·nnz/8)]``, the ``Q`` bit-planes of the kept weights'
+                       codes (row-major order) one after the other, each ``nnz`` bits;
+                       with ``L.alpha`` float32 ``[M]`` and where the weights are, as
+                       :func:`apb.memory.sparse_storage` picks the smaller: either
+``L.keep_bits``        uint8 ``[ceil(n/8)]``, the presence bitmap (bit 1 = kept), or
+                       ``L.csr_indices`` / ``L.csr_indptr`` as above (no values)
 ``L.bias``             float32 ``[M]`` when the layer has one
 ``L.act_scale``        float32 ``[1]`` for ``k``-bit activations
 =====================  ============================================================
@@ -48,7 +55,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..memory import FP16_BITS, FP32_BITS, index_bits
+from ..memory import FP16_BITS, FP32_BITS, index_bits, sparse_storage
 from ..nn.layers import COMPRESSED_TYPES
 from .layers import (
     ACT_BITS,
@@ -57,6 +64,8 @@ from .layers import (
     PackedDoReFaConv2d,
     PackedDoReFaLinear,
     PackedLayer,
+    PackedPrunedConv2d,
+    PackedPrunedLinear,
     check_csr,
     csr_index_dtype,
     csr_indptr_dtype,
@@ -68,8 +77,9 @@ FORMAT_VERSION = 1
 HEADER_PREFIX_BYTES = 8
 
 KINDS = {cls.kind: cls for cls in (PackedAPBConv2d, PackedAPBLinear, PackedDoReFaConv2d,
-                                   PackedDoReFaLinear)}
-METHODS = ("apb", "bnn", "dorefa")
+                                   PackedDoReFaLinear, PackedPrunedConv2d, PackedPrunedLinear)}
+METHODS = ("apb", "bnn", "dorefa", "prune_quant")
+CONV_CLASSES = (PackedAPBConv2d, PackedDoReFaConv2d, PackedPrunedConv2d)
 _UNSIGNED = {8: "uint8", 16: "uint16", 32: "uint32", 64: "uint64"}
 
 
@@ -134,7 +144,7 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
     }
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
-    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + _header_length(data))
+    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
 
 
 def _architecture_of(model: nn.Module, architecture: dict | None) -> dict:
@@ -184,12 +194,14 @@ def layer_config(layer: PackedLayer) -> dict[str, Any]:
         "weight_shape": list(layer.weight_shape), "rows": layer.rows, "K": layer.cols,
         "act_bits": layer.act_bits, "bias": layer.bias is not None,
     }
-    if isinstance(layer, (PackedAPBConv2d, PackedDoReFaConv2d)):
+    if isinstance(layer, CONV_CLASSES):
         cfg.update(kernel_size=list(layer.kernel_size), stride=list(layer.stride),
                    padding=list(layer.padding), dilation=list(layer.dilation))
     if isinstance(layer, (PackedAPBConv2d, PackedAPBLinear)):
         cfg.update(alpha_count=int(layer.alpha.shape[0]), nnz=layer.nnz,
                    value_bits=layer.value_bits)
+    elif isinstance(layer, (PackedPrunedConv2d, PackedPrunedLinear)):
+        cfg.update(weight_bits=layer.weight_bits, nnz=layer.nnz)
     else:
         cfg.update(weight_bits=layer.weight_bits)
     cfg["dtypes"] = {k: str(dtype) for k, (_, dtype) in expected_tensors(cfg).items()}
@@ -207,12 +219,45 @@ def layer_tensors(layer: PackedLayer) -> dict[str, np.ndarray]:
             out["csr_values"] = layer.csr_values.numpy().copy()
             out["csr_indices"] = _as_unsigned(layer.csr_indices, index_bits(layer.cols - 1))
             out["csr_indptr"] = _as_unsigned(layer.csr_indptr, index_bits(nnz))
+    elif isinstance(layer, (PackedPrunedConv2d, PackedPrunedLinear)):
+        out["alpha"] = layer.alpha.numpy().copy()
+        out.update(_pruned_tensors(layer))
     else:
         out["weight_codes"] = _dense_bitstream(unpack_bits(layer.weight_planes, layer.cols))
     if layer.bias is not None:
         out["bias"] = layer.bias.numpy().copy()
     if layer.act_scale is not None:
         out["act_scale"] = layer.act_scale.numpy().copy()
+    return out
+
+
+def pruned_layout(rows: int, cols: int, nnz: int, bits: int) -> str:
+    """``"csr"`` or ``"bitmap"``: where a pruned layer's file says its weights are (the
+    smaller, as the accounting counts it)."""
+    return sparse_storage(rows, cols, nnz, value_bits=bits, n_scalars=rows).format
+
+
+def _pruned_tensors(layer) -> dict[str, np.ndarray]:
+    return pruned_file_tensors(unpack_bits(layer.keep_bits, layer.cols).bool(),
+                               unpack_bits(layer.code_planes, layer.cols))
+
+
+def pruned_file_tensors(keep: torch.Tensor, codes: torch.Tensor) -> dict[str, np.ndarray]:
+    """A pruned layer's weights as stored, from its mask (bool ``[M, K]``) and its code
+    planes (0/1 ``[Q, M, K]``): the kept codes, and the bitmap or the CSR structure."""
+    rows, cols = keep.shape
+    nnz = int(keep.sum())
+    if not nnz:
+        return {}
+    out = {"kept_codes": _dense_bitstream(codes[:, keep])}  # [Q, nnz], row-major order
+    if pruned_layout(rows, cols, nnz, codes.shape[0]) == "bitmap":
+        out["keep_bits"] = _dense_bitstream(keep)
+    else:
+        r, c = keep.nonzero(as_tuple=True)
+        indptr = torch.zeros(rows + 1, dtype=torch.int64)
+        indptr[1:] = torch.bincount(r, minlength=rows).cumsum(0)
+        out["csr_indices"] = _as_unsigned(c, index_bits(cols - 1))
+        out["csr_indptr"] = _as_unsigned(indptr, index_bits(nnz))
     return out
 
 
@@ -239,6 +284,16 @@ def expected_tensors(cfg: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], st
                                  else "float16")
             out["csr_indices"] = ((nnz,), _UNSIGNED[index_bits(k - 1)])
             out["csr_indptr"] = ((m + 1,), _UNSIGNED[index_bits(nnz)])
+    elif cfg["kind"].startswith("pruned"):
+        nnz, bits = cfg["nnz"], cfg["weight_bits"]
+        out["alpha"] = ((m,), "float32")
+        if nnz:
+            out["kept_codes"] = ((math.ceil(bits * nnz / 8),), "uint8")
+            if pruned_layout(m, k, nnz, bits) == "bitmap":
+                out["keep_bits"] = ((math.ceil(n / 8),), "uint8")
+            else:
+                out["csr_indices"] = ((nnz,), _UNSIGNED[index_bits(k - 1)])
+                out["csr_indptr"] = ((m + 1,), _UNSIGNED[index_bits(nnz)])
     else:
         out["weight_codes"] = ((math.ceil(cfg["weight_bits"] * n / 8),), "uint8")
     if cfg["bias"]:
@@ -251,9 +306,9 @@ def expected_tensors(cfg: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], st
 # -- reading -------------------------------------------------------------------------------
 def read_packed_info(path: str | os.PathLike) -> PackedFileInfo:
     """Sizes of the packed file at ``path`` (its header is checked, its tensors are not)."""
-    data = _read(Path(path))
-    _header(data, Path(path))
-    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + _header_length(data))
+    data = read_file(Path(path))
+    packed_header(data, Path(path))
+    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
 
 
 def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Module:
@@ -264,14 +319,19 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
     :class:`PackedFormatError` when the file is missing, damaged, not an apb packed model,
     written by a newer format version, or inconsistent with its own metadata.
     """
+    path = Path(path)
+    return load_packed_bytes(read_file(path), where=str(path), backend=backend)
+
+
+def load_packed_bytes(data: bytes, *, where: str = "packed model",
+                      backend: str | None = None) -> nn.Module:
+    """:func:`load_packed` of a packed file's bytes (``where`` names them in errors)."""
     from .. import models
 
-    path = Path(path)
-    data = _read(path)
-    metadata = _header(data, path)
-    arrays = _tensors(data, path)
-    arch, layer_cfgs = _parse_metadata(metadata, path)
-    where = f"{path}"
+    path = Path(where)
+    metadata = packed_header(data, path)
+    arrays = file_arrays(data, path)
+    arch, layer_cfgs = parse_metadata(metadata, path)
     try:
         with torch.device("meta"):
             net = models.create(arch["name"], **arch["kwargs"])
@@ -293,7 +353,7 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
                 f"configuration stores {({k: v for k, (_, v) in spec.items()})!r}"
             )
         try:
-            packed[name] = _build_layer(cfg, tensors, backend)
+            packed[name] = build_layer(cfg, tensors, backend)
         except (ValueError, TypeError, RuntimeError) as err:
             raise PackedFormatError(f"{where}: layer {name!r}: {_first_line(err)}") from None
     plain: dict[str, torch.Tensor] = {}
@@ -325,7 +385,7 @@ def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Mo
     return net.eval()
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
     if not path.exists():
         raise PackedFormatError(f"no packed model at {path}")
     if not path.is_file():
@@ -336,16 +396,16 @@ def _read(path: Path) -> bytes:
         raise PackedFormatError(f"cannot read {path}: {err}") from None
 
 
-def _header_length(data: bytes) -> int:
+def header_length(data: bytes) -> int:
     return struct.unpack("<Q", data[:HEADER_PREFIX_BYTES])[0]
 
 
-def _header(data: bytes, path: Path) -> dict[str, str]:
+def packed_header(data: bytes, path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file that says it is an apb packed model."""
     not_ours = f"{path} is not an apb packed model (a safetensors file with apb metadata)"
     if len(data) < HEADER_PREFIX_BYTES:
         raise PackedFormatError(f"{not_ours}: it has only {len(data)} bytes")
-    n = _header_length(data)
+    n = header_length(data)
     if n > len(data) - HEADER_PREFIX_BYTES:
         raise PackedFormatError(
             f"{not_ours}: its first 8 bytes announce a {n}-byte header, but the file has "
@@ -361,8 +421,11 @@ def _header(data: bytes, path: Path) -> dict[str, str]:
     if not isinstance(metadata, dict) or "format" not in metadata:
         raise PackedFormatError(f"{not_ours}: it carries no apb metadata")
     if metadata.get("format") != FORMAT:
+        hint = ("; it is XOR-encoded: decode it with apb xor-decode (or apb.pack.xor.load_xor)"
+                if metadata.get("format") == "apb-xor" else "")
         raise PackedFormatError(
-            f"{not_ours}: its metadata says format {metadata.get('format')!r}, not {FORMAT!r}"
+            f"{not_ours}: its metadata says format {metadata.get('format')!r}, not "
+            f"{FORMAT!r}{hint}"
         )
     version = metadata.get("format_version")
     if not isinstance(version, str) or not version.isdigit() or int(version) < 1:
@@ -375,7 +438,7 @@ def _header(data: bytes, path: Path) -> dict[str, str]:
     return metadata
 
 
-def _tensors(data: bytes, path: Path) -> dict[str, np.ndarray]:
+def file_arrays(data: bytes, path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load
 
     try:
@@ -386,7 +449,9 @@ def _tensors(data: bytes, path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def _parse_metadata(metadata: dict, path: Path) -> tuple[dict, dict[str, dict]]:
+def parse_metadata(metadata: dict, path: Path) -> tuple[dict, dict[str, dict]]:
+    """``(architecture, layer configs)`` of a packed file's metadata, every layer entry
+    checked (PackedFormatError naming ``path`` and the layer)."""
     docs = {}
     for key in ("architecture", "layers"):
         text = metadata.get(key)
@@ -423,6 +488,8 @@ def _validate_config(name: str, cfg: Any) -> None:
         raise ValueError(f"unknown method {cfg.get('method')!r}")
     if kind.startswith("dorefa") and cfg["method"] != "dorefa":
         raise ValueError(f"a {kind} layer must have method 'dorefa'")
+    if kind.startswith("pruned") != (cfg["method"] == "prune_quant"):
+        raise ValueError(f"a {kind} layer cannot have method {cfg['method']!r}")
 
     def integer(key: str, low: int, high: int | None = None) -> int:
         v = cfg.get(key)
@@ -462,6 +529,9 @@ def _validate_config(name: str, cfg: Any) -> None:
             raise ValueError(f"alpha_count must be 1 or {rows}, got {cfg.get('alpha_count')!r}")
         if cfg.get("value_bits") not in (FP32_BITS, FP16_BITS):
             raise ValueError(f"value_bits must be 32 or 16, got {cfg.get('value_bits')!r}")
+    elif kind.startswith("pruned"):
+        integer("weight_bits", 1, 8)
+        integer("nnz", 0, rows * k)
     else:
         integer("weight_bits", 2, 8)
 
@@ -512,15 +582,22 @@ def _take(arrays: dict[str, np.ndarray], name: str, shape: tuple, dtype: str, us
 def _bits_from_stream(stream: np.ndarray, planes: int, rows: int, cols: int) -> torch.Tensor:
     """Dense bitstream → padded uint64 rows ``[planes, rows, ceil(cols/64)]``; the stream's
     bits past ``planes·rows·cols`` must be 0."""
-    count = planes * rows * cols
+    bits = stream_bits(stream, planes * rows * cols)
+    return pack_bits(torch.from_numpy(bits.reshape(planes, rows, cols)))
+
+
+def stream_bits(stream: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` bits (uint8 0/1) of a dense little-endian bitstream whose bits
+    past ``count`` must be 0 (ValueError otherwise)."""
     bits = np.unpackbits(stream, bitorder="little")
     if bits[count:].any():
-        raise ValueError("nonzero padding bits after the last weight of a bitstream")
-    values = torch.from_numpy(bits[:count].reshape(planes, rows, cols))
-    return pack_bits(values)
+        raise ValueError("nonzero padding bits after the last value of a bitstream")
+    return bits[:count]
 
 
-def _build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None) -> PackedLayer:
+def build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None = None) -> PackedLayer:
+    """The packed layer of a (validated) metadata entry and its file tensors; ValueError
+    when the tensors do not fit together."""
     cls = KINDS[cfg["kind"]]
     rows, k = cfg["rows"], cfg["K"]
     kwargs: dict[str, Any] = {"act_bits": cfg["act_bits"], "backend": backend}
@@ -529,7 +606,7 @@ def _build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None) -> Pa
     if "act_scale" in t:
         kwargs["act_scale"] = torch.from_numpy(t["act_scale"])
     shape = cfg["weight_shape"]
-    if cls in (PackedAPBConv2d, PackedDoReFaConv2d):
+    if cls in CONV_CLASSES:
         geometry = (shape[1], shape[0], tuple(cfg["kernel_size"]))
         kwargs.update(stride=tuple(cfg["stride"]), padding=tuple(cfg["padding"]),
                       dilation=tuple(cfg["dilation"]))
@@ -542,10 +619,35 @@ def _build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None) -> Pa
         kwargs["method"] = cfg["method"]
         if cfg["nnz"]:
             kwargs["csr"] = _csr_tensors(t, cfg["nnz"], k)
+    elif cls in (PackedPrunedConv2d, PackedPrunedLinear):
+        kwargs["alpha"] = torch.from_numpy(t["alpha"])
+        kwargs["keep_bits"], kwargs["code_planes"] = pruned_planes(t, cfg)
     else:
         kwargs["weight_planes"] = _bits_from_stream(t["weight_codes"], cfg["weight_bits"],
                                                     rows, k)
     return cls(*geometry, **kwargs)
+
+
+def pruned_planes(t: dict[str, np.ndarray], cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep_bits [M, W], code_planes [Q, M, W])`` of a pruned layer's stored tensors."""
+    rows, k, nnz, bits = cfg["rows"], cfg["K"], cfg["nnz"], cfg["weight_bits"]
+    keep = np.zeros(rows * k, dtype=np.uint8)
+    if nnz and "keep_bits" in t:
+        keep = stream_bits(t["keep_bits"], rows * k)
+        if int(keep.sum()) != nnz:
+            raise ValueError(f"keep_bits holds {int(keep.sum())} kept weights, the metadata "
+                             f"says nnz={nnz}")
+    elif nnz:
+        indptr = torch.from_numpy(t["csr_indptr"].astype(np.int64))
+        indices = torch.from_numpy(t["csr_indices"].astype(np.int64))
+        check_csr(indptr, indices, k)
+        r = torch.repeat_interleave(torch.arange(rows), indptr.diff())
+        keep[(r * k + indices).numpy()] = 1
+    codes = np.zeros((bits, rows * k), dtype=np.uint8)
+    if nnz:
+        codes[:, keep.astype(bool)] = stream_bits(t["kept_codes"], bits * nnz).reshape(bits, nnz)
+    keep_t = torch.from_numpy(keep.reshape(rows, k))
+    return pack_bits(keep_t), pack_bits(torch.from_numpy(codes.reshape(bits, rows, k)))
 
 
 def _csr_tensors(t: dict[str, np.ndarray], nnz: int, cols: int) -> tuple:

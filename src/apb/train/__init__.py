@@ -16,6 +16,7 @@ from .checkpoint import (
     build_model_from_checkpoint,
     load_checkpoint,
     post_training_state,
+    pruned_state,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -26,5 +27,5 @@ from .trainer import TrainResult, evaluate, train
 __all__ = [
     "CHECKPOINT_VERSION", "CheckpointError", "TrainConfig", "TrainResult", "build_model",
     "build_model_from_checkpoint", "evaluate", "load_checkpoint", "model_kwargs_for",
-    "post_training_state", "read_metrics", "save_checkpoint", "seed_everything", "train",
+    "post_training_state", "pruned_state", "read_metrics", "save_checkpoint", "seed_everything", "train",
 ]

@@ -22,12 +22,16 @@ A checkpoint is a dict of tensors and plain Python values only (DESIGN §6: noth
 ``versions``              ``{"apb", "torch"}`` that wrote it
 ``ptq``                   (post-training results only) what ``apb ptq`` did: method, target,
                           calibration, test accuracy, per-layer levels and errors, source file
+``quantized_pruning``     (filter-pruned results only) what ``apb prune-quantized`` did:
+                          budget, ratios per layer, channels kept, accuracies, source file
 ========================  =====================================================================
 
 A post-training result (:func:`post_training_state`) is the source checkpoint with
 ``method`` and ``model_state`` replaced, ``ptq`` added and the optimizer and scheduler states
 dropped (None: there is nothing to resume); ``train_config`` and ``history`` still describe
-how the source model was trained. It loads like any other checkpoint.
+how the source model was trained. It loads like any other checkpoint. A filter-pruned result
+(:func:`pruned_state`) likewise keeps its method and replaces ``model`` too: its kwargs record
+the pruned widths.
 """
 
 from __future__ import annotations
@@ -136,6 +140,28 @@ def post_training_state(
     )
     if stats is not None:
         state["stats"] = stats
+    return state
+
+
+def pruned_state(source: dict[str, Any], model: nn.Module, report: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """The checkpoint of ``model``, filter-pruned from the checkpoint ``source``: the
+    architecture it records (``model.apb_architecture``, with its pruned widths) and its state
+    replace the source's, ``quantized_pruning`` holds ``report``; the method stays."""
+    arch = getattr(model, "apb_architecture", None)
+    if not isinstance(arch, dict) or "name" not in arch or "kwargs" not in arch:
+        raise ValueError("the pruned model does not record its architecture "
+                         "(apb_architecture), so a checkpoint of it could not be rebuilt")
+    state = dict(source)
+    state.update(
+        model={"name": arch["name"], "kwargs": dict(arch["kwargs"])},
+        model_state=model.state_dict(),
+        finalized=True,
+        optimizer_state=None, scale_optimizer_state=None,
+        scheduler_state=None, scale_scheduler_state=None,
+        best_test_acc=report.get("test_acc", source.get("best_test_acc")),
+        quantized_pruning=report,
+    )
     return state
 
 
