@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_model.add_argument("--fp-fraction", type=float, default=0.02,
                          help="share of full-precision weights in the APB model")
     p_model.add_argument("--threads", type=int, default=1, help="threads for every model")
-    p_model.add_argument("--repeats", type=int, default=10, help="timed rounds (median)")
+    p_model.add_argument("--repeats", type=int, default=10,
+                         help="timed forwards per model (median)")
     p_model.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     p_bxor = bench_sub.add_parser(
         "xor", help="XOR-gate encryption of random pruned weights: bits, losslessness, speed",

@@ -12,30 +12,19 @@ import torch
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after warm-up."""
-    return time_interleaved({"fn": fn}, repeats, warmup)["fn"]
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int,
-                     warmup: int = 2) -> dict[str, float]:
-    """Median wall time in milliseconds of each ``fns[name]()``, over ``repeats`` rounds
-    that run every function once each, after ``warmup`` such rounds.
-
-    Interleaving puts every implementation under the same conditions: on a machine whose
-    load changes during the run, a slow stretch hits all of them, not only the one being
-    timed then.
-    """
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` consecutive runs after
+    ``warmup`` untimed ones (so that caches hold what ``fn`` itself uses, as when it runs
+    alone)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(warmup + repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            elapsed = (time.perf_counter() - t0) * 1e3
-            if round_ >= warmup:
-                samples[name].append(elapsed)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
 
 
 @contextlib.contextmanager
