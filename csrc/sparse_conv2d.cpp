@@ -82,22 +82,35 @@ std::vector<int64_t> column_offsets(const Conv2dGeometry &g, const PhaseLayout &
     return offsets;
 }
 
+// Whether some kernel tap reads phase `phase` along one axis: (d * dilation) % stride.
+// A 1x1 stride-2 shortcut reads one phase of four; the others are never built.
+bool phase_is_read(int64_t phase, int64_t kernel, int64_t dilation, int64_t stride) {
+    for (int64_t d = 0; d < kernel && d < stride; ++d) {
+        if (d * dilation % stride == phase) return true;
+    }
+    return false;
+}
+
 // Phase row i of phase py of channel bc = b*C + c, for every phase px: padded row
-// r = py + sh*i, padded column q = px + sw*k. Every element is written (x^ inside the
-// image, 0 in the padding and past it), so the buffer needs no clearing.
+// r = py + sh*i, padded column q = px + sw*k. Every element of a phase some tap reads is
+// written (x^ inside the image, 0 in the padding and past it), so the buffer needs no
+// clearing; the phases no tap reads are neither written nor read.
 void build_phase_row(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
                      const SparseConvInput &in, QuantizeFn quantize, int64_t bc, int64_t py,
                      int64_t i, float *phases) {
+    if (!phase_is_read(py, g.kernel_h, g.dilation_h, g.stride_h)) return;
     const int64_t iy = py + p.phases_h * i - g.pad_h;
     float *rows = phases + (bc * p.phases_h + py) * p.phases_w * p.plane + i * p.wq;
     if (iy < 0 || iy >= g.height) {
         for (int64_t px = 0; px < p.phases_w; ++px) {
+            if (!phase_is_read(px, g.kernel_w, g.dilation_w, g.stride_w)) continue;
             std::memset(rows + px * p.plane, 0, static_cast<size_t>(p.wq) * sizeof(float));
         }
         return;
     }
     const float *src = x + (bc * g.height + iy) * g.width;
     for (int64_t px = 0; px < p.phases_w; ++px) {
+        if (!phase_is_read(px, g.kernel_w, g.dilation_w, g.stride_w)) continue;
         float *dst = rows + px * p.plane;
         // Columns k whose input ix = px + sw*k - pw lies in [0, W): [k_lo, k_hi).
         const int64_t k_lo = g.pad_w > px ? (g.pad_w - px + p.phases_w - 1) / p.phases_w : 0;
