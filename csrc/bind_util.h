@@ -11,6 +11,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "pack_activations.h"
+#include "spmm_csr.h"
+
 namespace apb::bind {
 
 namespace nb = nanobind;
@@ -118,6 +121,75 @@ nb::ndarray<nb::numpy, T> new_array(std::initializer_list<size_t> shape) {
     T *buf = new T[count];
     nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
     return nb::ndarray<nb::numpy, T>(buf, shape, owner);
+}
+
+// The CSR index type of a 1-D array, or a TypeError naming the accepted ones.
+inline CsrIndex csr_index_type(const AnyArray &a, const char *fn, const char *arg,
+                               bool allow_int64) {
+    check_cpu(a, fn, arg);
+    const nb::dlpack::dtype dt = a.dtype();
+    if (dt == nb::dtype<uint8_t>()) return CsrIndex::u8;
+    if (dt == nb::dtype<uint16_t>()) return CsrIndex::u16;
+    if (dt == nb::dtype<int32_t>()) return CsrIndex::i32;
+    if (allow_int64 && dt == nb::dtype<int64_t>()) return CsrIndex::i64;
+    throw nb::type_error((std::string(fn) + ": " + arg + " must have dtype uint8, uint16, " +
+                          (allow_int64 ? "int32 or int64" : "or int32") + ", got " +
+                          dtype_name(dt))
+                             .c_str());
+}
+
+// The CSR value type (float32 or float16) of a 1-D array, or a TypeError.
+inline CsrValue csr_value_type(const AnyArray &a, const char *fn) {
+    check_cpu(a, fn, "values");
+    const nb::dlpack::dtype dt = a.dtype();
+    if (dt == nb::dtype<float>()) return CsrValue::f32;
+    const nb::dlpack::dtype half{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+    if (dt == half) return CsrValue::f16;
+    throw nb::type_error((std::string(fn) + ": values must have dtype float32 or float16, got " +
+                          dtype_name(dt))
+                             .c_str());
+}
+
+// A CSR matrix over the three arrays (types and 1-D layouts checked; the structure
+// itself is validated by the kernel before it touches memory). rows = len(indptr) - 1.
+inline CsrMatrix csr_matrix(const AnyArray &indptr, const AnyArray &indices,
+                            const AnyArray &values, const char *fn) {
+    CsrMatrix a{};
+    a.indptr_type = csr_index_type(indptr, fn, "indptr", true);
+    a.index_type = csr_index_type(indices, fn, "indices", false);
+    a.value_type = csr_value_type(values, fn);
+    check_layout(indptr, fn, "indptr", 1);
+    check_layout(indices, fn, "indices", 1);
+    check_layout(values, fn, "values", 1);
+    if (indptr.shape(0) < 1) {
+        throw std::invalid_argument(std::string(fn) + ": indptr needs at least one entry "
+                                    "(M + 1 for M rows)");
+    }
+    if (indices.shape(0) != values.shape(0)) {
+        throw std::invalid_argument(std::string(fn) +
+                                    ": indices and values must have the same length, got " +
+                                    std::to_string(indices.shape(0)) + " and " +
+                                    std::to_string(values.shape(0)));
+    }
+    a.indptr = indptr.data();
+    a.indices = indices.data();
+    a.values = values.data();
+    a.rows = static_cast<int64_t>(indptr.shape(0)) - 1;
+    a.nnz = static_cast<int64_t>(indices.shape(0));
+    return a;
+}
+
+// The geometry of a convolution over x, float32 [B, C, H, W] C-contiguous (checked),
+// as torch.nn.Conv2d computes it; std::invalid_argument for impossible parameters.
+inline Conv2dGeometry conv2d_geometry_of(const AnyArray &x, const char *fn, int64_t kernel_h,
+                                         int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                                         int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                                         int64_t dilation_w) {
+    check_array<float>(x, fn, "x", "float32", 4);
+    return conv2d_geometry(static_cast<int64_t>(x.shape(0)), static_cast<int64_t>(x.shape(1)),
+                           static_cast<int64_t>(x.shape(2)), static_cast<int64_t>(x.shape(3)),
+                           kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                           dilation_w);
 }
 
 }  // namespace apb::bind

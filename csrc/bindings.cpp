@@ -36,6 +36,7 @@ NB_MODULE(_C, m) {
     apb::bind::bind_bgemm_1xf(m);
     apb::bind::bind_spmm_csr(m);
     apb::bind::bind_pack_activations(m);
+    apb::bind::bind_sparse_conv2d(m);
     apb::bind::bind_xor_gate(m);
 
     m.def("active_isa", []() { return std::string(apb::isa_name(apb::active_isa())); },

@@ -53,9 +53,17 @@ struct ActivationQuantizer {
 ActivationQuantizer code_quantizer(double scale, int64_t bits);
 ActivationQuantizer sign_quantizer();
 
+// Column order of the im2col rows:
+//   chw: j = (c*kh + dy)*kw + dx, as weight.reshape(M, -1) of a Conv2d weight [M, C, kh, kw];
+//   hwc: j = (dy*kw + dx)*C + c, as the weight permuted to [M, kh, kw, C].
+// hwc is the fast one: every input is quantized once, into per-pixel words of C bits
+// (ceil(C/64) words per plane), and the unfolding then only moves those words (whole
+// words when C % 64 == 0), instead of quantizing each input kh*kw times.
+enum class ColumnOrder : int { chw, hwc };
+
 // out: uint64 [q.planes, g.positions(), g.words()].
 void im2col_pack(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
-                 uint64_t *out);
+                 ColumnOrder order, uint64_t *out);
 
 // x float32 [N, K]; out: uint64 [q.planes, N, ceil(K/64)].
 void quantize_pack(const float *x, int64_t N, int64_t K, const ActivationQuantizer &q,
@@ -74,6 +82,15 @@ void quantize_pack_row_scalar(const float *x, int64_t K, const ActivationQuantiz
                               int64_t n, uint64_t *out, int64_t plane_stride);
 void quantize_pack_row_avx2(const float *x, int64_t K, const ActivationQuantizer &q,
                             int64_t n, uint64_t *out, int64_t plane_stride);
+// Pixels: the C channels of every pixel of image b of x [B, C, H, W] as ceil(C/64)
+// words, for the pixels [p0, p1) of the H*W (hwc im2col, step 1): plane p of pixel
+// b*H*W + i at out + p*plane_stride + (b*H*W + i)*ceil(C/64).
+void pack_pixels_scalar(const float *x, int64_t channels, int64_t pixels,
+                        const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                        uint64_t *out, int64_t plane_stride);
+void pack_pixels_avx2(const float *x, int64_t channels, int64_t pixels,
+                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                      uint64_t *out, int64_t plane_stride);
 
 // Shared by the per-ISA files; `static` so each keeps its own copy (see pack_signs.h).
 namespace pack_activations_detail {

@@ -21,20 +21,31 @@ namespace {
 
 using pack_activations_detail::tap;
 
-// Sign plane: the `x < 0` rule of pack_signs on the bit pattern, as a signed-integer
-// range test (strictly between -0.0 = INT32_MIN and the first negative NaN).
-struct SignPlanes {
-    const __m256i above_negative_zero = _mm256_set1_epi32(static_cast<int32_t>(0x80000000u));
-    const __m256i below_negative_nan = _mm256_set1_epi32(static_cast<int32_t>(0xff800001u));
+// The `x < 0` rule of pack_signs on the bit pattern, as a signed-integer range test
+// (strictly between -0.0 = INT32_MIN and the first negative NaN): all-ones lanes.
+inline __m256i negative_lanes(__m256 v) {
+    const __m256i bits = _mm256_castps_si256(v);
+    return _mm256_and_si256(
+        _mm256_cmpgt_epi32(bits, _mm256_set1_epi32(static_cast<int32_t>(0x80000000u))),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(0xff800001u)), bits));
+}
 
+// The codes of the quantizer of pack_activations.h, operation for operation.
+inline __m256i quantize_codes(__m256 v, __m256 scale, __m256 levels) {
+    // max/min return their second operand when the first is NaN: NaN -> 0.
+    v = _mm256_max_ps(v, _mm256_setzero_ps());
+    v = _mm256_min_ps(v, scale);
+    const __m256 q = _mm256_mul_ps(_mm256_div_ps(v, scale), levels);
+    return _mm256_cvtps_epi32(_mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Sign plane: negative_lanes as one movemask.
+struct SignPlanes {
     int count() const { return 1; }
 
     void operator()(__m256 v, uint32_t *masks) const {
-        const __m256i bits = _mm256_castps_si256(v);
-        const __m256i negative =
-            _mm256_and_si256(_mm256_cmpgt_epi32(bits, above_negative_zero),
-                             _mm256_cmpgt_epi32(below_negative_nan, bits));
-        masks[0] = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(negative)));
+        const __m256 negative = _mm256_castsi256_ps(negative_lanes(v));
+        masks[0] = static_cast<uint32_t>(_mm256_movemask_ps(negative));
     }
 };
 
@@ -50,12 +61,7 @@ struct CodePlanes {
     int count() const { return planes; }
 
     void operator()(__m256 v, uint32_t *masks) const {
-        // max/min return their second operand when the first is NaN: NaN -> 0.
-        v = _mm256_max_ps(v, _mm256_setzero_ps());
-        v = _mm256_min_ps(v, scale);
-        const __m256 q = _mm256_mul_ps(_mm256_div_ps(v, scale), levels);
-        const __m256i code = _mm256_cvtps_epi32(
-            _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i code = quantize_codes(v, scale, levels);
         for (int p = 0; p < planes; ++p) {
             const __m256i top = _mm256_sll_epi32(code, _mm_cvtsi32_si128(31 - p));
             masks[p] = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(top)));
@@ -210,6 +216,96 @@ void im2col_row(const float *x, const Conv2dGeometry &g, const Planes &planes, i
     }
 }
 
+// Pixels (hwc im2col): eight consecutive pixels per vector, one vector per channel
+// (contiguous in [B, C, H, W]), so no transposition is needed: each channel's bit of
+// plane p is shifted into place in eight 32-bit lanes, channels 0..31 of the word in
+// `low`, 32..63 in `high`, and the two are interleaved into the eight pixels' words.
+// Planes is a compile-time count so that the accumulators stay in registers.
+// Channels [c_begin, c_end) (at most 32) of eight pixels: bit c - c_begin of each lane
+// of acc[p] is plane p of channel c. Separate from the caller's other half so that the
+// Planes accumulators stay in registers.
+template <int Planes, typename Bits>
+inline void pixel_bits(const float *src, int64_t channel_stride, int64_t c_begin,
+                       int64_t c_end, int64_t lanes, __m256i valid, const Bits &bits,
+                       __m256i *acc) {
+    _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) acc[p] = _mm256_setzero_si256();
+    for (int64_t c = c_begin; c < c_end; ++c) {
+        // The masked load reads nothing past pixel p1 - 1; zero lanes are unused.
+        const float *at = src + c * channel_stride;
+        const __m256 v = lanes == 8 ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, valid);
+        __m256i plane_bits[Planes];
+        bits(v, plane_bits);
+        const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(c - c_begin));
+        _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
+            acc[p] = _mm256_or_si256(acc[p], _mm256_sll_epi32(plane_bits[p], shift));
+        }
+    }
+}
+
+template <int Planes, typename Bits>
+void pack_pixels_impl(const float *x, int64_t channels, int64_t pixels, const Bits &bits,
+                      int64_t b, int64_t p0, int64_t p1, uint64_t *out, int64_t plane_stride) {
+    const int64_t words = (channels + 63) / 64;
+    const float *image = x + b * channels * pixels;
+    uint64_t *image_out = out + b * pixels * words;
+    alignas(32) uint64_t lanes_out[Planes][8];
+    for (int64_t i0 = p0; i0 < p1; i0 += 8) {
+        const int64_t lanes = p1 - i0 < 8 ? p1 - i0 : 8;
+        const __m256i valid = avx2::first_lanes(lanes);
+        for (int64_t w = 0; w < words; ++w) {
+            const int64_t c0 = 64 * w;
+            const int64_t count = channels - c0 < 64 ? channels - c0 : 64;
+            __m256i low[Planes], high[Planes];
+            const int64_t split = count < 32 ? count : 32;
+            pixel_bits<Planes>(image + c0 * pixels + i0, pixels, 0, split, lanes, valid, bits,
+                               low);
+            pixel_bits<Planes>(image + c0 * pixels + i0, pixels, split, count, lanes, valid,
+                               bits, high);
+            for (int p = 0; p < Planes; ++p) {
+                // Lanes (low_i, high_i) -> 64-bit words, pixel order restored across
+                // the two 128-bit halves.
+                const __m256i a = _mm256_unpacklo_epi32(low[p], high[p]);  // 0 1 | 4 5
+                const __m256i c = _mm256_unpackhi_epi32(low[p], high[p]);  // 2 3 | 6 7
+                _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p]),
+                                   _mm256_permute2x128_si256(a, c, 0x20));
+                _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p] + 4),
+                                   _mm256_permute2x128_si256(a, c, 0x31));
+                uint64_t *dst = image_out + p * plane_stride + i0 * words + w;
+                for (int64_t i = 0; i < lanes; ++i) dst[i * words] = lanes_out[p][i];
+            }
+        }
+    }
+}
+
+// Bit 0 of each lane: plane p of the code (or the sign bit).
+struct SignBits {
+    void operator()(__m256 v, __m256i *out) const {
+        out[0] = _mm256_srli_epi32(negative_lanes(v), 31);
+    }
+};
+
+template <int Planes>
+struct CodeBits {
+    __m256 scale;
+    __m256 levels;
+
+    void operator()(__m256 v, __m256i *out) const {
+        const __m256i code = quantize_codes(v, scale, levels);
+        const __m256i one = _mm256_set1_epi32(1);
+        _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
+            out[p] = _mm256_and_si256(_mm256_srli_epi32(code, p), one);
+        }
+    }
+};
+
+template <int Planes>
+void pack_code_pixels(const float *x, int64_t channels, int64_t pixels,
+                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                      uint64_t *out, int64_t plane_stride) {
+    const CodeBits<Planes> bits{_mm256_set1_ps(q.scale), _mm256_set1_ps(q.levels)};
+    pack_pixels_impl<Planes>(x, channels, pixels, bits, b, p0, p1, out, plane_stride);
+}
+
 }  // namespace
 
 void im2col_pack_row_avx2(const float *x, const Conv2dGeometry &g,
@@ -230,6 +326,22 @@ void quantize_pack_row_avx2(const float *x, int64_t K, const ActivationQuantizer
     } else {
         quantize_row(x + n * K, K, CodePlanes(q), row_out, plane_stride);
     }
+}
+
+void pack_pixels_avx2(const float *x, int64_t channels, int64_t pixels,
+                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                      uint64_t *out, int64_t plane_stride) {
+    if (q.signs) {
+        pack_pixels_impl<1>(x, channels, pixels, SignBits{}, b, p0, p1, out, plane_stride);
+        return;
+    }
+    using Fn = void (*)(const float *, int64_t, int64_t, const ActivationQuantizer &, int64_t,
+                        int64_t, int64_t, uint64_t *, int64_t);
+    static constexpr Fn by_planes[8] = {pack_code_pixels<1>, pack_code_pixels<2>,
+                                        pack_code_pixels<3>, pack_code_pixels<4>,
+                                        pack_code_pixels<5>, pack_code_pixels<6>,
+                                        pack_code_pixels<7>, pack_code_pixels<8>};
+    by_planes[q.planes - 1](x, channels, pixels, q, b, p0, p1, out, plane_stride);
 }
 
 }  // namespace apb

@@ -85,4 +85,16 @@ void quantize_pack_row_scalar(const float *x, int64_t K, const ActivationQuantiz
     writer.finish();
 }
 
+void pack_pixels_scalar(const float *x, int64_t channels, int64_t pixels,
+                        const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
+                        uint64_t *out, int64_t plane_stride) {
+    const int64_t words = (channels + 63) / 64;
+    const float *image = x + b * channels * pixels;
+    for (int64_t i = p0; i < p1; ++i) {
+        PlaneRowWriter writer(out + (b * pixels + i) * words, plane_stride, q.planes);
+        for (int64_t c = 0; c < channels; ++c) writer.push(element_code(image + c * pixels + i, q));
+        writer.finish();
+    }
+}
+
 }  // namespace apb

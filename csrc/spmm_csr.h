@@ -126,6 +126,22 @@ static inline void halves_to_floats_portable(const uint16_t *src, int64_t n, flo
     }
 }
 
+// Nonzeros [e, e + count) of the matrix into batch: values as float32 and, for each,
+// the row of x it scales, row_of(column index).
+template <typename I, typename V, typename HalvesToFloats, typename RowOf>
+static inline void fill_batch(const CsrMatrix &a, int64_t e, int64_t count,
+                              HalvesToFloats &&halves_to_floats, RowOf &&row_of,
+                              NonzeroBatch &batch) {
+    const V *values = static_cast<const V *>(a.values);
+    batch.count = count;
+    if constexpr (sizeof(V) == 2) {
+        halves_to_floats(values + e, count, batch.values);
+    } else {
+        floats_to_floats(values + e, count, batch.values);
+    }
+    for (int64_t k = 0; k < count; ++k) batch.rows[k] = row_of(load_index<I>(a.indices, e + k));
+}
+
 // Walks the tile's rows, batch by batch: apply(batch, out_row) adds the batch to
 // out_row[c0, c1). halves_to_floats(src, n, dst) converts float16 values (the ISA's
 // fastest exact conversion).
@@ -137,21 +153,14 @@ static void for_each_batch(const SpmmTile &t, HalvesToFloats &&halves_to_floats,
         using P = decltype(indptr_tag);
         using I = decltype(index_tag);
         using V = decltype(value_tag);
-        const V *values = static_cast<const V *>(a.values);
+        const auto row_of = [&](int64_t column) { return t.x + column * t.N; };
         NonzeroBatch batch;
         for (int64_t m = t.m0; m < t.m1; ++m) {
             const int64_t e0 = load_index<P>(a.indptr, m);
             const int64_t e1 = load_index<P>(a.indptr, m + 1);
             for (int64_t e = e0; e < e1; e += kBatch) {
-                batch.count = e1 - e < kBatch ? e1 - e : kBatch;
-                if constexpr (sizeof(V) == 2) {
-                    halves_to_floats(values + e, batch.count, batch.values);
-                } else {
-                    floats_to_floats(values + e, batch.count, batch.values);
-                }
-                for (int64_t k = 0; k < batch.count; ++k) {
-                    batch.rows[k] = t.x + load_index<I>(a.indices, e + k) * t.N;
-                }
+                fill_batch<I, V>(a, e, e1 - e < kBatch ? e1 - e : kBatch, halves_to_floats,
+                                 row_of, batch);
                 apply(batch, t.out + m * t.N);
             }
         }
@@ -159,5 +168,19 @@ static void for_each_batch(const SpmmTile &t, HalvesToFloats &&halves_to_floats,
 }
 
 }  // namespace spmm_detail
+
+// The inner loop of spmm_csr, per ISA, shared with sparse_conv2d: adds a batch of
+// nonzeros to one output row, out[c0, c1) += sum_k values[k] * rows[k][c0, c1), one
+// fused multiply-add per element and nonzero in batch order (bit-identical across ISAs).
+void spmm_csr_sweep_scalar(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                           int64_t c1);
+void spmm_csr_sweep_avx2(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                         int64_t c1);
+void spmm_csr_sweep_avx512(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                           int64_t c1);
+
+// float16 bits -> float32, exactly, per ISA (F16C on AVX2, vcvtph2ps on AVX-512).
+void spmm_csr_halves_to_floats_avx2(const uint16_t *src, int64_t n, float *dst);
+void spmm_csr_halves_to_floats_avx512(const uint16_t *src, int64_t n, float *dst);
 
 }  // namespace apb

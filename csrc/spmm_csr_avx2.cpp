@@ -1,6 +1,7 @@
 // spmm_csr with AVX2: each batch of nonzeros is swept across the columns 64 at a time
-// with the output slice held in 8 ymm accumulators, so out is loaded and stored once
-// per batch while every nonzero costs a broadcast and 8 FMAs. float16 values are
+// (the last < 64 in one masked pass) with the output slice held in ymm accumulators,
+// so out is loaded and stored once per batch while every nonzero costs a broadcast and
+// up to 8 independent FMAs. float16 values are
 // converted with F16C. Compiled with -mavx2 -mfma; called only when
 // cpu_features().avx2 is true (which includes F16C).
 #include <immintrin.h>
@@ -8,15 +9,17 @@
 #include "simd_avx2.h"
 #include "spmm_csr.h"
 
-namespace apb {
+// Full unrolling keeps the accumulators in registers: left to its cost model, GCC 12
+// kept some widths' accumulator arrays in memory, a store per vector and nonzero.
+#define APB_UNROLL _Pragma("GCC unroll 8")
 
-namespace {
+namespace apb {
 
 using spmm_detail::NonzeroBatch;
 
 // The build's AVX2 flags do not include F16C, so only this function enables it.
-__attribute__((target("f16c"))) void halves_to_floats_f16c(const uint16_t *src, int64_t n,
-                                                           float *dst) {
+__attribute__((target("f16c"))) void spmm_csr_halves_to_floats_avx2(const uint16_t *src,
+                                                                    int64_t n, float *dst) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i));
@@ -31,40 +34,60 @@ __attribute__((target("f16c"))) void halves_to_floats_f16c(const uint16_t *src, 
     }
 }
 
-// out[c, c + 8*V) += batch, V full vectors.
-template <int V>
-inline void sweep(const NonzeroBatch &batch, float *out, int64_t c) {
+namespace {
+
+// out[c, c + 8*V) += batch, the last of the V vectors limited to the lanes in `last`
+// (masked loads and store touch nothing past them). V independent accumulators, so
+// that up to 8 FMA chains are in flight whatever the width of the remainder.
+template <int V, bool Masked>
+inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __m256i last) {
+    constexpr int kFull = Masked ? V - 1 : V;  // vectors loaded whole
     __m256 acc[V];
-    for (int q = 0; q < V; ++q) acc[q] = _mm256_loadu_ps(out + c + 8 * q);
+    APB_UNROLL for (int q = 0; q < kFull; ++q) acc[q] = _mm256_loadu_ps(out + c + 8 * q);
+    if constexpr (Masked) acc[V - 1] = _mm256_maskload_ps(out + c + 8 * (V - 1), last);
     for (int64_t k = 0; k < batch.count; ++k) {
         const __m256 v = _mm256_set1_ps(batch.values[k]);
         const float *x = batch.rows[k] + c;
-        for (int q = 0; q < V; ++q) acc[q] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * q), acc[q]);
+        APB_UNROLL for (int q = 0; q < kFull; ++q) {
+            acc[q] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * q), acc[q]);
+        }
+        if constexpr (Masked) {
+            acc[V - 1] =
+                _mm256_fmadd_ps(v, _mm256_maskload_ps(x + 8 * (V - 1), last), acc[V - 1]);
+        }
     }
-    for (int q = 0; q < V; ++q) _mm256_storeu_ps(out + c + 8 * q, acc[q]);
+    APB_UNROLL for (int q = 0; q < kFull; ++q) _mm256_storeu_ps(out + c + 8 * q, acc[q]);
+    if constexpr (Masked) _mm256_maskstore_ps(out + c + 8 * (V - 1), last, acc[V - 1]);
 }
 
-// The last n < 8 columns: masked loads and store touch nothing past them.
-inline void sweep_tail(const NonzeroBatch &batch, float *out, int64_t c, int64_t n) {
-    const __m256i valid = avx2::first_lanes(n);
-    __m256 acc = _mm256_maskload_ps(out + c, valid);
-    for (int64_t k = 0; k < batch.count; ++k) {
-        const __m256 v = _mm256_set1_ps(batch.values[k]);
-        acc = _mm256_fmadd_ps(v, _mm256_maskload_ps(batch.rows[k] + c, valid), acc);
+// The last n < 64 columns in one pass of ceil(n/8) accumulators.
+inline void sweep_remainder(const NonzeroBatch &batch, float *out, int64_t c, int64_t n) {
+    const __m256i last = avx2::first_lanes(n % 8 == 0 ? 8 : n % 8);
+    switch ((n + 7) / 8) {
+        case 1: return sweep<1, true>(batch, out, c, last);
+        case 2: return sweep<2, true>(batch, out, c, last);
+        case 3: return sweep<3, true>(batch, out, c, last);
+        case 4: return sweep<4, true>(batch, out, c, last);
+        case 5: return sweep<5, true>(batch, out, c, last);
+        case 6: return sweep<6, true>(batch, out, c, last);
+        case 7: return sweep<7, true>(batch, out, c, last);
+        default: return sweep<8, true>(batch, out, c, last);
     }
-    _mm256_maskstore_ps(out + c, valid, acc);
 }
 
 }  // namespace
 
+void spmm_csr_sweep_avx2(const NonzeroBatch &batch, float *out, int64_t c0, int64_t c1) {
+    int64_t c = c0;
+    for (; c + 64 <= c1; c += 64) sweep<8, false>(batch, out, c, __m256i{});
+    if (c < c1) sweep_remainder(batch, out, c, c1 - c);
+}
+
 void spmm_csr_tile_avx2(const SpmmTile &t) {
-    spmm_detail::for_each_batch(t, halves_to_floats_f16c, [&](const NonzeroBatch &batch,
-                                                              float *out) {
-        int64_t c = t.c0;
-        for (; c + 64 <= t.c1; c += 64) sweep<8>(batch, out, c);
-        for (; c + 8 <= t.c1; c += 8) sweep<1>(batch, out, c);
-        if (c < t.c1) sweep_tail(batch, out, c, t.c1 - c);
-    });
+    spmm_detail::for_each_batch(t, spmm_csr_halves_to_floats_avx2,
+                                [&](const NonzeroBatch &batch, float *out) {
+                                    spmm_csr_sweep_avx2(batch, out, t.c0, t.c1);
+                                });
 }
 
 }  // namespace apb

@@ -1,7 +1,7 @@
-"""im2col_pack_signs, im2col_pack_codes and quantize_pack_codes against the numpy
-references (themselves checked against torch.nn.functional.unfold), under every
-instruction set this CPU has; the codes bit-identical to apb.nn.UniformActivation;
-plus the argument checks."""
+"""im2col_pack_signs, im2col_pack_codes (both column orders) and quantize_pack_codes
+against the numpy references (themselves checked against torch.nn.functional.unfold),
+under every instruction set this CPU has; the codes bit-identical to
+apb.nn.UniformActivation; plus the argument checks."""
 
 from __future__ import annotations
 
@@ -112,6 +112,42 @@ def test_im2col_packers_match_reference(isa: str, problem: dict) -> None:
     np.testing.assert_array_equal(codes, im2col_pack_codes_ref(x, scale, bits, *args))
     assert signs.dtype == codes.dtype == np.uint64
     assert codes.shape == (bits, *signs.shape)
+
+
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
+@settings(max_examples=120, deadline=None)
+@given(
+    problem=conv_problems(),
+    channels=st.sampled_from([1, 2, 3, 16, 31, 32, 33, 63, 64, 65, 127, 128, 130]),
+)
+def test_hwc_column_order_matches_reference(isa: str, problem: dict, channels: int) -> None:
+    """Columns (dy, dx, c): the per-pixel packing and the word gather, with channel counts
+    that fill whole words, leave remainders, and span several words per pixel."""
+    _require(isa)
+    geometry, scale, bits = problem["geometry"], problem["scale"], problem["bits"]
+    b, _, h, w = problem["x"].shape
+    seed = int(problem["x"].size) + channels
+    x = _activations(np.random.default_rng(seed), (b, channels, h, w), scale)
+    if not _fits(x, geometry):
+        with pytest.raises(ValueError, match="padded input"):
+            kernels.im2col_pack_codes(x, scale, bits, **geometry, column_order="hwc")
+        return
+    with kernels.use_isa(isa):
+        signs = kernels.im2col_pack_signs(x, **geometry, column_order="hwc")
+        codes = kernels.im2col_pack_codes(x, scale, bits, **geometry, column_order="hwc")
+    args = tuple(geometry.values())
+    np.testing.assert_array_equal(signs, im2col_pack_signs_ref(x, *args, "hwc"))
+    np.testing.assert_array_equal(codes, im2col_pack_codes_ref(x, scale, bits, *args, "hwc"))
+
+
+def test_hwc_reference_is_the_permuted_chw_one() -> None:
+    x = _activations(np.random.default_rng(9), (2, 5, 6, 7), 1.0)
+    args = ((3, 2), (2, 1), (1, 0), (1, 2))
+    chw = im2col_ref(x, *args)
+    hwc = im2col_ref(x, *args, column_order="hwc")
+    np.testing.assert_array_equal(
+        hwc, chw.reshape(-1, 5, 3, 2).transpose(0, 2, 3, 1).reshape(chw.shape)
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -265,9 +301,12 @@ def test_packers_threaded_large(isa: str, threads: int) -> None:
             signs = kernels.im2col_pack_signs(x, 3, stride=(1, 2), padding=1)
             codes = kernels.im2col_pack_codes(x, 1.0, 2, 3, stride=(1, 2), padding=1)
             linear = kernels.quantize_pack_codes(rows, 1.0, 2)
+            hwc = kernels.im2col_pack_codes(x, 1.0, 2, 3, stride=(1, 2), padding=1,
+                                            column_order="hwc")
     finally:
         kernels.set_num_threads(previous)
     args = ((3, 3), (1, 2), (1, 1), (1, 1))
+    np.testing.assert_array_equal(hwc, im2col_pack_codes_ref(x, 1.0, 2, *args, "hwc"))
     np.testing.assert_array_equal(signs, im2col_pack_signs_ref(x, *args))
     np.testing.assert_array_equal(codes, im2col_pack_codes_ref(x, 1.0, 2, *args))
     np.testing.assert_array_equal(linear, quantize_pack_codes_ref(rows, 1.0, 2))
@@ -395,3 +434,9 @@ def test_packers_reject_wrong_argument_types() -> None:
         kernels.quantize_pack_codes(X4, 1.0, 2)
     with pytest.raises(TypeError, match="numpy.ndarray or a torch.Tensor"):
         kernels.im2col_pack_signs(X4.tolist(), 1)
+    with pytest.raises(ValueError, match="column_order"):
+        kernels.im2col_pack_codes(X4, 1.0, 2, 3, column_order="cwh")
+    from apb import _C
+
+    with pytest.raises(ValueError, match="column_order"):
+        _C.im2col_pack_signs(X4, 1, 1, 1, 1, 0, 0, 1, 1, "nhwc")

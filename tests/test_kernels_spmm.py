@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _csr import random_csr
 from apb import kernels
 from apb.kernels.reference_spmm import spmm_csr_ref
 from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
@@ -20,28 +21,6 @@ EDGE_N = [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300]
 def _require(isa: str) -> None:
     if isa not in kernels.available_isas():
         pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
-
-
-def _random_csr(
-    rng: np.random.Generator,
-    m: int,
-    k: int,
-    density: float,
-    indptr_dtype: str = "int32",
-    index_dtype: str = "int32",
-    value_dtype: str = "float32",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A CSR matrix with empty rows, unsorted and repeated columns allowed."""
-    counts = rng.binomial(k, density, size=m) if k > 0 else np.zeros(m, dtype=np.int64)
-    counts[rng.random(m) < 0.2] = 0
-    limit = np.iinfo(indptr_dtype).max  # uint8 row pointers count at most 255 nonzeros
-    if counts.sum() > limit:
-        counts = counts * limit // counts.sum()
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(indptr_dtype)
-    nnz = int(counts.sum())
-    indices = rng.integers(0, max(k, 1), size=nnz).astype(index_dtype)
-    values = rng.standard_normal(nnz).astype(value_dtype)
-    return indptr, indices, values
 
 
 @st.composite
@@ -55,7 +34,7 @@ def csr_problems(draw: st.DrawFn) -> dict:
     density = draw(st.floats(0.0, 1.0))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    indptr, indices, values = _random_csr(
+    indptr, indices, values = random_csr(
         rng, m, k, density, indptr_dtype, index_dtype, value_dtype
     )
     x = rng.standard_normal((k, n)).astype(np.float32)
@@ -116,7 +95,7 @@ def test_spmm_csr_converts_every_float16_exactly(isa: str) -> None:
 def test_spmm_csr_threaded_large(isa: str, threads: int) -> None:
     _require(isa)
     rng = np.random.default_rng(3)
-    indptr, indices, values = _random_csr(rng, 130, 577, 0.05, "int64", "uint16", "float16")
+    indptr, indices, values = random_csr(rng, 130, 577, 0.05, "int64", "uint16", "float16")
     x = rng.standard_normal((577, 700)).astype(np.float32)
     out = rng.standard_normal((130, 700)).astype(np.float32)
     expected = out.copy()
@@ -147,7 +126,7 @@ def test_spmm_csr_hand_computed() -> None:
 
 def test_spmm_csr_torch_tensors_in_place() -> None:
     rng = np.random.default_rng(4)
-    indptr, indices, values = _random_csr(rng, 6, 40, 0.3)
+    indptr, indices, values = random_csr(rng, 6, 40, 0.3)
     x = torch.randn(40, 33)
     out = torch.zeros(6, 33, requires_grad=True)
     expected = spmm_csr_ref(indptr, indices, values, x.numpy(), out.detach().numpy())

@@ -1,5 +1,5 @@
 """The ``apb`` command: ``apb train | ptq | prune-quantized | summary | pack | xor-encode |
-xor-decode | eval | demo | compare | plot-weights | bench``.
+xor-decode | eval | demo | compare | plot-weights | bench gemm|model|xor``.
 
 ``apb train`` flags map one-to-one onto :class:`apb.train.TrainConfig` fields, and the
 method flags (``--fp-fraction``, ``--act-bits``, ...) onto the chosen method's config
@@ -243,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated subset (default: all)")
     p_gemm.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     p_gemm.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of totals")
+    p_model = bench_sub.add_parser(
+        "model", help="batch-1 latency of a packed APB network vs torch fp32 and int8",
+        description="Build the architecture three ways (packed APB with BatchNorms folded, "
+                    "torch fp32 with BatchNorms folded, torch int8 by FX graph mode "
+                    "calibrated on random inputs), time batch-1 inference in the same "
+                    "process and threads, print ms and speed-ups, optionally write JSON.",
+    )
+    p_model.add_argument("--model", default="resnet18", choices=["resnet18", "resnet20"],
+                         help="resnet18 (224x224 inputs) or resnet20 (32x32)")
+    p_model.add_argument("--act-bits", type=int, default=2, choices=[1, 2],
+                         help="activation bits of the APB model")
+    p_model.add_argument("--fp-fraction", type=float, default=0.02,
+                         help="share of full-precision weights in the APB model")
+    p_model.add_argument("--threads", type=int, default=1, help="threads for every model")
+    p_model.add_argument("--repeats", type=int, default=10,
+                         help="timed forwards per model (median)")
+    p_model.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     p_bxor = bench_sub.add_parser(
         "xor", help="XOR-gate encryption of random pruned weights: bits, losslessness, speed",
         description="Encrypt N random B-bit weights with a fraction P pruned; report bits per "
@@ -482,11 +499,14 @@ def _cmd_xor_decode(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench.gemm import SHAPE_SETS, plot_report, report_table, run_gemm_benchmark
     from .io import atomic_write_text
 
+    if args.bench == "model":
+        return _cmd_bench_model(args)
     if args.bench == "xor":
         return _cmd_bench_xor(args)
+    from .bench.gemm import SHAPE_SETS, plot_report, report_table, run_gemm_benchmark
+
     impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
     report = run_gemm_benchmark(SHAPE_SETS[args.shapes], impls=impls, threads=args.threads,
                                 repeats=args.repeats)
@@ -495,6 +515,22 @@ def _cmd_bench(args) -> int:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.plot:
         plot_report(report, args.plot)
+    return 0
+
+
+def _cmd_bench_model(args) -> int:
+    from rich.console import Console
+
+    from .bench.model import report_table, run_model_benchmark
+    from .io import atomic_write_text
+
+    with Console(stderr=True).status("apb bench model") as status:
+        report = run_model_benchmark(args.model, args.act_bits, threads=args.threads,
+                                     repeats=args.repeats, fp_fraction=args.fp_fraction,
+                                     progress=status.update)
+    print(report_table(report))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -8,6 +8,11 @@ PyTorch int8 quantized linear on the fbgemm and onednn engines, ONNX Runtime int
 ``MatMulInteger`` (MLAS). The roofline is one core's XOR+popcount rate on L1 data, the
 best of the loops :func:`apb.kernels.xor_popcount_rooflines` measures (each is reported).
 
+``apb_layer`` is not a kernel alone but the whole packed layer of that shape, as a
+model runs it: float activations in, quantized and bit-packed, the ``1x2`` product, a
+2 % CSR correction and the epilogue, float outputs out (the peers get their operands
+ready-made).
+
 One bit-op is one bit of each operand multiplied (XOR/AND) and counted; a binary GEMM of
 shape (M, K, N) with P activation bit-planes does ``P·M·K·N`` bit-ops.
 """
@@ -15,14 +20,15 @@ shape (M, K, N) with P activation bit-planes does ``P·M·K·N`` bit-ops.
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from .timing import thread_count, time_ms
 
 RESNET18_SHAPES = [
     (64, 576, 2916), (128, 576, 2916), (128, 1152, 676), (256, 1152, 676),
@@ -132,6 +138,52 @@ def _apb_2x2(M, K, N, rng):
     return lambda: bgemm_2x2(w, x, K)
 
 
+LAYER_FP_FRACTION = 0.02
+"""Share of full-precision weights (CSR nonzeros) in the ``apb_layer`` benchmark."""
+
+
+def conv_of_gemm(M: int, K: int, N: int) -> dict:
+    """The convolution whose im2col GEMM is ``(M, K, N)``: 3x3, stride 1, no padding over
+    a ``(√N + 2)²`` input of ``K/9`` channels when ``K`` is a multiple of 9 and ``N`` a
+    square (the ResNet-18 shapes: 2916 = 54², from 56x56 inputs), else 1x1 over a
+    ``1 x N`` input of ``K`` channels. Keys: ``channels, kernel, height, width``."""
+    side = math.isqrt(N)
+    if K % 9 == 0 and side * side == N:
+        return {"channels": K // 9, "kernel": 3, "height": side + 2, "width": side + 2}
+    return {"channels": K, "kernel": 1, "height": 1, "width": N}
+
+
+def _apb_layer(M, K, N, rng):
+    """The whole packed APB convolution of that GEMM shape (``PackedAPBConv2d`` forward,
+    as a model runs it): 2-bit activations quantized and bit-packed (im2col fused in),
+    the ``1x2`` popcount product, and the CSR correction with 2 % nonzeros computed as a
+    direct sparse convolution together with the epilogue."""
+    from apb.pack import PackedAPBConv2d
+    from apb.pack.layers import csr_index_dtype, csr_indptr_dtype
+    from apb.pack.reference import pack_bits
+
+    conv = conv_of_gemm(M, K, N)
+    fp = rng.random((M, K)) < LAYER_FP_FRACTION
+    rows, cols = np.nonzero(fp)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=M))])
+    csr = (torch.from_numpy(indptr).to(csr_indptr_dtype(len(cols))),
+           torch.from_numpy(cols).to(csr_index_dtype(K)),
+           torch.from_numpy(rng.standard_normal(len(cols), dtype=np.float32)))
+    layer = PackedAPBConv2d(
+        conv["channels"], M, conv["kernel"],
+        sign_bits=pack_bits(torch.from_numpy(rng.random((M, K)) < 0.5)),
+        alpha=torch.tensor([0.05]), csr=csr, act_bits=2, act_scale=torch.tensor([1.0]),
+    )
+    x = torch.from_numpy(rng.random((1, conv["channels"], conv["height"], conv["width"]),
+                                    dtype=np.float32))
+
+    def run():
+        with torch.inference_mode():
+            return layer(x)
+
+    return run
+
+
 def bit_ops(impl: str, shape: Shape) -> int | None:
     """Bit-operations an apb kernel performs on ``shape`` (None for the peers)."""
     M, K, N = shape
@@ -148,6 +200,7 @@ def implementations(threads: int) -> dict[str, Setup]:
         "apb_1x1": _apb_1x1,
         "apb_1x2": _apb_1x2,
         "apb_2x2": _apb_2x2,
+        "apb_layer": _apb_layer,
     }
 
 
@@ -161,32 +214,6 @@ class GemmResult:
     @property
     def total_ms(self) -> float:
         return sum(self.per_shape_ms)
-
-
-def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after warm-up."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
-
-
-@contextlib.contextmanager
-def thread_count(threads: int) -> Iterator[None]:
-    from apb.kernels import get_num_threads, set_num_threads
-
-    saved = torch.get_num_threads(), get_num_threads()
-    torch.set_num_threads(threads)
-    set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved[0])
-        set_num_threads(saved[1])
 
 
 def run_gemm_benchmark(

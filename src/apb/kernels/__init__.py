@@ -14,6 +14,8 @@ Kernels:
     GEMMs of packed operands by XOR/AND + popcount (see :mod:`apb.kernels.bgemm`).
     bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
     spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
+    sparse_conv2d: direct sparse convolution of a CSR weight matrix with a layer's
+    quantized input, plus the layer's epilogue (:mod:`apb.kernels.sparse_conv`).
     im2col_pack_signs, im2col_pack_codes, quantize_pack_codes: layer inputs quantized
     and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
     xor_gate_encode, xor_gate_table, xor_gate_decode: XOR-gate weight encryption, the
@@ -47,6 +49,7 @@ from apb.kernels.runtime import (
     use_isa,
 )
 from apb.kernels.sign_packing import pack_signs, unpack_signs
+from apb.kernels.sparse_conv import sparse_conv2d
 from apb.kernels.spmm import spmm_csr
 from apb.kernels.xor_gate import xor_gate_decode, xor_gate_encode, xor_gate_table
 
@@ -68,6 +71,7 @@ __all__ = [
     "roofline_methods",
     "set_isa",
     "set_num_threads",
+    "sparse_conv2d",
     "spmm_csr",
     "unpack_signs",
     "use_isa",

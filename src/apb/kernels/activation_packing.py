@@ -15,9 +15,13 @@ Quantizers, decided per element in float32:
   gives code 0. Codes are stored as bit-planes ``[P, rows, ceil(K/64)]``.
 
 Convolution layout: ``x`` is ``[B, C, H, W]``; output position ``n = (b*OH + oy)*OW + ox``
-and column ``j = (c*kh + dy)*kw + dx`` (as ``weight.reshape(M, -1)`` of a Conv2d
-weight), so row ``n`` of the result pairs with the packed weights. Zero padding is the
-value 0: sign bit 0 (which means +1: the layer subtracts a correction for it) and code 0
+and column ``j = (c*kh + dy)*kw + dx`` (``column_order="chw"``, as ``weight.reshape(M,
+-1)`` of a Conv2d weight) or ``j = (dy*kw + dx)*C + c`` (``"hwc"``, as
+``weight.permute(0, 2, 3, 1).reshape(M, -1)``), so row ``n`` of the result pairs with
+the weights packed in the same order. ``"hwc"`` is the fast one: each input is
+quantized once into per-pixel words of ``C`` bits, and the unfolding only moves those
+words, where ``"chw"`` quantizes every input ``kh*kw`` times. Zero padding is the value
+0: sign bit 0 (which means +1: the layer subtracts a correction for it) and code 0
 (exact).
 """
 
@@ -83,6 +87,18 @@ def _bits(bits: Any, *, fn: str) -> int:
     return bits
 
 
+COLUMN_ORDERS = ("chw", "hwc")
+
+
+def _column_order(order: Any, *, fn: str) -> str:
+    if order not in COLUMN_ORDERS:
+        raise ValueError(
+            f"{fn}: column_order must be 'chw' (columns (c, dy, dx)) or 'hwc' "
+            f"((dy, dx, c)), got {order!r}"
+        )
+    return order
+
+
 def _packed(result: Any, x: Any) -> Any:
     # The extension's array has numpy's `ulonglong` type, which torch does not take;
     # `uint64` is the same 64 bits.
@@ -111,7 +127,8 @@ def _conv_geometry(
 
 
 def im2col_pack_signs(
-    x: Any, kernel_size: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1
+    x: Any, kernel_size: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+    column_order: str = "chw",
 ) -> Any:
     """Unfold ``x`` as ``Conv2d(kernel_size, stride, padding, dilation)`` reads it and
     pack the signs: uint64 ``[B*OH*OW, ceil(C*kh*kw/64)]``, bit = ``x < 0``.
@@ -120,6 +137,8 @@ def im2col_pack_signs(
         x: float32 ``[B, C, H, W]``, C-contiguous (numpy or CPU torch).
         kernel_size, stride, padding, dilation: an int or a pair (rows, columns), as for
             ``torch.nn.Conv2d``; kernel, stride and dilation >= 1, padding >= 0.
+        column_order: ``"chw"`` (columns ``(c, dy, dx)``) or ``"hwc"`` (``(dy, dx, c)``,
+            faster); see the module docstring.
 
     Returns:
         The packed rows, of the same kind as ``x``. A padded pixel gives bit 0 (+1).
@@ -130,7 +149,8 @@ def im2col_pack_signs(
     """
     fn = "im2col_pack_signs"
     x, geometry = _conv_geometry(x, fn, kernel_size, stride, padding, dilation)
-    return _packed(extension().im2col_pack_signs(x, *geometry), x)
+    order = _column_order(column_order, fn=fn)
+    return _packed(extension().im2col_pack_signs(x, *geometry, order), x)
 
 
 def im2col_pack_codes(
@@ -141,6 +161,7 @@ def im2col_pack_codes(
     stride: Any = 1,
     padding: Any = 0,
     dilation: Any = 1,
+    column_order: str = "chw",
 ) -> Any:
     """Unfold ``x`` as Conv2d reads it, quantize to ``bits``-bit codes and pack the
     bit-planes: uint64 ``[bits, B*OH*OW, ceil(C*kh*kw/64)]``.
@@ -150,7 +171,8 @@ def im2col_pack_codes(
         scale: the clipping value ``s`` (a number or a one-element tensor such as
             ``UniformActivation.act_scale``), finite and > 0 in float32.
         bits: ``P`` in ``[1, 8]``; codes are ``0 .. 2^P - 1``.
-        kernel_size, stride, padding, dilation: as in :func:`im2col_pack_signs`.
+        kernel_size, stride, padding, dilation, column_order: as in
+            :func:`im2col_pack_signs`.
 
     Returns:
         The code planes, of the same kind as ``x``. A padded pixel gives code 0.
@@ -159,7 +181,8 @@ def im2col_pack_codes(
     s = _scale(scale, fn=fn)
     bits = _bits(bits, fn=fn)
     x, geometry = _conv_geometry(x, fn, kernel_size, stride, padding, dilation)
-    return _packed(extension().im2col_pack_codes(x, s, bits, *geometry), x)
+    order = _column_order(column_order, fn=fn)
+    return _packed(extension().im2col_pack_codes(x, s, bits, *geometry, order), x)
 
 
 def quantize_pack_codes(x: Any, scale: Any, bits: int) -> Any:

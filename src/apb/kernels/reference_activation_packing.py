@@ -47,8 +47,10 @@ def im2col_ref(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    column_order: str = "chw",
 ) -> np.ndarray:
-    """float32 ``[B*OH*OW, C*kh*kw]``: row ``(b, oy, ox)``, column ``(c, dy, dx)`` holds
+    """float32 ``[B*OH*OW, C*kh*kw]``: row ``(b, oy, ox)``, column ``(c, dy, dx)`` (or
+    ``(dy, dx, c)`` for ``column_order="hwc"``) holds
     ``x[b, c, oy*sh - ph + dy*dh, ox*sw - pw + dx*dw]``, 0 outside the image."""
     x = np.asarray(x, dtype=np.float32)
     batch, channels, height, width = x.shape
@@ -63,21 +65,25 @@ def im2col_ref(
             y0, x0 = dy * dh, dx * dw
             taps[:, :, dy, dx] = padded[:, :, y0 : y0 + sh * (oh - 1) + 1 : sh,
                                         x0 : x0 + sw * (ow - 1) + 1 : sw]  # fmt: skip
-    return taps.transpose(0, 4, 5, 1, 2, 3).reshape(batch * oh * ow, channels * kh * kw)
+    order = (0, 4, 5, 1, 2, 3) if column_order == "chw" else (0, 4, 5, 2, 3, 1)
+    return taps.transpose(order).reshape(batch * oh * ow, channels * kh * kw)
 
 
-def im2col_pack_signs_ref(x: np.ndarray, kernel_size, stride, padding, dilation) -> np.ndarray:
+def im2col_pack_signs_ref(
+    x: np.ndarray, kernel_size, stride, padding, dilation, column_order: str = "chw"
+) -> np.ndarray:
     """uint64 ``[N, ceil(K/64)]``: the signs (bit = value < 0) of :func:`im2col_ref`;
     padding is the value 0, so bit 0."""
-    return pack_signs_ref(im2col_ref(x, kernel_size, stride, padding, dilation))
+    return pack_signs_ref(im2col_ref(x, kernel_size, stride, padding, dilation, column_order))
 
 
 def im2col_pack_codes_ref(
-    x: np.ndarray, scale: float, bits: int, kernel_size, stride, padding, dilation
+    x: np.ndarray, scale: float, bits: int, kernel_size, stride, padding, dilation,
+    column_order: str = "chw",
 ) -> np.ndarray:
     """uint64 ``[bits, N, ceil(K/64)]``: the code planes of :func:`im2col_ref`; padding
     is the value 0, so code 0."""
-    columns = im2col_ref(x, kernel_size, stride, padding, dilation)
+    columns = im2col_ref(x, kernel_size, stride, padding, dilation, column_order)
     return pack_code_planes_ref(quantize_codes_ref(columns, scale, bits), bits)
 
 

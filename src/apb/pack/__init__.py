@@ -10,7 +10,9 @@ without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear
 (DoReFa ``k``-bit weights) and :class:`PackedPrunedConv2d` / :class:`PackedPrunedLinear`
 (pruning + ``k``-bit quantization, ``prune_quant``). Kernels run through ``torch.ops.apb.*`` custom ops
 (:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
-``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`.
+``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
+fastest inference, :func:`fold_batchnorm_` folds BatchNorms into the packed layers'
+epilogues (after saving: a folded model is not saved).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from .backend import BACKENDS, DEFAULT_BACKEND
 from .convert import PackError, pack_, pack_layer
+from .fold import fold_batchnorm_
 from .format import (
     FORMAT,
     FORMAT_VERSION,
@@ -43,7 +46,7 @@ __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
     "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
-    "PackedPrunedLinear", "load_packed", "pack_", "pack_layer",
+    "PackedPrunedLinear", "fold_batchnorm_", "load_packed", "pack_", "pack_layer",
     "packed_layers", "read_packed_info", "save_packed", "set_backend",
 ]
 

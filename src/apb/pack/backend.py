@@ -3,8 +3,9 @@
 Both backends take the same arguments and return the same results (the kernel semantics
 of the spec); :mod:`apb.pack.ops` calls :func:`kernel` with the backend a packed layer
 holds. ``"reference"`` is :mod:`apb.pack.reference` (pure torch, always available, the
-cross-check of the tests); ``"kernels"`` are the compiled popcount kernels of
-:mod:`apb.kernels`. Switching an op between them is its one line in the tables below.
+cross-check of the tests); ``"kernels"`` are the compiled popcount kernels
+(:mod:`apb.pack.compiled`, the extension behind :mod:`apb.kernels`). Switching an op
+between them is its one line in the tables below.
 """
 
 from __future__ import annotations
@@ -26,25 +27,15 @@ REFERENCE: dict[str, Callable] = {
     "bgemm_2x2": reference.bgemm_2x2,
     "bgemm_1xf": reference.bgemm_1xf,
     "spmm_csr": reference.spmm_csr,
+    "sparse_conv2d": reference.sparse_conv2d,
 }
 
 
 def _compiled_kernels() -> dict[str, Callable]:
     """The compiled kernels, by the same names (imported on first use)."""
-    from .. import kernels
+    from . import compiled
 
-    return {
-        "pack_signs": kernels.pack_signs,
-        "pack_planes": kernels.pack_planes,
-        "quantize_pack_codes": kernels.quantize_pack_codes,
-        "im2col_pack_signs": kernels.im2col_pack_signs,
-        "im2col_pack_codes": kernels.im2col_pack_codes,
-        "bgemm_1x1": kernels.bgemm_1x1,
-        "bgemm_1x2": kernels.bgemm_1x2,
-        "bgemm_2x2": kernels.bgemm_2x2,
-        "bgemm_1xf": kernels.bgemm_1xf,
-        "spmm_csr": kernels.spmm_csr,
-    }
+    return {name: getattr(compiled, name) for name in REFERENCE}
 
 
 DEFAULT_BACKEND = "kernels"

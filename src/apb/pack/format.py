@@ -113,6 +113,9 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
 
     from ..io import atomic_write
 
+    if getattr(model, "apb_folded", False):
+        raise ValueError("this model has BatchNorms folded into its layers (fold_batchnorm_), "
+                         "which the packed format does not describe; save it before folding")
     arch = _architecture_of(model, architecture)
     layers: dict[str, dict] = {}
     tensors: dict[str, np.ndarray] = {}

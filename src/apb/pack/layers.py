@@ -117,7 +117,11 @@ class PackedLayer(nn.Module):
             bias = _check_tensor(bias, "bias", (self.rows,), (torch.float32,))
             _check_finite(bias, "bias")
         self.register_buffer("bias", bias)
+        # A folded affine map (BatchNorm, fold_batchnorm_): inference-only, never saved.
+        self.register_buffer("out_scale", None, persistent=False)
+        self.register_buffer("out_shift", None, persistent=False)
         self._pad_cache: dict[tuple, Tensor] = {}
+        self._constants: tuple[tuple, object] | None = None
 
     # -- what the layer stores (DESIGN §4) ------------------------------------------------
     def storage(self) -> LayerStorage:
@@ -152,10 +156,57 @@ class PackedLayer(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         x, restore = self._prepare_input(x)
+        return restore(self._output(x))
+
+    def _output(self, x: Tensor) -> Tensor:
+        """``[M, N]``: the product, the bias and the folded affine map, if any."""
         y = self._product(x)
         if self.bias is not None:
             y = y + self.bias[:, None]
-        return restore(y)
+        if self.out_scale is not None:
+            y = y * self.out_scale[:, None] + self.out_shift[:, None]
+        return y
+
+    # -- a folded per-channel affine map (inference only) ---------------------------------
+    @property
+    def folded(self) -> bool:
+        """Whether an affine map (a BatchNorm, :func:`apb.pack.fold_batchnorm_`) has been
+        folded into the output; such a layer computes the folded model and is not saved."""
+        return self.out_scale is not None
+
+    def fold_affine_(self, scale: Tensor, shift: Tensor) -> None:
+        """From now on output ``y ↦ scale·y + shift`` per output channel (composed with any
+        map folded before). For inference: the saved file keeps the unfolded layer."""
+        scale = _check_tensor(scale, "scale", (self.rows,), (torch.float32,))
+        shift = _check_tensor(shift, "shift", (self.rows,), (torch.float32,))
+        _check_finite(scale, "scale")
+        _check_finite(shift, "shift")
+        if self.out_scale is not None:
+            scale, shift = scale * self.out_scale, scale * self.out_shift + shift
+        self.out_scale, self.out_shift = scale.clone(), shift.clone()
+
+    def _epilogue(self, dot_scale: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(dot_scale, sparse_scale, shift)`` per output channel of the fused kernel:
+        ``y = dot_scale·dot + sparse_scale·(S ⊗ x̂) + shift`` is the product of ``α·c·dot +
+        S ⊗ x̂``, plus the bias, through the folded map."""
+        if self.out_scale is None:
+            return dot_scale.expand(self.rows).contiguous(), None, self.bias
+        shift = self.out_shift if self.bias is None else self.out_scale * self.bias + self.out_shift
+        return (dot_scale * self.out_scale).contiguous(), self.out_scale, shift
+
+    def _constant(self, compute, *tensors: Tensor | None):
+        """``compute()``, a function of the buffers ``tensors`` only, computed once and
+        reused while none of them is replaced or changed in place (their identity and
+        version counter are the key): a few small torch ops per layer and image saved.
+        Not cached while torch.compile traces, where a traced value must not outlive its
+        trace."""
+        if torch.compiler.is_compiling():
+            return compute()
+        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        cached = self._constants
+        if cached is None or cached[0] != key:
+            cached = self._constants = (key, compute())
+        return cached[1]
 
     def _prepare_input(self, x: Tensor):
         raise NotImplementedError
@@ -246,16 +297,48 @@ class _ConvGeometry(PackedLayer):
         x = x.contiguous()
 
         def restore(y: Tensor) -> Tensor:
-            out = y.view(self.rows, b, oh, ow).permute(1, 0, 2, 3).contiguous()
+            if b == 1:  # [M, 1·OH·OW] is already [1, M, OH, OW] in memory
+                out = y.view(1, self.rows, oh, ow)
+            else:
+                out = y.view(self.rows, b, oh, ow).permute(1, 0, 2, 3).contiguous()
             return out[0] if unbatched else out
 
         return x, restore
 
-    def _columns(self, x: Tensor) -> Tensor:
-        """im2col rows ``[N, K]`` of a full-precision input."""
+    def _columns(self, x: Tensor, column_order: str = "chw") -> Tensor:
+        """im2col rows ``[N, K]`` of a full-precision input, columns ``(c, dy, dx)`` or, for
+        ``column_order="hwc"``, ``(dy, dx, c)``."""
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding,
                         stride=self.stride)
-        return cols.transpose(1, 2).reshape(-1, self.cols).contiguous()
+        rows = cols.transpose(1, 2).reshape(-1, self.cols)
+        if column_order == "hwc":
+            taps = self.kernel_size[0] * self.kernel_size[1]
+            rows = rows.reshape(-1, self.in_channels, taps).transpose(1, 2).reshape(-1, self.cols)
+        return rows.contiguous()
+
+    # The quantized-input packers unfold in (dy, dx, c) column order ("hwc": each input is
+    # quantized once, see apb.kernels.activation_packing), so the packed weight rows they
+    # meet are kept in that order too, derived from the stored (c, dy, dx) ones.
+    def _to_input_order(self, bits: Tensor) -> Tensor:
+        """Packed rows ``[..., M, ceil(K/64)]``, columns ``(c, dy, dx)`` → ``(dy, dx, c)``."""
+        kh, kw = self.kernel_size
+        lead = bits.shape[:-1]
+        unpacked = unpack_bits(bits, self.cols).reshape(*lead, self.in_channels, kh, kw)
+        return pack_bits(unpacked.movedim(-3, -1).reshape(*lead, self.cols))
+
+    def _init_input_order(self, name: str) -> None:
+        """Register ``<name>_hwc``, buffer ``name`` in input column order (not saved; kept
+        in step with ``name`` when a state dict is loaded)."""
+        self.register_buffer(f"{name}_hwc", self._to_input_order(getattr(self, name)),
+                             persistent=False)
+
+        def refresh(module, incompatible_keys):
+            setattr(module, f"{name}_hwc", module._to_input_order(getattr(module, name)))
+
+        self.register_load_state_dict_post_hook(refresh)
+
+    def _input_order_bits(self, name: str) -> Tensor:
+        return getattr(self, f"{name}_hwc")
 
     def _columns_kn(self, x: Tensor) -> Tensor:
         """im2col columns ``[K, N]`` (positions ``(b, oy, ox)``), the sparse product's input."""
@@ -264,14 +347,16 @@ class _ConvGeometry(PackedLayer):
         return cols.permute(1, 0, 2).reshape(self.cols, -1).contiguous()
 
     def _sign_bits(self, x: Tensor) -> Tensor:
-        return apb_ops.im2col_pack_signs(x, *self._geometry(), self.backend)
+        return apb_ops.im2col_pack_signs(x, *self._geometry(), self.backend, "hwc")
 
     def _code_planes(self, x: Tensor, s: Tensor) -> Tensor:
-        return apb_ops.im2col_pack_codes(x, s, self.act_bits, *self._geometry(), self.backend)
+        return apb_ops.im2col_pack_codes(x, s, self.act_bits, *self._geometry(), self.backend,
+                                         "hwc")
 
     def _signed_dot(self, w_bits: Tensor, x_bits: Tensor, x: Tensor, key: int = 0) -> Tensor:
         """``Σ_j s_w(m, j)·x̂(n, j)`` for ±1 inputs with zero padding: the popcount product
-        minus the padded positions' contribution (their bit 0 reads +1)."""
+        minus the padded positions' contribution (their bit 0 reads +1). ``w_bits`` in
+        input column order."""
         dot = apb_ops.bgemm_1x1(w_bits, x_bits, self.cols, self.backend)
         if max(self.padding) == 0:
             return dot
@@ -288,7 +373,7 @@ class _ConvGeometry(PackedLayer):
         if cached is not None:
             return cached
         ones = torch.ones((1, self.in_channels, h, w), dtype=torch.float32)
-        padded = (self._columns(ones) == 0).to(torch.uint8)  # [OH·OW, K]
+        padded = (self._columns(ones, "hwc") == 0).to(torch.uint8)  # [OH·OW, K]
         mask = apb_ops.pack_planes(padded, 1, self.backend)
         corr = apb_ops.bgemm_1x2(w_bits, mask, self.backend)
         if not compiling:  # a traced value must not outlive its trace
@@ -340,6 +425,12 @@ class _LinearGeometry(PackedLayer):
     def _columns_kn(self, x: Tensor) -> Tensor:
         return x.t().contiguous()
 
+    def _init_input_order(self, name: str) -> None:
+        """A Linear layer's input columns are its features: the stored order."""
+
+    def _input_order_bits(self, name: str) -> Tensor:
+        return getattr(self, name)
+
     def _sign_bits(self, x: Tensor) -> Tensor:
         return apb_ops.pack_signs(x, self.backend)
 
@@ -389,6 +480,7 @@ class _PackedAPB(PackedLayer):
         self.register_buffer("csr_indptr", indptr)
         self.register_buffer("csr_indices", indices)
         self.register_buffer("csr_values", values)
+        self._init_input_order("sign_bits")
 
     @property
     def nnz(self) -> int:
@@ -401,16 +493,21 @@ class _PackedAPB(PackedLayer):
     def describe(self) -> dict:
         return {"alpha": float(self.alpha.mean())}
 
-    def _product(self, x: Tensor) -> Tensor:
-        alpha = self.alpha.view(-1, 1)
+    def _binary_dot(self, x: Tensor, s: Tensor | None) -> Tensor:
+        """The binary product ``B ⊗ x̂``: the int32 popcount result, or float32 for
+        full-precision inputs (``s``: the clip scale of k-bit codes, else None)."""
         if self.act_bits == 32:
-            y = alpha * apb_ops.bgemm_1xf(self.sign_bits, self._columns(x), self.backend)
-        elif self.act_bits == 1:
-            y = alpha * self._signed_dot(self.sign_bits, self._sign_bits(x), x).float()
-        else:
-            s = self._clip_scale()
-            dot = apb_ops.bgemm_1x2(self.sign_bits, self._code_planes(x, s), self.backend)
-            y = alpha * (s / self.act_levels) * dot.float()
+            return apb_ops.bgemm_1xf(self.sign_bits, self._columns(x), self.backend)
+        w_bits = self._input_order_bits("sign_bits")
+        if self.act_bits == 1:
+            return self._signed_dot(w_bits, self._sign_bits(x), x)
+        return apb_ops.bgemm_1x2(w_bits, self._code_planes(x, s), self.backend)
+
+    def _product(self, x: Tensor) -> Tensor:
+        s = self._clip_scale() if 2 <= self.act_bits <= 8 else None
+        dot = self._binary_dot(x, s)
+        dot_scale = self.alpha if s is None else self.alpha * (s / self.act_levels)
+        y = dot_scale.view(-1, 1) * dot.float()
         if self.nnz:
             y = y + apb_ops.spmm_csr(self.csr_indptr, self.csr_indices, self.csr_values,
                                      self._columns_kn(self._dequantized(x)), self.rows,
@@ -444,6 +541,27 @@ class PackedAPBConv2d(_PackedAPB, _ConvGeometry):
                           backend=backend)
         self._init_weights(sign_bits, alpha, csr, value_bits)
 
+    def _output(self, x: Tensor) -> Tensor:
+        """The binary product, then everything after it in one kernel
+        (:func:`apb.kernels.sparse_conv2d`): ``S ⊗ x̂`` as a direct sparse convolution of
+        ``x`` (no im2col of ``x̂``), ``α·c``, the bias and a folded BatchNorm."""
+        s, dot_scale, sparse_scale, shift = self._constant(
+            self._fused_scales, self.alpha, self.act_scale, self.bias, self.out_scale,
+            self.out_shift,
+        )
+        dot = self._binary_dot(x, s)
+        return apb_ops.sparse_conv2d(
+            x, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
+            self.act_bits, s, dot, dot_scale, sparse_scale, shift, self.backend,
+        )
+
+    def _fused_scales(self) -> tuple:
+        """``(s, dot_scale, sparse_scale, shift)`` of :meth:`_output` (``s``: the clip scale
+        of k-bit codes, else None)."""
+        s = self._clip_scale() if 2 <= self.act_bits <= 8 else None
+        scale = self.alpha if s is None else self.alpha * (s / self.act_levels)
+        return (s, *self._epilogue(scale))
+
 
 class PackedAPBLinear(_PackedAPB, _LinearGeometry):
     """A packed APB (or binary) ``Linear``: sign bits ``[M, ceil(K/64)]``, ``α``, CSR ``S``."""
@@ -476,6 +594,7 @@ class _PackedDoReFa(PackedLayer):
         self.register_buffer(
             "weight_planes", _check_tensor(weight_planes, "weight_planes", shape, (torch.uint64,))
         )
+        self._init_input_order("weight_planes")
         ones = pack_bits(torch.ones(1, 1, self.cols, dtype=torch.uint8))
         self.register_buffer("_ones_plane", ones, persistent=False)
 
@@ -498,14 +617,15 @@ class _PackedDoReFa(PackedLayer):
         if 2 <= self.act_bits <= 8:
             s = self._clip_scale()
             planes = self._code_planes(x, s)
-            dot = apb_ops.bgemm_2x2(self.weight_planes, planes, self.backend)
+            dot = apb_ops.bgemm_2x2(self._input_order_bits("weight_planes"), planes, self.backend)
             code_sums = apb_ops.bgemm_2x2(self._ones_plane, planes, self.backend)
             exact = 2 * dot - lw * code_sums  # Σ_j (2c − L_w)·a, an exact integer
             return (s / self.act_levels / lw) * exact.float()
         # 2c − L_w = −Σ_q 2^q s_q: one binary product per plane
         if self.act_bits == 1:
             x_bits = self._sign_bits(x)
-            dots = [self._signed_dot(self.weight_planes[q], x_bits, x, key=q)
+            w_planes = self._input_order_bits("weight_planes")
+            dots = [self._signed_dot(w_planes[q], x_bits, x, key=q)
                     for q in range(self.weight_bits)]
         else:
             cols = self._columns(x)
@@ -597,6 +717,8 @@ class _PackedPruned(PackedLayer):
         v = (codes | ~keep) & valid
         self.register_buffer("_u_planes", u.view(torch.uint64), persistent=False)
         self.register_buffer("_v_planes", v.view(torch.uint64), persistent=False)
+        self._init_input_order("_u_planes")
+        self._init_input_order("_v_planes")
 
     @property
     def weight_bits(self) -> int:
@@ -624,9 +746,12 @@ class _PackedPruned(PackedLayer):
             xin = self._sign_bits(x)
         else:
             xin = self._code_planes(x, self._clip_scale())
+        # full-precision inputs unfold in stored column order, packed ones in input order
+        pairs = ((self._u_planes, self._v_planes) if self.act_bits == 32 else
+                 (self._input_order_bits("_u_planes"), self._input_order_bits("_v_planes")))
         total = None
         for q in range(self.weight_bits):
-            for half, planes in enumerate((self._u_planes, self._v_planes)):
+            for half, planes in enumerate(pairs):
                 if self.act_bits == 32:
                     d = apb_ops.bgemm_1xf(planes[q], xin, self.backend)
                 elif self.act_bits == 1:

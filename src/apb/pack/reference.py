@@ -104,25 +104,44 @@ def quantize_pack_codes(x: torch.Tensor, scale: torch.Tensor | float, bits: int)
     return pack_planes(codes.to(torch.uint8), bits)
 
 
-def _unfold_rows(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+def _unfold_rows(x: torch.Tensor, kernel_size, stride, padding, dilation,
+                 column_order: str = "chw") -> torch.Tensor:
     """im2col: ``[B, C, H, W]`` → ``[B·OH·OW, C·kh·kw]``, rows ``(b, oy, ox)``, columns
-    ``(c, dy, dx)``, zero padding."""
+    ``(c, dy, dx)`` (``column_order="chw"``) or ``(dy, dx, c)`` (``"hwc"``), zero padding."""
     cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    if column_order == "hwc":
+        taps = kernel_size[0] * kernel_size[1]
+        rows = rows.reshape(-1, x.shape[1], taps).transpose(1, 2).reshape(-1, cols.shape[1])
+    return rows
 
 
-def im2col_pack_signs(x, kernel_size, stride, padding, dilation) -> torch.Tensor:
+def im2col_pack_signs(x, kernel_size, stride, padding, dilation,
+                      column_order: str = "chw") -> torch.Tensor:
     """Convolution input ``[B, C, H, W]`` → sign bits of its im2col rows ``[N, W]``; a padded
     position is 0, so its bit is 0 (+1): the layer subtracts a correction for it."""
-    return pack_signs(_unfold_rows(x, kernel_size, stride, padding, dilation))
+    return pack_signs(_unfold_rows(x, kernel_size, stride, padding, dilation, column_order))
 
 
-def im2col_pack_codes(x, scale, bits, kernel_size, stride, padding, dilation) -> torch.Tensor:
+def im2col_pack_codes(x, scale, bits, kernel_size, stride, padding, dilation,
+                      column_order: str = "chw") -> torch.Tensor:
     """Convolution input → bit-planes of the activation codes of its im2col rows
     ``[bits, N, W]``; padded positions get code 0 (exactly the value 0)."""
     codes = torch.nan_to_num(activation_codes(x, scale, bits), nan=0.0)
-    rows = _unfold_rows(codes, kernel_size, stride, padding, dilation)
+    rows = _unfold_rows(codes, kernel_size, stride, padding, dilation, column_order)
     return pack_planes(rows.to(torch.uint8), bits)
+
+
+def quantized_input(x: torch.Tensor, act_bits: int, scale) -> torch.Tensor:
+    """``x̂`` as the training layer computes it: ``x`` (32 bits), ``sign(x)`` with
+    ``sign(0) = +1`` (1 bit), ``code·(s/L)`` (2..8 bits; NaN gives code 0, as the packers)."""
+    if act_bits == 32:
+        return x
+    if act_bits == 1:
+        return torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
+    s = torch.as_tensor(scale, dtype=torch.float32)
+    codes = torch.nan_to_num(activation_codes(x, s, act_bits), nan=0.0)
+    return codes * (s / ((1 << act_bits) - 1))
 
 
 # -- products ------------------------------------------------------------------------------
@@ -161,3 +180,21 @@ def spmm_csr(
     counts = indptr.to(torch.int64).diff()
     rows = torch.repeat_interleave(torch.arange(out.shape[0]), counts)
     out.index_add_(0, rows, values.float()[:, None] * x[indices.to(torch.int64)])
+
+
+def sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation,
+                  act_bits, scale, dot, dot_scale, sparse_scale, shift) -> torch.Tensor:
+    """float32 ``[M, B·OH·OW]``: ``dot_scale·dot + sparse_scale·(S ⊛ x̂) + shift`` per output
+    channel, with ``S ⊛ x̂`` the CSR matrix times the unfolded ``x̂`` (absent terms 0, absent
+    scales 1)."""
+    columns = _unfold_rows(quantized_input(x, act_bits, scale), kernel_size, stride, padding,
+                           dilation)
+    out = torch.zeros((indptr.shape[0] - 1, columns.shape[0]), dtype=torch.float32)
+    spmm_csr(indptr, indices, values, columns.T, out)
+    if sparse_scale is not None:
+        out = out * sparse_scale[:, None]
+    if dot is not None:
+        out = out + dot_scale[:, None] * dot.float()
+    if shift is not None:
+        out = out + shift[:, None]
+    return out

@@ -1,0 +1,104 @@
+// Bindings of the direct sparse convolution with the packed layer's epilogue.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+
+#include <optional>
+
+#include "bind.h"
+#include "bind_util.h"
+#include "cpu_features.h"
+#include "sparse_conv2d.h"
+
+namespace nb = nanobind;
+using namespace apb::bind;
+
+namespace {
+
+constexpr const char *kFn = "sparse_conv2d";
+
+using OptionalArray = std::optional<AnyArray>;
+
+// A float32 [M] per-channel vector, or null when absent.
+const float *channel_vector(const OptionalArray &v, const char *arg, int64_t rows) {
+    if (!v) return nullptr;
+    check_array<float>(*v, kFn, arg, "float32", 1);
+    if (static_cast<int64_t>(v->shape(0)) != rows) {
+        throw std::invalid_argument(std::string(kFn) + ": " + arg + " has shape " +
+                                    shape_string(*v) + ", expected one value per output "
+                                    "channel, (" + std::to_string(rows) + ",)");
+    }
+    return static_cast<const float *>(v->data());
+}
+
+apb::SparseConvInput input_quantizer(int64_t act_bits, double scale) {
+    if (act_bits == 32) return {apb::InputQuantizer::identity, 1.0f, 1.0f, 1.0f};
+    if (act_bits == 1) return {apb::InputQuantizer::signs, 1.0f, 1.0f, 1.0f};
+    if (act_bits >= 2 && act_bits <= 8) return apb::sparse_conv_codes(scale, act_bits);
+    throw std::invalid_argument("sparse_conv2d: act_bits must be 32, 1 or 2..8, got " +
+                                std::to_string(act_bits));
+}
+
+NumpyMatrix<float> py_sparse_conv2d(const AnyArray &x, const AnyArray &indptr,
+                                    const AnyArray &indices, const AnyArray &values,
+                                    int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                                    int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                    int64_t dilation_h, int64_t dilation_w, int64_t act_bits,
+                                    double scale, const OptionalArray &dot,
+                                    const OptionalArray &dot_scale,
+                                    const OptionalArray &sparse_scale,
+                                    const OptionalArray &shift) {
+    const apb::Conv2dGeometry g = conv2d_geometry_of(x, kFn, kernel_h, kernel_w, stride_h,
+                                                     stride_w, pad_h, pad_w, dilation_h,
+                                                     dilation_w);
+    const apb::SparseConvInput in = input_quantizer(act_bits, scale);
+    const apb::CsrMatrix a = csr_matrix(indptr, indices, values, kFn);
+    const int64_t M = a.rows;
+    const int64_t N = g.positions();
+    apb::SparseConvEpilogue e;
+    if (dot) {
+        check_cpu(*dot, kFn, "dot");
+        e.dot_is_float = dot->dtype() == nb::dtype<float>();
+        if (!e.dot_is_float) check_dtype<int32_t>(*dot, kFn, "dot", "int32 or float32");
+        check_layout(*dot, kFn, "dot", 2);
+        if (static_cast<int64_t>(dot->shape(0)) != M || static_cast<int64_t>(dot->shape(1)) != N) {
+            throw std::invalid_argument(
+                "sparse_conv2d: dot has shape " + shape_string(*dot) + ", expected [M, N] = [" +
+                std::to_string(M) + ", " + std::to_string(N) + "] (output channels, B*OH*OW)");
+        }
+        if (!dot_scale) {
+            throw std::invalid_argument("sparse_conv2d: dot needs its dot_scale (one per "
+                                        "output channel)");
+        }
+        e.dot = dot->data();
+    } else if (dot_scale) {
+        throw std::invalid_argument("sparse_conv2d: dot_scale is given without dot");
+    }
+    e.dot_scale = channel_vector(dot_scale, "dot_scale", M);
+    e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", M);
+    e.shift = channel_vector(shift, "shift", M);
+    NumpyMatrix<float> out = new_matrix<float>(M, N);
+    const float *src = static_cast<const float *>(x.data());
+    float *dst = out.data();
+    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+    {
+        nb::gil_scoped_release release;
+        apb::sparse_conv2d(src, g, in, a, e, dst);
+    }
+    return out;
+}
+
+}  // namespace
+
+void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
+    m.def("sparse_conv2d", &py_sparse_conv2d, nb::arg("x"), nb::arg("indptr"),
+          nb::arg("indices"), nb::arg("values"), nb::arg("kernel_h"), nb::arg("kernel_w"),
+          nb::arg("stride_h"), nb::arg("stride_w"), nb::arg("pad_h"), nb::arg("pad_w"),
+          nb::arg("dilation_h"), nb::arg("dilation_w"), nb::arg("act_bits"), nb::arg("scale"),
+          nb::arg("dot").none(), nb::arg("dot_scale").none(), nb::arg("sparse_scale").none(),
+          nb::arg("shift").none(),
+          "float32 [M, B*OH*OW]: dot_scale[m]*dot[m, n] + sparse_scale[m]*(S conv x^)[m, n] "
+          "+ shift[m], S the CSR matrix [M, C*kh*kw] (columns (c, dy, dx)), x float32 "
+          "[B, C, H, W], x^ = x (act_bits 32), sign(x) (1) or code*scale/L (2..8), zero "
+          "padding exact. dot int32/float32 [M, N] or None; the vectors float32 [M] or None.");
+}

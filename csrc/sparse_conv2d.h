@@ -1,0 +1,174 @@
+// Direct sparse convolution with the packed layer's epilogue: the S (x) x^ part of a
+// packed APB convolution, W^ = alpha*B + S, computed without unfolding x^ (no im2col):
+//
+//   out[m, n] = dot_scale[m] * dot[m, n]
+//             + sparse_scale[m] * sum_{e in row m} values[e] * x^(n, indices[e])
+//             + shift[m]
+//
+// x float32 [B, C, H, W] is the layer's input and x^ its quantized value, the input the
+// training layer computes with (InputQuantizer). Columns j = (c*kh + dy)*kw + dx as in
+// weight.reshape(M, -1) of a Conv2d weight, positions n = (b*OH + oy)*OW + ox, and
+// x^(n, j) = x^[b, c, oy*sh - ph + dy*dh, ox*sw - pw + dx*dw], 0 outside the image
+// (zero padding, exact for every quantizer). dot is the binary product B (x) x^ (int32
+// popcount result or float32), optional; dot_scale (alpha, the activation step and a
+// folded BatchNorm scale), sparse_scale and shift are per output channel.
+//
+// Layout (why there is no im2col): x^ is written once into zero-bordered "stride
+// phase" planes. For stride s, padded input row r = iy + ph goes to phase r % s, row
+// r / s (columns likewise), so every kernel tap (dy, dx) of every output position reads
+//   plane(c, (dy*dh) % sh, (dx*dw) % sw)[(oy + (dy*dh)/sh) * Wq + ox + (dx*dw)/sw]:
+// a fixed offset from the output's own index oy*Wq + ox in a "wide" output of Wq >= OW
+// columns. One nonzero is then one contiguous AXPY over all output positions (plus
+// Wq - OW discarded columns per row), the inner loop of spmm_csr, and the epilogue
+// keeps the OW real ones. The planes hold C * sh*sw * Hq*Wq floats, about the size of
+// x itself instead of the kh*kw times larger unfolded matrix.
+//
+// Accumulation: each output is a chain of float32 FMAs, one per nonzero of its row in
+// CSR order starting from 0, then fma(sparse_scale, acc, fma(dot_scale, dot, shift)):
+// every ISA gives bit-identical results.
+#pragma once
+
+#include <cstdint>
+
+#include "pack_activations.h"
+#include "spmm_csr.h"
+
+namespace apb {
+
+// What x^ is: x itself (full-precision activations), its sign (x < 0 ? -1 : +1, NaN and
+// -0.0 give +1), or code * step with code = round(min(max(x, 0), s) / s * L) as in
+// pack_activations.h (NaN gives code 0) and step = s / L in float32.
+enum class InputQuantizer : int { identity, signs, codes };
+
+struct SparseConvInput {
+    InputQuantizer kind;
+    float scale;   // s (codes only)
+    float levels;  // L = 2^bits - 1 (codes only)
+    float step;    // s / L in float32 (codes only)
+};
+
+// Throws std::invalid_argument unless bits is 1..8 and scale finite and > 0.
+SparseConvInput sparse_conv_codes(double scale, int64_t bits);
+
+struct SparseConvEpilogue {
+    const void *dot = nullptr;  // [M, N] int32 or float32, or null (then 0)
+    bool dot_is_float = false;
+    const float *dot_scale = nullptr;     // [M]; required when dot is given
+    const float *sparse_scale = nullptr;  // [M] or null (1)
+    const float *shift = nullptr;         // [M] or null (0)
+};
+
+// Validates the CSR structure against K = C*kh*kw (spmm_csr_validate) and the size of
+// the phase planes, then writes out [a.rows, g.positions()]. Dispatches to the active
+// ISA and runs tiles of output channels x positions in parallel.
+void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
+                   const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
+
+// Geometry of the phase planes (see the header comment).
+struct PhaseLayout {
+    int64_t phases_h, phases_w;  // sh, sw
+    int64_t hq, wq;              // rows and columns of one phase plane
+    int64_t plane;               // hq * wq
+    int64_t image;               // C * sh * sw * plane: one batch item
+    int64_t span;                // (OH - 1) * wq + OW: the wide output index range
+};
+
+// A block of output channels [m0, m1) of batch item b over the wide output indices
+// [n0, n1) (n1 - n0 <= kSparseConvChunk).
+struct SparseConvTile {
+    const CsrMatrix *a;
+    const Conv2dGeometry *g;
+    const PhaseLayout *layout;
+    const float *phases;      // this batch item's planes
+    const int64_t *offsets;   // [K]: where column j reads, relative to the output index
+    const SparseConvEpilogue *e;
+    float *out;
+    int64_t b, m0, m1, n0, n1;
+};
+
+constexpr int64_t kSparseConvChunk = 512;
+
+// Per ISA: one tile; and x^ of n consecutive inputs (phase-plane construction).
+void sparse_conv2d_tile_scalar(const SparseConvTile &t);
+void sparse_conv2d_tile_avx2(const SparseConvTile &t);
+void sparse_conv2d_tile_avx512(const SparseConvTile &t);
+void sparse_conv2d_quantize_scalar(const float *x, int64_t n, const SparseConvInput &in,
+                                   float *out);
+void sparse_conv2d_quantize_avx2(const float *x, int64_t n, const SparseConvInput &in,
+                                 float *out);
+void sparse_conv2d_quantize_avx512(const float *x, int64_t n, const SparseConvInput &in,
+                                   float *out);
+
+// Shared by the per-ISA files; `static` so each keeps its own copy (see pack_signs.h).
+namespace sparse_conv_detail {
+
+// One tile, given the ISA's pieces: halves_to_floats(src, n, dst) (float16 values),
+// sweep(batch, acc, c0, c1) (spmm_csr's inner loop) and
+// epilogue(dot_row, dot_is_float, a, g, shift, acc, out_row, count).
+template <typename HalvesToFloats, typename Sweep, typename Epilogue>
+static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
+                     Sweep &&sweep, Epilogue &&epilogue) {
+    using spmm_detail::kBatch;
+    using spmm_detail::load_index;
+    using spmm_detail::NonzeroBatch;
+    const CsrMatrix &a = *t.a;
+    const Conv2dGeometry &g = *t.g;
+    const SparseConvEpilogue &e = *t.e;
+    const int64_t wq = t.layout->wq;
+    const int64_t positions = g.positions();
+    const int64_t image_positions = g.out_h * g.out_w;
+    const int64_t length = t.n1 - t.n0;
+    alignas(64) float acc[kSparseConvChunk];
+    spmm_detail::with_csr_types(a, [&](auto indptr_tag, auto index_tag, auto value_tag) {
+        using P = decltype(indptr_tag);
+        using I = decltype(index_tag);
+        using V = decltype(value_tag);
+        const auto row_of = [&](int64_t column) { return t.phases + t.offsets[column] + t.n0; };
+        NonzeroBatch batch;
+        for (int64_t m = t.m0; m < t.m1; ++m) {
+            for (int64_t i = 0; i < length; ++i) acc[i] = 0.0f;
+            const int64_t e0 = load_index<P>(a.indptr, m);
+            const int64_t e1 = load_index<P>(a.indptr, m + 1);
+            for (int64_t e = e0; e < e1; e += kBatch) {
+                spmm_detail::fill_batch<I, V>(a, e, e1 - e < kBatch ? e1 - e : kBatch,
+                                              halves_to_floats, row_of, batch);
+                sweep(batch, acc, int64_t{0}, length);
+            }
+            const float dot_scale = e.dot == nullptr ? 0.0f : e.dot_scale[m];
+            const float sparse_scale = e.sparse_scale == nullptr ? 1.0f : e.sparse_scale[m];
+            const float shift = e.shift == nullptr ? 0.0f : e.shift[m];
+            // The wide indices [n0, n1) cover parts of output rows n0 / wq .. (n1-1) / wq;
+            // columns ox >= OW of a row are the discarded ones.
+            for (int64_t oy = t.n0 / wq; oy * wq < t.n1; ++oy) {
+                const int64_t lo = oy * wq < t.n0 ? t.n0 - oy * wq : 0;
+                const int64_t row_end = t.n1 - oy * wq;
+                const int64_t hi = row_end < g.out_w ? row_end : g.out_w;
+                if (lo >= hi) continue;
+                const int64_t n = m * positions + t.b * image_positions + oy * g.out_w + lo;
+                const void *dot_row = nullptr;
+                if (e.dot != nullptr) {
+                    const size_t bytes = e.dot_is_float ? sizeof(float) : sizeof(int32_t);
+                    dot_row = static_cast<const char *>(e.dot) + static_cast<size_t>(n) * bytes;
+                }
+                epilogue(dot_row, e.dot_is_float, dot_scale, sparse_scale, shift,
+                         acc + (oy * wq + lo - t.n0), t.out + n, hi - lo);
+            }
+        }
+    });
+}
+
+// x^ of one input, as every ISA computes it.
+static inline float quantize_input(float x, const SparseConvInput &in) {
+    switch (in.kind) {
+        case InputQuantizer::signs: return x < 0.0f ? -1.0f : 1.0f;
+        case InputQuantizer::codes:
+            return static_cast<float>(pack_activations_detail::quantize_code(x, in.scale,
+                                                                             in.levels)) *
+                   in.step;
+        default: return x;
+    }
+}
+
+}  // namespace sparse_conv_detail
+
+}  // namespace apb

@@ -1,0 +1,147 @@
+"""fold_batchnorm_: BatchNorms folded into packed layers' epilogues (and plain convs)
+give the training model's logits, only where the graph allows it; folded models are not
+saved. Also: the layers' input-order weight copies follow load_state_dict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import apb
+import apb.models
+from _packing import (
+    ODD_INPUT,
+    TOLERANCE,
+    odd_model,
+    one_thread,  # noqa: F401  (autouse fixture)
+    packed_copy,
+    prepare,
+    relative_error,
+)
+from apb.methods import APBConfig, DoReFaConfig
+from apb.pack import fold_batchnorm_, save_packed
+from apb.pack.fold import batchnorm_affine
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("act_bits", [32, 2, 1])
+@pytest.mark.parametrize("method", ["apb", "dorefa"])
+def test_folded_odd_model_gives_the_training_logits(method, act_bits):
+    activation = "hardtanh" if act_bits == 1 else "relu"
+    config = (APBConfig(fp_fraction=0.1, act_bits=act_bits) if method == "apb"
+              else DoReFaConfig(bits=2, act_bits=act_bits))
+    model = prepare(odd_model(activation), config, ODD_INPUT)
+    x = torch.randn(*ODD_INPUT)
+    with torch.no_grad():
+        want = model(x)
+        packed = packed_copy(model)
+        assert _batchnorms(packed) == 3
+        fold_batchnorm_(packed)
+        got = packed(x)
+    # conv0 is plain (fp first layer, folded by fuse_conv_bn_eval), conv3 and conv8 are
+    # packed; the dilated conv has no BatchNorm.
+    assert _batchnorms(packed) == 0
+    assert [name for name, layer in apb.pack.packed_layers(packed) if layer.folded] == ["3", "8"]
+    assert relative_error(got, want) < TOLERANCE
+
+
+def test_folded_resnet20_and_the_file_refusal(tmp_path):
+    model = prepare(apb.models.create("resnet20"), APBConfig(fp_fraction=0.02, act_bits=2),
+                    (4, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        packed = fold_batchnorm_(packed_copy(model))
+        got = packed(x)
+    assert _batchnorms(packed) == 0 and packed.apb_folded
+    assert relative_error(got, want) < TOLERANCE
+    with pytest.raises(ValueError, match="save it before folding"):
+        save_packed(packed, tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batchnorm_affine_is_the_eval_batchnorm():
+    bn = nn.BatchNorm2d(5).eval()
+    with torch.no_grad():
+        for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
+            t.copy_(torch.rand(5) + 0.5)
+    y = torch.randn(2, 5, 3, 3)
+    a, b = batchnorm_affine(bn)
+    torch.testing.assert_close(a.view(1, 5, 1, 1) * y + b.view(1, 5, 1, 1), bn(y))
+
+
+class _Shared(nn.Module):
+    """The conv output feeds the BatchNorm and the residual sum: not foldable."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = self.conv(self.stem(x))
+        return self.bn(h) + h
+
+
+def test_only_batchnorms_whose_input_is_used_once_fold():
+    model = prepare(_Shared(), APBConfig(fp_fraction=0.1, act_bits=2), (2, 3, 6, 6),
+                    filter_fn=lambda m, name: name == "conv")
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        want = model(x)
+        packed = fold_batchnorm_(packed_copy(model))
+        got = packed(x)
+    assert isinstance(packed.bn, nn.BatchNorm2d) and not packed.conv.folded
+    assert relative_error(got, want) < TOLERANCE
+
+
+def test_fold_needs_eval_mode_and_a_traceable_model():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x) if x.sum() > 0 else x
+
+    with pytest.raises(ValueError, match="model.eval"):
+        fold_batchnorm_(odd_model("relu").train())
+    with pytest.raises(ValueError, match="torch.fx-traceable"):
+        fold_batchnorm_(Untraceable().eval())
+
+
+def test_fold_affine_composes_and_checks():
+    model = prepare(odd_model("relu"), APBConfig(fp_fraction=0.1, act_bits=2), ODD_INPUT)
+    layer = packed_copy(model)[3]
+    x = torch.randn(2, 5, 11, 9)
+    with torch.no_grad():
+        plain = layer(x)
+        a, b = torch.rand(7) + 0.5, torch.randn(7)
+        layer.fold_affine_(a, b)
+        layer.fold_affine_(2 * torch.ones(7), torch.ones(7))
+        torch.testing.assert_close(layer(x), 2 * (a.view(1, 7, 1, 1) * plain
+                                                  + b.view(1, 7, 1, 1)) + 1)
+    with pytest.raises(ValueError, match="shape"):
+        layer.fold_affine_(torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match="NaN"):
+        layer.fold_affine_(torch.full((7,), float("nan")), torch.ones(7))
+
+
+@pytest.mark.parametrize("method", ["apb", "dorefa"])
+def test_input_order_weights_follow_load_state_dict(method):
+    config = (APBConfig(fp_fraction=0.1, act_bits=2) if method == "apb"
+              else DoReFaConfig(bits=2, act_bits=2))
+    a = packed_copy(prepare(odd_model("relu"), config, ODD_INPUT, seed=0))
+    b = packed_copy(prepare(odd_model("relu"), config, ODD_INPUT, seed=1))
+    x = torch.randn(*ODD_INPUT)
+    with torch.no_grad():
+        assert not torch.equal(a(x), b(x))
+        b.load_state_dict(copy.deepcopy(a.state_dict()))
+        assert torch.equal(a(x), b(x))
