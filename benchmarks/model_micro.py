@@ -14,25 +14,17 @@ time of 200 calls (50 for the models) on one thread:
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import numpy as np
 import torch
 
 from apb import _C
 from apb.bench.model import build_fp32
+from apb.bench.timing import time_ms
 
 
 def median_ms(fn, repeats: int = 200, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    return time_ms(fn, repeats, warmup)
 
 
 def dispatch() -> None:

@@ -215,7 +215,7 @@ def measure_latency(checkpoint: str, input_shape: tuple[int, ...], repeats: int,
     packed model when every compressed layer has a packed form, else the dense model."""
     import torch
 
-    from ..bench.gemm import thread_count, time_ms
+    from ..bench.timing import thread_count, time_ms
     from ..evaluation import load_for_inference
     from ..pack import PackError, pack_, packed_layers
 
