@@ -11,7 +11,8 @@ import apb
 import apb.train
 from apb.memory import binary_sparse_storage
 from apb.methods import APBPTQConfig, OBCConfig, OBCError, create, ptq_
-from apb.methods.obc_calib import recalibrate_batchnorm
+from apb.methods.obc_calib import BatchNormCorrection, input_rows, recalibrate_batchnorm
+from apb.methods.obc_layer import LayerProblem
 from apb.nn import APBWeightQuantizer, OBCWeightQuantizer, QuantConv2d, QuantLinear
 
 
@@ -54,7 +55,7 @@ ALL = lambda m, n: isinstance(m, (nn.Linear, nn.Conv2d))  # noqa: E731
 def test_obs_pruning_beats_magnitude_pruning():
     model, batches = linear_problem()
     obc = copy.deepcopy(model)
-    ptq_(obc, OBCConfig(mode="prune", sparsity=0.5, recalibrate_bn=False), batches, ALL)
+    ptq_(obc, OBCConfig(mode="prune", sparsity=0.5, batchnorm="keep"), batches, ALL)
     mag = copy.deepcopy(model)
     w = mag[0].weight.data
     w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
@@ -150,6 +151,86 @@ def test_sequential_calibration_runs_layer_by_layer():
     assert all(r.relative_error < 0.2 for r in report.layers)
 
 
+def _layer_inputs(model: nn.Module, name: str, batches) -> torch.Tensor:
+    module, rows = model.get_submodule(name), []
+    handle = module.register_forward_pre_hook(
+        lambda m, args: rows.append(input_rows(m, args[0].detach())))
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+    handle.remove()
+    return torch.cat(rows).double()
+
+
+def test_fp_target_is_the_least_squares_fit_to_the_full_precision_output():
+    """Sequential calibration states each layer for W* = W + W(K^T - H)H^-1: without
+    dampening, the least-squares solution of W* X_q = W X_f; unchanged inputs give W."""
+    g = torch.Generator().manual_seed(3)
+    n, d, rows = 400, 12, 5
+    xf = torch.randn(n, d, generator=g, dtype=torch.float64)
+    xq = xf + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    W = torch.randn(rows, d, generator=g, dtype=torch.float64)
+    H, cross = 2 / n * xq.T @ xq, 2 / n * xf.T @ xq
+    problem = LayerProblem.build("l", W, H, n, dampening=0.0, cross=cross)
+    lstsq = torch.linalg.lstsq(xq, xf @ W.T).solution.T
+    torch.testing.assert_close(problem.W, lstsq, rtol=1e-9, atol=1e-9)
+    same = LayerProblem.build("l", W, H, n, dampening=0.01, cross=H)
+    torch.testing.assert_close(same.W, W, rtol=0, atol=1e-12)
+
+
+def test_sequential_layers_are_fitted_to_the_full_precision_outputs():
+    """Each reported error is ||W X_f - W^ X_q||^2 / ||W X_f||^2, measured here directly on
+    the finished model (BatchNorms corrected), X_f from the full-precision model."""
+    model = small_cnn()
+    batches = calibration()
+    seq = copy.deepcopy(model)
+    report = ptq_(seq, APBPTQConfig(bits_per_weight=1.6), batches)
+    assert seq[4].running_mean.ne(model[4].running_mean).any()  # corrected after conv '3'
+    for layer in report.layers:
+        xf = _layer_inputs(model, layer.name, batches)
+        xq = _layer_inputs(seq, layer.name, batches)
+        w = model.get_submodule(layer.name).weight.detach().double().flatten(1)
+        w_hat = seq.get_submodule(layer.name).quantized_weight().detach().double().flatten(1)
+        want = (xf @ w.T - xq @ w_hat.T).square().sum() / (xf @ w.T).square().sum()
+        assert layer.relative_error == pytest.approx(float(want), rel=1e-6, abs=1e-9)
+    indep = copy.deepcopy(model)
+    ptq_(indep, APBPTQConfig(bits_per_weight=1.6, sequential=False), batches)
+    assert output_error(model, seq, batches) < output_error(model, indep, batches)
+
+
+def test_batchnorm_shift_keeps_trained_statistics_where_nothing_changed():
+    """'shift' moves the trained statistics by what compression changes on the calibration
+    data: an unchanged model keeps them exactly, and a changed layer moves the mean of the
+    next BatchNorm by exactly the change of its calibration mean."""
+    model = small_cnn()
+    for bn in (model[1], model[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    trained = copy.deepcopy(model)
+    batches = calibration()
+    correction = BatchNormCorrection("shift", model, batches)
+    assert correction(model) == 2
+    for a, b in zip(model.state_dict().values(), trained.state_dict().values()):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        model[3].weight.mul_(1.5).add_(0.05)
+    changed = copy.deepcopy(model)
+    correction(model)
+    reference, moved = copy.deepcopy(trained), copy.deepcopy(changed)
+    recalibrate_batchnorm(reference, batches)
+    recalibrate_batchnorm(moved, batches)
+    torch.testing.assert_close(model[1].running_mean, trained[1].running_mean)
+    torch.testing.assert_close(
+        model[4].running_mean,
+        trained[4].running_mean + moved[4].running_mean - reference[4].running_mean)
+    torch.testing.assert_close(
+        model[4].running_var,
+        trained[4].running_var * moved[4].running_var / reference[4].running_var)
+    keep = copy.deepcopy(changed)
+    assert BatchNormCorrection("keep", trained, batches)(keep) == 0
+    assert torch.equal(keep[4].running_mean, changed[4].running_mean)
+
+
 @pytest.mark.parametrize("config, check", [
     (OBCConfig(mode="prune", sparsity=0.6, scope="model"),
      lambda s, m: 1 - s.fp_fraction >= 0.6),
@@ -228,9 +309,8 @@ def test_bad_input_is_named_and_refused():
         ptq_(copy.deepcopy(model), APBPTQConfig(bits_per_weight=1.001), batches)
     with pytest.raises(OBCError, match="cannot be met"):
         ptq_(copy.deepcopy(model), OBCConfig(mode="prune", model_bytes=100), batches)
-    with pytest.raises(OBCError, match="sequential"):
-        ptq_(copy.deepcopy(model), OBCConfig(mode="prune", sparsity=0.5, scope="model",
-                                             sequential=True), batches)
+    with pytest.raises(ValueError, match="batchnorm must be one of shift, reestimate, keep"):
+        ptq_(copy.deepcopy(model), OBCConfig(mode="quant", bits=4, batchnorm="fold"), batches)
     with pytest.raises(OBCError, match="empty"):
         ptq_(copy.deepcopy(model), OBCConfig(mode="quant", bits=4), [])
     dead = nn.Sequential(nn.Linear(6, 3))

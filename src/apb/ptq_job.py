@@ -49,8 +49,11 @@ class PTQJob:
     per_channel: apb-ptq / apb-naive: one alpha per output channel instead of per layer.
     symmetric: obc-quant / obc-compound: symmetric grids (else with zero points).
     dampening: lambda of the dampened Hessian H + lambda*mean(diag H)*I.
-    sequential: calibrate each layer on the outputs of the already compressed ones.
-    recalibrate_bn: re-estimate BatchNorm statistics on the calibration samples afterwards.
+    sequential: compress layer by layer, each fitted to the full-precision output from the
+        inputs the already compressed layers give it (default: on for apb-ptq, off for obc).
+    batchnorm: BatchNorm statistics afterwards: shift (trained statistics moved by the
+        change compression makes on the calibration samples), reestimate (re-estimated on
+        the calibration samples) or keep.
     batch_size: samples per forward pass.
     progress: show a progress bar per layer.
     """
@@ -68,8 +71,8 @@ class PTQJob:
     per_channel: bool = False
     symmetric: bool = True
     dampening: float = 0.01
-    sequential: bool = False
-    recalibrate_bn: bool = True
+    sequential: bool | None = None
+    batchnorm: str = "shift"
     batch_size: int = 128
     progress: bool = True
 
@@ -132,8 +135,9 @@ def ptq_config(job: PTQJob):
     from .methods import APBPTQConfig, OBCConfig
 
     fields = parse_target(job.method, job.target)
-    common = {"dampening": job.dampening, "sequential": job.sequential,
-              "recalibrate_bn": job.recalibrate_bn}
+    common = {"dampening": job.dampening, "batchnorm": job.batchnorm}
+    if job.sequential is not None:
+        common["sequential"] = job.sequential
     if job.method.startswith("apb"):
         return APBPTQConfig(**fields, **common, budget_scope=job.scope,
                             per_channel=job.per_channel, compensate=job.method == "apb-ptq")

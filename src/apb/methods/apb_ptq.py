@@ -58,6 +58,8 @@ class APBPTQConfig(PTQConfig):
         value_bits: storage of the full-precision values, 32 or 16.
         compensate: OBS compensation (True); False is the naive baseline (the budget rule
             on the trained weights, α = mean|W|, nothing compensated).
+        sequential: on by default here: binarization errors are large enough that they
+            compound through the layers (see :func:`apb.methods.ptq_`).
         alpha_rounds: rows up to exact_columns wide: rounds of (greedy binarization, α refit
             in closed form to the binary set); the round of least error is kept (0: no refit).
     """
@@ -69,6 +71,7 @@ class APBPTQConfig(PTQConfig):
     value_bits: int = FP32_BITS
     compensate: bool = True
     alpha_rounds: int = 2
+    sequential: bool = True
 
     def validate(self) -> None:
         super().validate()

@@ -1,5 +1,5 @@
 r"""Calibration for post-training compression: layer Hessians through forward hooks, and
-BatchNorm statistics re-estimated afterwards.
+BatchNorm statistics corrected afterwards.
 
 A ``Linear`` layer sees input rows :math:`x \in \mathbb{R}^{d}` (every token of every sample
 when the input has more than two dimensions); a ``Conv2d`` layer's input is unfolded (im2col)
@@ -11,6 +11,13 @@ convolution is the matrix product :math:`W x` with :math:`W` flattened to
 
 the Hessian of the mean squared output error :math:`\frac1n\|WX - \hat W X\|^2` in each row
 of :math:`W`.
+
+Sequential calibration (:class:`PairedCollector`) pairs each input :math:`x_q` the layer sees
+in the model being compressed (the layers before it already compressed) with the input
+:math:`x_f` the same sample gives it in the full-precision model, and accumulates
+:math:`H = \frac2n\sum x_q x_q^\top`, :math:`K = \frac2n\sum x_f x_q^\top` and
+:math:`H_f = \frac2n\sum x_f x_f^\top`: the objective is then the full-precision output,
+:math:`\frac1n\|W X_f - \hat W X_q\|^2` (see :meth:`apb.methods.obc_layer.LayerProblem.build`).
 """
 
 from __future__ import annotations
@@ -91,6 +98,48 @@ class HessianCollector:
         return self.n_inputs / max(1, self.n_samples)
 
 
+class PairedCollector(HessianCollector):
+    r"""A :class:`HessianCollector` of the inputs :math:`x_q` of ``module`` that also pairs
+    each with the input :math:`x_f` of ``reference`` (the same layer of the full-precision
+    model) for the same sample, accumulating :math:`\sum x_f x_q^\top` and
+    :math:`\sum x_f x_f^\top`. The reference model must run on a batch before the model
+    being compressed does."""
+
+    def __init__(self, name: str, module: nn.Module, reference: nn.Module):
+        super().__init__(name, module)
+        self.reference = reference
+        self.cross_sum = torch.zeros_like(self.sum)
+        self.ref_sum = torch.zeros_like(self.sum)
+        self._pending: list[torch.Tensor] = []
+
+    def reference_hook(self, module, args) -> None:
+        self._pending.append(input_rows(module, args[0].detach()).float().cpu())
+
+    def __call__(self, module, args) -> None:
+        if not self._pending:
+            raise OBCError(f"layer {self.name!r} was called more often in the model being "
+                           "compressed than in the full-precision one; sequential "
+                           "calibration needs the same calls in both")
+        ref = self._pending.pop(0)
+        rows = input_rows(module, args[0].detach()).float().cpu()
+        if ref.shape != rows.shape:
+            raise OBCError(f"layer {self.name!r} got inputs of shape {tuple(rows.shape)} but "
+                           f"{tuple(ref.shape)} in the full-precision model")
+        self.cross_sum += (ref.t() @ rows).double()
+        self.ref_sum += (ref.t() @ ref).double()
+        super().__call__(module, args)
+
+    @property
+    def cross(self) -> torch.Tensor:
+        r""":math:`K^\top = \frac2n\sum x_f x_q^\top` (rows: reference inputs)."""
+        return self.cross_sum * (2.0 / max(1, self.n_inputs))
+
+    @property
+    def reference_hessian(self) -> torch.Tensor:
+        r""":math:`H_f = \frac2n\sum x_f x_f^\top`."""
+        return self.ref_sum * (2.0 / max(1, self.n_inputs))
+
+
 def batch_inputs(batches: Batches) -> Iterator[torch.Tensor]:
     """The input tensors of ``batches``: tensors, or ``(inputs, labels, ...)`` tuples."""
     for batch in batches:
@@ -102,18 +151,43 @@ def collect_hessians(model: nn.Module, names: list[str], batches: Batches,
                      device: torch.device | str = "cpu") -> dict[str, HessianCollector]:
     """Run ``model`` (eval mode) over ``batches`` with a hook on each layer of ``names``."""
     collectors = {n: HessianCollector(n, model.get_submodule(n)) for n in names}
+    _run_hooked(collectors, [model], batches, device)
+    return collectors
+
+
+@torch.no_grad()
+def collect_paired(reference: nn.Module, model: nn.Module, name: str, batches: Batches,
+                   device: torch.device | str = "cpu") -> PairedCollector:
+    """Run ``reference`` (the full-precision model) and then ``model`` on each batch, pairing
+    the inputs of their layer ``name`` (:class:`PairedCollector`)."""
+    collector = PairedCollector(name, model.get_submodule(name), reference.get_submodule(name))
+    handle = collector.reference.register_forward_pre_hook(collector.reference_hook)
+    try:
+        _run_hooked({name: collector}, [reference, model], batches, device)
+    finally:
+        handle.remove()
+    return collector
+
+
+def _run_hooked(collectors: dict[str, HessianCollector], models: list[nn.Module],
+                batches: Batches, device) -> None:
+    """Each batch through each of ``models`` in turn (eval mode), with the collectors hooked
+    on their modules; checks that every hooked layer saw inputs."""
     handles = [c.module.register_forward_pre_hook(c) for c in collectors.values()]
-    was_training = model.training
-    model.eval()
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     seen = 0
     try:
         for x in batch_inputs(batches):
-            model(x.to(device))
+            for m in models:
+                m(x.to(device))
             seen += 1
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in zip(models, modes):
+            m.train(mode)
     if seen == 0:
         raise OBCError("the calibration set is empty")
     for c in collectors.values():
@@ -123,7 +197,79 @@ def collect_hessians(model: nn.Module, names: list[str], batches: Batches,
                 "with its weight directly, e.g. nn.MultiheadAttention); OBC cannot see its "
                 "inputs: leave it out with filter_fn"
             )
-    return collectors
+
+
+BATCHNORM_MODES = ("shift", "reestimate", "keep")
+
+
+def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """The BatchNorm layers that keep running statistics, with their names."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def _statistics(model: nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
+    return {n: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for n, m in batchnorms(model)}
+
+
+class BatchNormCorrection:
+    r"""What post-training compression does to BatchNorm statistics once layers are
+    compressed. Built on the full-precision model, before it is compressed; called on the
+    compressed model.
+
+    - ``reestimate``: every running mean and variance re-estimated on the calibration
+      batches (:func:`recalibrate_batchnorm`).
+    - ``shift``: the trained statistics :math:`\mu, \sigma^2` moved by the change that
+      compression makes to the calibration estimates, per channel,
+
+      .. math:: \mu' = \mu + (m_q - m_f), \qquad \sigma'^2 = \sigma^2\, v_q / v_f ,
+
+      with :math:`m, v` what ``reestimate`` would compute for the compressed (:math:`q`) and
+      the full-precision (:math:`f`) model on the same batches. The sampling error of a small
+      calibration set is common to both estimates and cancels, so an uncompressed layer keeps
+      its trained statistics exactly, while the mean and scale that compression moves are
+      corrected. (On LeNet-5 with 1,024 calibration digits, ``reestimate`` alone costs the
+      full-precision model 0.2 points.) Channels with :math:`v_f = 0` take :math:`v_q`.
+    - ``keep``: unchanged.
+    """
+
+    def __init__(self, mode: str, reference: nn.Module, batches: Batches,
+                 device: torch.device | str = "cpu"):
+        if mode not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, "
+                             f"got {mode!r}")
+        self.mode = mode
+        self.batches = batches
+        self.device = device
+        self.trained = _statistics(reference)
+        self.calibrated = {}
+        if mode == "shift" and self.trained:
+            state = {n: {k: v.clone() for k, v in m.state_dict().items()}
+                     for n, m in batchnorms(reference)}
+            recalibrate_batchnorm(reference, batches, device)
+            self.calibrated = _statistics(reference)
+            for n, m in batchnorms(reference):
+                m.load_state_dict(state[n])
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> int:
+        """Correct ``model``'s BatchNorm statistics; returns how many layers changed."""
+        if self.mode == "keep":
+            return 0
+        count = recalibrate_batchnorm(model, self.batches, self.device)
+        if self.mode == "shift":
+            for name, m in batchnorms(model):
+                if name not in self.trained:
+                    raise OBCError(f"BatchNorm {name!r} is not in the full-precision model; "
+                                   "batchnorm='shift' needs the same BatchNorm layers in both")
+                mean, var, tracked = self.trained[name]
+                ref_mean, ref_var, _ = self.calibrated[name]
+                m.num_batches_tracked.copy_(tracked)
+                ratio = m.running_var / ref_var.clamp_min(torch.finfo(ref_var.dtype).tiny)
+                m.running_var.copy_(torch.where(ref_var > 0, var * ratio, m.running_var))
+                m.running_mean.copy_(mean + (m.running_mean - ref_mean))
+        return count
 
 
 @torch.no_grad()
@@ -132,8 +278,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Batches,
     """Re-estimate every BatchNorm's running mean and variance on ``batches`` (a cumulative
     average over all of them), the rest of the model in eval mode. Returns the number of
     BatchNorm layers updated."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]
+    norms = [m for _, m in batchnorms(model)]
     if not norms:
         return 0
     was_training = model.training

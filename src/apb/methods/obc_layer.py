@@ -103,8 +103,24 @@ class LayerProblem:
 
     @classmethod
     def build(cls, name: str, W: torch.Tensor, H: torch.Tensor, n_inputs: int,
-              dampening: float) -> LayerProblem:
-        """Check that ``H`` (from ``n_inputs`` input vectors) can be inverted and invert it.
+              dampening: float, cross: torch.Tensor | None = None) -> LayerProblem:
+        r"""Check that ``H`` (from ``n_inputs`` input vectors) can be inverted and invert it.
+
+        With ``cross`` :math:`= K^\top = \frac2n\sum x_f x_q^\top` (sequential calibration:
+        the layer will see inputs :math:`x_q` but should reproduce the full-precision output
+        :math:`W x_f`), the objective :math:`\frac1n\|W X_f - \hat W X_q\|^2` is, up to a
+        constant, :math:`\tfrac12\operatorname{tr}(\hat W H \hat W^\top) -
+        \operatorname{tr}(\hat W K W^\top)`. Writing it as the usual objective around
+        :math:`W` plus the part due to the inputs having changed,
+        :math:`\tfrac12\operatorname{tr}(\Delta H\Delta^\top) - \operatorname{tr}(\hat W (K - H)
+        W^\top)` with :math:`\Delta = \hat W - W`, and dampening :math:`H` as everywhere
+        else gives :math:`\tfrac12\operatorname{tr}\big((\hat W - W^*) H (\hat W - W^*)^\top\big)`
+        + const with the least-squares target
+
+        .. math:: W^* = W + W (K^\top - H) H^{-1},
+
+        so the problem is stated for :math:`W^*` and the solver is unchanged. When the inputs
+        have not changed (:math:`K = H`), :math:`W^* = W` exactly, whatever the dampening.
 
         Raises :class:`OBCError` naming the layer when there are fewer input vectors than
         weights per row, or when the dampened ``H`` is not positive definite.
@@ -116,7 +132,8 @@ class LayerProblem:
                 f"{n_inputs} input vectors, so its Hessian is rank-deficient; give at least "
                 f"{d} (more calibration samples)"
             )
-        H = H.double().clone()
+        H0 = H.double()
+        H = H0.clone()
         diag = H.diagonal()
         mean = float(diag.mean())
         if not mean > 0 or not torch.isfinite(H).all():
@@ -130,7 +147,11 @@ class LayerProblem:
                 f"column {int(info) - 1}); use dampening > 0 (now {dampening}) or more "
                 "calibration samples"
             )
-        return cls(name, W.double(), H, torch.cholesky_inverse(L))
+        hinv = torch.cholesky_inverse(L)
+        W = W.double()
+        if cross is not None:
+            W = W + W @ (cross.double() - H0) @ hinv
+        return cls(name, W, H, hinv)
 
     def error(self, W_hat: torch.Tensor, H: torch.Tensor | None = None) -> float:
         r""":math:`\tfrac12\operatorname{tr}(\Delta W H \Delta W^\top)`

@@ -6,13 +6,19 @@ without retraining (OBC pruning / quantization, post-training APB). In order:
 1. pick the layers (:func:`apb.methods.select_layers`, ``filter_fn``) and check that each is
    an ``nn.Linear`` or an ungrouped ``nn.Conv2d``;
 2. run the model over the calibration batches with a hook on each layer, accumulating its
-   Hessian :math:`H = \frac2n XX^\top` (:mod:`apb.methods.obc_calib`); with ``sequential``,
-   one layer at a time on the outputs of the layers already compressed;
+   Hessian :math:`H = \frac2n XX^\top` (:mod:`apb.methods.obc_calib`);
 3. pick each layer's level: the same target for every layer, or, for a model-wide budget,
    the levels with the least summed relative error that fit it (:mod:`~.obc_global`);
 4. solve each layer with the greedy OBS loop (:mod:`~.obc_layer`) and replace it, in place,
    by a ``QuantConv2d`` / ``QuantLinear`` whose weight quantizer holds the result;
-5. re-estimate BatchNorm statistics on the calibration batches.
+5. correct the BatchNorm statistics (:class:`~.obc_calib.BatchNormCorrection`).
+
+With ``sequential``, steps 2, 4 and 5 run one layer at a time, in module order: each layer
+is fitted to the full-precision model's output from the inputs it sees with the layers
+before it already compressed (and their BatchNorms corrected), minimising
+:math:`\|W X_f - \hat W X_q\|^2` (:meth:`~.obc_layer.LayerProblem.build`), so errors do not
+compound. A model-wide budget's levels then come from the global step on independent
+calibration.
 
 The error of a layer is relative, :math:`\|\Delta W X\|^2 / \|W X\|^2`: a BatchNorm (or the
 next layer) rescales each layer's output, so absolute errors would not compare across layers.
@@ -20,6 +26,7 @@ next layer) rescales each layer's output, so absolute errors would not compare a
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +37,15 @@ from tqdm import tqdm
 
 from ..nn.layers import QuantConv2d, QuantLinear
 from .base import CompressionConfig, FilterFn, Method, _replace, select_layers
-from .obc_calib import HessianCollector, check_supported, collect_hessians, recalibrate_batchnorm
+from .obc_calib import (
+    BATCHNORM_MODES,
+    BatchNormCorrection,
+    HessianCollector,
+    PairedCollector,
+    check_supported,
+    collect_hessians,
+    collect_paired,
+)
 from .obc_global import choose_levels
 from .obc_layer import (
     LayerLevel,
@@ -56,10 +71,12 @@ class PTQConfig(CompressionConfig):
         exact_columns: rows with up to this many weights are solved exactly, one greedy
             loop over the whole row (OBC); wider rows in column blocks.
         block_size: columns per block for wider rows (exact OBS compensation between blocks).
-        sequential: calibrate each layer on the outputs of the layers already compressed
-            (in module order) rather than on the full-precision model; not with a
-            model-wide budget, whose error tables need independent layers.
-        recalibrate_bn: re-estimate the BatchNorm statistics on the calibration data.
+        sequential: compress the layers in module order, each fitted to the full-precision
+            output from the inputs it gets from the layers already compressed
+            (min ||W X_f - W^ X_q||^2), rather than all from the full-precision model's inputs.
+        batchnorm: what happens to BatchNorm statistics afterwards: shift (the trained
+            statistics moved by the change compression makes on the calibration data),
+            reestimate (re-estimated on the calibration data) or keep.
         precision: float64 or float32 arithmetic in the greedy loops.
     """
 
@@ -67,7 +84,7 @@ class PTQConfig(CompressionConfig):
     exact_columns: int = 512
     block_size: int = 128
     sequential: bool = False
-    recalibrate_bn: bool = True
+    batchnorm: str = "shift"
     precision: str = "float64"
 
     def validate(self) -> None:
@@ -79,6 +96,9 @@ class PTQConfig(CompressionConfig):
             raise ValueError(f"dampening must be >= 0, got {self.dampening}")
         if self.exact_columns < 1 or self.block_size < 1:
             raise ValueError("exact_columns and block_size must be positive")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, "
+                             f"got {self.batchnorm!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -175,8 +195,8 @@ def ptq_(
         model: built from ``nn.Linear`` / ``nn.Conv2d`` layers (BatchNorm, pooling,
             attention, ... are run but not compressed).
         config: an :class:`apb.methods.OBCConfig` or :class:`apb.methods.APBPTQConfig`.
-        calibration: batches of inputs, or of ``(inputs, labels)``; iterated once or twice
-            (and once per layer with ``sequential``).
+        calibration: batches of inputs, or of ``(inputs, labels)``; iterated a few times
+            (a few times per layer with ``sequential``).
         filter_fn: ``filter_fn(module, name)`` picks the layers (default: all but the first
             and the classifier, per ``keep_first`` / ``keep_last``).
         progress: a progress bar per layer.
@@ -187,27 +207,47 @@ def ptq_(
     method = post_training_method(config)
     report = PTQReport(method.name)
     batches = list(calibration)
+    if not batches:
+        raise OBCError("the calibration set is empty")
+    batchnorm = BatchNormCorrection(config.batchnorm, model, batches, device)
     done = method.compress_without_calibration(model, filter_fn)
-    if done is None:
-        names = _targets(model, config, filter_fn)
-        if not names:
-            raise OBCError("no layer to compress: the model has no nn.Linear / nn.Conv2d "
-                           "left after keep_first / keep_last / filter_fn")
-        for name in names:
-            check_supported(name, model.get_submodule(name))
+    if done is not None:
+        report.bn_layers = batchnorm(model)
+    elif config.sequential:
+        names = _checked_targets(model, config, filter_fn)
         report.budget = method.budget()
-        if config.sequential and report.budget is not None:
-            raise OBCError("sequential calibration cannot meet a model-wide budget (its "
-                           "error tables need layers calibrated independently); use "
-                           "scope='layer' targets or sequential=False")
-        if config.sequential:
-            _compress_sequential(model, method, names, batches, report, progress, device)
-        else:
-            _compress_independent(model, method, names, batches, report, progress, device)
-    if config.recalibrate_bn:
-        report.bn_layers = recalibrate_batchnorm(model, batches, device)
+        levels = None
+        if report.budget is not None:
+            chosen = _choose_independent(model, method, names, batches, report.budget,
+                                         progress, device)
+            levels = {name: level for name, (level, *_) in chosen.items()}
+        report.bn_layers = _compress_sequential(model, method, names, batches, report,
+                                                progress, device, batchnorm, levels)
+    else:
+        names = _checked_targets(model, config, filter_fn)
+        report.budget = method.budget()
+        chosen = _choose_independent(model, method, names, batches, report.budget, progress,
+                                     device)
+        for name in names:
+            level, solution, err, secs = chosen[name]
+            shape = tuple(model.get_submodule(name).weight.shape)
+            _write(model, method, name, solution, level)
+            report.layers.append(LayerReport(name, shape, level.describe(), err,
+                                             round(secs, 3)))
+        report.bn_layers = batchnorm(model)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _checked_targets(model: nn.Module, config: PTQConfig,
+                     filter_fn: FilterFn | None) -> list[str]:
+    names = _targets(model, config, filter_fn)
+    if not names:
+        raise OBCError("no layer to compress: the model has no nn.Linear / nn.Conv2d "
+                       "left after keep_first / keep_last / filter_fn")
+    for name in names:
+        check_supported(name, model.get_submodule(name))
+    return names
 
 
 def _targets(model: nn.Module, config: PTQConfig, filter_fn: FilterFn | None) -> list[str]:
@@ -223,21 +263,37 @@ def _targets(model: nn.Module, config: PTQConfig, filter_fn: FilterFn | None) ->
     ]
 
 
+def paired_relative_error(W: torch.Tensor, W_hat: torch.Tensor,
+                          collector: PairedCollector) -> float:
+    r""":math:`\|W X_f - \hat W X_q\|^2 / \|W X_f\|^2` from the sums of a
+    :class:`~.obc_calib.PairedCollector`: per row
+    :math:`\tfrac12(\hat w H \hat w^\top - 2\,w K^\top \hat w^\top + w H_f w^\top)`."""
+    W, W_hat = W.double(), W_hat.double()
+    base = float(((W @ collector.reference_hessian) * W).sum())
+    err = (float(((W_hat @ collector.hessian) * W_hat).sum())
+           - 2 * float(((W @ collector.cross) * W_hat).sum()) + base)
+    return max(err, 0.0) / base if base > 0 else 0.0
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    return module.weight.detach().reshape(module.weight.shape[0], -1).cpu()
+
+
 def _problem(name: str, module: nn.Module, collector: HessianCollector,
              config: PTQConfig) -> LayerProblem:
-    W = module.weight.detach().reshape(module.weight.shape[0], -1).cpu()
-    return LayerProblem.build(name, W, collector.hessian, collector.n_inputs, config.dampening)
+    return LayerProblem.build(name, _weight(module), collector.hessian, collector.n_inputs,
+                              config.dampening)
 
 
-def _solve(method: PostTrainingMethod, problem: LayerProblem, level: LayerLevel,
-           H: torch.Tensor) -> tuple[LayerSolution, float, float]:
+def _solve(method: PostTrainingMethod, problem: LayerProblem,
+           level: LayerLevel) -> tuple[LayerSolution, float]:
     c = method.config
     started = time.perf_counter()
     solution = solve_layer(
         problem, level, **method.fit(problem.W, level), exact_columns=c.exact_columns,
         block_size=c.block_size, dtype=PRECISIONS[c.precision],
     )
-    return solution, relative_error(problem, solution.weight, H), time.perf_counter() - started
+    return solution, time.perf_counter() - started
 
 
 def _bar(items, progress: bool, desc: str):
@@ -250,40 +306,57 @@ def _write(model: nn.Module, method: PostTrainingMethod, name: str, solution: La
     _replace(model, name, method.make_layer(module, solution, level))
 
 
-def _compress_sequential(model, method, names, batches, report, progress, device) -> None:
-    for name in (bar := _bar(names, progress, "ptq")):
+def _compress_sequential(model, method, names, batches, report, progress, device,
+                         batchnorm, levels) -> int:
+    """Layers in order, each fitted to the full-precision output from the inputs it sees once
+    the layers before it are compressed and the BatchNorm statistics corrected, as they will
+    be in the end (the correction of a BatchNorm depends only on the layers before it).
+    Returns the number of BatchNorm layers the last correction changed."""
+    c = method.config
+    reference = copy.deepcopy(model)
+    for i, name in enumerate(bar := _bar(names, progress, "ptq")):
         bar.set_postfix_str(name)
-        collector = collect_hessians(model, [name], batches, device)[name]
         module = model.get_submodule(name)
-        problem = _problem(name, module, collector, method.config)
-        level = method.uniform_level(name, module.weight)
-        solution, err, secs = _solve(method, problem, level, collector.hessian)
+        W = _weight(module)
+        level = method.uniform_level(name, module.weight) if levels is None else levels[name]
+        if i == 0:  # nothing compressed yet: X_q = X_f, so K = H and W* = W; one pass
+            collector = collect_hessians(model, [name], batches, device)[name]
+            problem = _problem(name, module, collector, c)
+            solution, secs = _solve(method, problem, level)
+            err = relative_error(problem, solution.weight, collector.hessian)
+        else:
+            collector = collect_paired(reference, model, name, batches, device)
+            problem = LayerProblem.build(name, W, collector.hessian, collector.n_inputs,
+                                         c.dampening, cross=collector.cross)
+            solution, secs = _solve(method, problem, level)
+            err = paired_relative_error(W, solution.weight, collector)
         _write(model, method, name, solution, level)
+        bn_layers = batchnorm(model)
         report.layers.append(LayerReport(name, tuple(module.weight.shape), level.describe(),
                                          err, round(secs, 3)))
+    return bn_layers
 
 
-def _compress_independent(model, method, names, batches, report, progress, device) -> None:
+def _choose_independent(model, method, names, batches, budget, progress, device) -> dict:
+    """Every layer calibrated on the full-precision model's inputs and solved at its level
+    (uniform, or from the global step for a model-wide ``budget``):
+    ``{name: (level, solution, relative error, seconds)}``."""
     collectors = collect_hessians(model, names, batches, device)
     modules = {name: model.get_submodule(name) for name in names}
     problems = {name: _problem(name, modules[name], collectors[name], method.config)
                 for name in names}
-    if report.budget is None:
-        chosen = {}
-        for name in (bar := _bar(names, progress, "ptq")):
-            bar.set_postfix_str(name)
-            level = method.uniform_level(name, modules[name].weight)
-            chosen[name] = (level, *_solve(method, problems[name], level,
-                                           collectors[name].hessian))
-    else:
-        total = _budget_total(model, names, problems, collectors, report.budget)
-        chosen = _global_step(method, names, modules, problems, collectors,
-                              (report.budget[0], total), progress)
-    for name in names:
-        level, solution, err, secs = chosen[name]
-        _write(model, method, name, solution, level)
-        report.layers.append(LayerReport(name, tuple(modules[name].weight.shape),
-                                         level.describe(), err, round(secs, 3)))
+    if budget is not None:
+        total = _budget_total(model, names, problems, collectors, budget)
+        return _global_step(method, names, modules, problems, collectors,
+                            (budget[0], total), progress)
+    chosen = {}
+    for name in (bar := _bar(names, progress, "ptq")):
+        bar.set_postfix_str(name)
+        level = method.uniform_level(name, modules[name].weight)
+        solution, secs = _solve(method, problems[name], level)
+        err = relative_error(problems[name], solution.weight, collectors[name].hessian)
+        chosen[name] = (level, solution, err, secs)
+    return chosen
 
 
 def _budget_total(model, names, problems, collectors, budget) -> float:
@@ -343,8 +416,8 @@ def _global_step(method, names, modules, problems, collectors, budget, progress)
     for name, j in zip(names, picks):
         level, solution, err, secs, _ = tables[name][j]
         if level.kind == "binarize" and getattr(c, "alpha_rounds", 0) > 1:
-            solution, err, secs = _solve(method, problems[name], level,
-                                         collectors[name].hessian)
+            solution, secs = _solve(method, problems[name], level)
+            err = relative_error(problems[name], solution.weight, collectors[name].hessian)
         chosen[name] = (level, solution, err, secs)
     return chosen
 
