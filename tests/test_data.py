@@ -269,9 +269,11 @@ def test_cifar10_augmentation_is_a_padded_crop_with_optional_flip(tmp_path):
 def test_cifar10_datasets_work_in_dataloader_workers(tmp_path):
     make_cifar_dir(tmp_path)
     split = load("cifar10", tmp_path)
-    clone = pickle.loads(pickle.dumps(split.train))
-    assert len(clone) == 20 and clone.augment
-    loader = DataLoader(split.train, batch_size=8, num_workers=2, shuffle=True)
+    assert split.train.augment
+    # "spawn" workers receive the dataset pickled (fork would share it and prove nothing).
+    loader = DataLoader(
+        split.train, batch_size=8, num_workers=2, shuffle=True, multiprocessing_context="spawn"
+    )
     batches = list(loader)
     assert sum(len(y) for _, y in batches) == 20
     assert batches[0][0].shape == (8, 3, 32, 32) and batches[0][1].dtype == torch.int64
@@ -460,10 +462,12 @@ def test_imagefolder_train_augmentation_is_random(tmp_path):
 
 def test_imagefolder_dataloader_workers(image_root):
     split = load("imagefolder", image_root, image_size=16)
-    clone = pickle.loads(pickle.dumps(split.train))
-    assert clone.samples == split.train.samples
-    batches = list(DataLoader(split.train, batch_size=2, num_workers=2))
+    # "spawn" workers receive the dataset pickled (fork would share it and prove nothing).
+    loader = DataLoader(split.train, batch_size=2, num_workers=2, multiprocessing_context="spawn")
+    batches = list(loader)
     assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 16, 16)] * 2
+    labels = torch.cat([y for _, y in batches]).tolist()
+    assert labels == [label for _, label in split.train.samples]
 
 
 def test_imagefolder_layout_errors(tmp_path, image_root):

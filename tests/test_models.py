@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import pickle
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 import apb.models
 from apb.models import create, make_activation
 from apb.models.registry import _BUILDERS
+from apb.train.pool import run_in_processes
 
 ALL_MODELS = ["lenet5", "mlp", "resnet18", "resnet20", "vgg_small"]
 EXPECTED_INPUT_SHAPES = {
@@ -339,10 +339,17 @@ def test_make_activation():
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])
-def test_models_copy_and_pickle(name):
-    model = create(name, activation="hardtanh").eval()
+def test_models_copy_and_send_to_worker_processes(name):
+    model = create(name, activation="hardtanh").eval().requires_grad_(False)
     x = torch.randn(1, *model.input_shape)
-    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert clone.input_shape == model.input_shape
-        with torch.no_grad():
-            assert torch.equal(clone(x), model(x))
+    clone = copy.deepcopy(model)
+    assert clone.input_shape == model.input_shape
+    expected = model(x)
+    assert torch.equal(clone(x), expected)
+    # The pool spawns its workers, so the model itself goes to each one pickled.
+    outputs = []
+    run_in_processes(model, [(x,), (x,)], jobs=2, on_result=outputs.append)
+    # (workers run one thread each: the sums may round differently, not differ)
+    assert len(outputs) == 2
+    for out in outputs:
+        torch.testing.assert_close(out, expected)

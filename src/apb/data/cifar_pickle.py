@@ -1,7 +1,7 @@
 """A restricted unpickler for CIFAR's own batch files: the one place apb reads a pickle.
 
-CIFAR-10's "python version" stores each batch as a pickled dict (written by Python 2). A
-plain ``pickle.load`` would run whatever callable the file names; this one resolves only the
+CIFAR-10's "python version" stores each batch as a pickled dict (written by Python 2). An
+unrestricted unpickler would run whatever callable the file names; this one resolves only the
 globals a dict of numpy arrays, lists, bytes, str and int needs, and raises
 :class:`~apb.data.DataError` for anything else, before it is called.
 """
