@@ -1,6 +1,6 @@
 // The popcount roofline: XOR + popcount throughput of one core on L1-resident data.
 //
-// The bitwise GEMMs are measured against this limit (DESIGN §8). It is the best of
+// The bitwise GEMMs are measured against this limit (docs/design.md §8). It is the best of
 // several loops over the same kind of work (load, XOR, popcount, accumulate), with
 // nothing else around them and every operand in L1, so that a GEMM kernel's share of
 // it says how much of the core's XOR + popcount rate it gets, not how well one loop

@@ -1,6 +1,6 @@
 """apb: Automatic Prune Binarization for PyTorch, with bitwise CPU kernels."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import memory, methods, nn, pack  # noqa: E402
 from .kernels.runtime import get_num_threads, set_num_threads  # noqa: E402

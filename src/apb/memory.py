@@ -1,4 +1,4 @@
-"""Memory accounting: the one definition of bits and bytes used everywhere (DESIGN §4).
+"""Memory accounting: the one definition of bits and bytes used everywhere (docs/design.md §3).
 
 Every compressed layer describes what it stores as a :class:`LayerStorage`; the summary, the
 method statistics, the budget mode and the packed file format all read the same numbers, so

@@ -3,7 +3,7 @@
 Every implementation computes the product of an ``M × K`` weight matrix and ``K × N``
 activations (a convolution as im2col GEMM: M output channels, K = C·kh·kw, N positions),
 all measured in one process, on the same number of threads, median of ``repeats`` timed
-runs after warm-up. Peers (DESIGN §8): PyTorch fp32 (``torch.mm``, MKL/oneDNN sgemm),
+runs after warm-up. Peers (docs/design.md §8): PyTorch fp32 (``torch.mm``, MKL/oneDNN sgemm),
 PyTorch int8 quantized linear on the fbgemm and onednn engines, ONNX Runtime int8
 ``MatMulInteger`` (MLAS). The roofline is one core's XOR+popcount rate on L1 data, the
 best of the loops :func:`apb.kernels.xor_popcount_rooflines` measures (each is reported).

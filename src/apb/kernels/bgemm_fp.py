@@ -5,7 +5,7 @@ With the weights packed by :func:`~apb.kernels.pack_signs` (bit 1 means -1)::
     out[m, n] = sum_j s_w(m, j) * x[n, j],    s_w(m, j) = +1 (bit 0) or -1 (bit 1)
 
 No weight value is ever multiplied: each term is ``x`` or ``-x`` (sign-select
-accumulation, DESIGN §3), summed in float32. This is ``B ⊗ x̂`` of ``Ŵ = α·B + S`` for a
+accumulation, docs/design.md §2), summed in float32. This is ``B ⊗ x̂`` of ``Ŵ = α·B + S`` for a
 layer whose activations stay in full precision, e.g. a transformer Linear.
 """
 

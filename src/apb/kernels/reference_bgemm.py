@@ -1,6 +1,6 @@
 """Plain numpy references for bit-plane packing and the bitwise GEMMs, used by the tests.
 
-Written from the definitions (DESIGN §3), not from the kernels: bits are unpacked into
+Written from the definitions (docs/design.md §2), not from the kernels: bits are unpacked into
 0/1 matrices with ``np.unpackbits`` and the dot products are ordinary int64 matrix
 products of signs (``s = 1 - 2*bit``) and codes (``sum_p 2^p * bit_p``).
 """

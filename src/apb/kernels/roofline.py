@@ -1,6 +1,6 @@
 """The popcount roofline: what one core's XOR + popcount does on L1-resident data.
 
-Benchmarks quote the bitwise GEMMs as a fraction of this number (DESIGN §8). One bit-op is
+Benchmarks quote the bitwise GEMMs as a fraction of this number (docs/design.md §8). One bit-op is
 one bit of each operand XORed and counted, so a binary GEMM of shape (M, K, N) does
 ``M·K·N`` bit-ops per 1-bit plane of activations.
 

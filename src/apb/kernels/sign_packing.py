@@ -4,7 +4,7 @@ A row of K floats becomes ``ceil(K/64)`` 64-bit words; bit ``j`` of word ``w`` i
 
     b[m, w] bit j = 1  iff  x[m, 64*w + j] < 0
 
-so ``sign(0) = +1`` gives bit 0, as in the binarization ``B = sign(W)`` (DESIGN §3).
+so ``sign(0) = +1`` gives bit 0, as in the binarization ``B = sign(W)`` (docs/design.md §2).
 Edge values follow IEEE-754 ``x < 0`` exactly, decided on the bit pattern (so a
 thread's denormals-are-zero mode does not change the result):
 

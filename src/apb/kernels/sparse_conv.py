@@ -1,5 +1,5 @@
 r"""Direct sparse convolution with a packed layer's epilogue: the ``S ⊗ x̂`` part of
-``Ŵ = α·B + S`` (DESIGN §3) for a convolution, without unfolding ``x̂``::
+``Ŵ = α·B + S`` (docs/design.md §2) for a convolution, without unfolding ``x̂``::
 
     out[m, n] = dot_scale[m]·dot[m, n]
               + sparse_scale[m]·Σ_{e in row m} values[e]·x̂(n, indices[e])

@@ -1,5 +1,5 @@
 """Sparse (CSR) x dense product, accumulated in place: the ``S ⊗ x̂`` part of
-``Ŵ = α·B + S`` (DESIGN §3), where ``S`` holds the full-precision weights::
+``Ŵ = α·B + S`` (docs/design.md §2), where ``S`` holds the full-precision weights::
 
     out[m, :] += sum_{e = indptr[m]}^{indptr[m+1] - 1} values[e] * x[indices[e], :]
 

@@ -1,4 +1,4 @@
-"""APB: Automatic Prune Binarization (DESIGN §2); the quantizer is apb.nn.APBWeightQuantizer."""
+"""APB: Automatic Prune Binarization (docs/design.md §1); the quantizer is apb.nn.APBWeightQuantizer."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class APBPTQConfig(PTQConfig):
     """Post-training APB options; give ``bits_per_weight`` or ``fp_fraction``.
 
     Attributes:
-        bits_per_weight: bits per weight of the compressed layers (DESIGN §4 accounting):
+        bits_per_weight: bits per weight of the compressed layers (docs/design.md §3 accounting):
             every layer meets it (budget_scope="layer") or the model as a whole does
             (budget_scope="model", levels chosen by the global step).
         fp_fraction: the fraction of weights kept at full precision instead.

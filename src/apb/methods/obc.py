@@ -1,7 +1,7 @@
 r"""OBC: post-training pruning and quantization with Optimal Brain Surgeon updates.
 
 Frantar, Singh, Alistarh, *Optimal Brain Compression: A Framework for Accurate Post-Training
-Quantization and Pruning*, NeurIPS 2022 (arXiv:2208.11580); DESIGN §5.
+Quantization and Pruning*, NeurIPS 2022 (arXiv:2208.11580); docs/design.md §5.
 
 For each layer, with :math:`X` its inputs on a calibration set, OBC minimises
 :math:`\|WX - \hat W X\|^2` row by row: greedy OBS pruning (remove the weight of least

@@ -39,7 +39,7 @@ def compressed_layers(model: nn.Module) -> Iterator[tuple[str, QuantConv2d | Qua
 
 def scale_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The learned quantizer scales (``α``, ``δ``, activation clips): they get their own
-    optimizer, learning rate and weight decay (DESIGN §2)."""
+    optimizer, learning rate and weight decay (docs/design.md §1)."""
     return [
         (name, p) for name, p in model.named_parameters()
         if name.rsplit(".", 1)[-1] in SCALE_PARAMETER_NAMES

@@ -154,7 +154,7 @@ class APBWeightQuantizer(WeightQuantizer):
         per_channel: one ``α, δ`` per output channel instead of one per layer.
         grad: ``"ours"`` or ``"paper"`` surrogate gradients for ``α, δ``.
         fp_fraction: budget mode, the exact fraction of weights kept full precision.
-        bits_per_weight: budget mode, the layer's bits per weight (DESIGN §4 accounting).
+        bits_per_weight: budget mode, the layer's bits per weight (docs/design.md §3 accounting).
         value_bits: storage of the full-precision values, 32 or 16; with 16 the forward
             uses ``α·sign(W) + fp16(W − α·sign(W))`` there, what the packed layer stores.
         shared_budget: budget mode whose threshold is set from outside (a model-wide

@@ -13,7 +13,7 @@ that already lie on the grid; this module keeps both fixed:
 so a fine-tuning step could follow. Symmetric grids fix :math:`z_c = 2^{k-1}`; 0 is a level
 of every grid.
 
-Storage (DESIGN §4, :mod:`apb.memory`): the smaller of the dense code (k-bit, or fp32 without a
+Storage (docs/design.md §3, :mod:`apb.memory`): the smaller of the dense code (k-bit, or fp32 without a
 grid) and the sparse one (CSR or bitmap over the kept weights), plus the per-channel scales
 (and zero points when asymmetric) as 32-bit scalars.
 """

@@ -14,7 +14,7 @@ class WeightQuantizer(nn.Module):
     """Maps latent weights ``W`` to the weights the layer computes with, ``Ŵ``.
 
     Subclasses set ``method`` (the name shown in summaries) and implement ``forward``,
-    ``storage`` (what the packed format stores, DESIGN §4) and ``describe`` (scalars for the
+    ``storage`` (what the packed format stores, docs/design.md §3) and ``describe`` (scalars for the
     summary table). ``set_progress``, ``freeze_scales`` and ``freeze_mask`` are training
     controls; the defaults do nothing.
     """

@@ -1,6 +1,6 @@
 """The packed model file: safetensors with JSON metadata, never a pickle.
 
-A file holds exactly the bytes :func:`apb.summary` accounts for (DESIGN §4), so that
+A file holds exactly the bytes :func:`apb.summary` accounts for (docs/design.md §3), so that
 
     model_bytes = file size − (8 + header length) = apb.summary(trained_model).model_bytes
 
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..memory import FP16_BITS, FP32_BITS, index_bits, sparse_storage
 from ..nn.layers import COMPRESSED_TYPES
 from .layers import (

@@ -123,7 +123,7 @@ class PackedLayer(nn.Module):
         self._pad_cache: dict[tuple, Tensor] = {}
         self._constants: tuple[tuple, object] | None = None
 
-    # -- what the layer stores (DESIGN §4) ------------------------------------------------
+    # -- what the layer stores (docs/design.md §3) ------------------------------------------------
     def storage(self) -> LayerStorage:
         raise NotImplementedError
 

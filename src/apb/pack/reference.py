@@ -1,7 +1,7 @@
 r"""Pure-torch implementations of the packed-inference kernels (the ``"reference"`` backend).
 
 Same arguments, same bit layout and same results as the compiled kernels of
-:mod:`apb.kernels` (``SPEC``: "Bit layout", "Kernels"), written with ordinary torch ops
+:mod:`apb.kernels` (docs/design.md §2: bit layout, kernels), written with ordinary torch ops
 so that they are obviously right rather than fast: bits are unpacked to ``0/1`` and the
 products are float matrix multiplications of small integers, which are exact (every
 partial sum is an integer below :math:`2^{24}`, or the product runs in float64).

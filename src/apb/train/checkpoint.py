@@ -1,6 +1,6 @@
 """Training checkpoints: written atomically, read with ``weights_only=True``.
 
-A checkpoint is a dict of tensors and plain Python values only (DESIGN §6: nothing a
+A checkpoint is a dict of tensors and plain Python values only (docs/design.md §4: nothing a
 ``weights_only`` load refuses), with these entries:
 
 ========================  =====================================================================

@@ -35,7 +35,7 @@ class TrainConfig:
         method_options: overrides of the method's config, ``apb.methods.create(method,
             **method_options)`` (e.g. ``{"act_bits": 2, "fp_fraction": 0.01}``).
 
-    Optimisation (DESIGN §2: the quantizer scales ``α, δ`` and activation clips get their own
+    Optimisation (docs/design.md §1: the quantizer scales ``α, δ`` and activation clips get their own
     Adam optimizer; every other parameter goes to the main one):
         epochs: number of passes over the training set.
         batch_size: samples per step *per process*; under torchrun the global batch is

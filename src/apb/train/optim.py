@@ -1,4 +1,4 @@
-"""The two optimizers of a run and their per-step learning-rate schedules (DESIGN §2).
+"""The two optimizers of a run and their per-step learning-rate schedules (docs/design.md §1).
 
 The quantizer scales (``α``, ``δ``, activation clips: :func:`apb.nn.scale_parameters`) learn
 with their own Adam, learning rate and weight decay, ``δ`` with a weight decay of its own;

@@ -1,6 +1,6 @@
 """Seeding, determinism switches, and RNG state as plain values a checkpoint can hold.
 
-Checkpoints load with ``weights_only=True`` (DESIGN §6), so every RNG state is stored as
+Checkpoints load with ``weights_only=True`` (docs/design.md §4), so every RNG state is stored as
 tensors, lists and numbers: never as numpy arrays or pickled objects.
 """
 

@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .. import __version__, data
+from .. import data
+from .._version import __version__
 from ..io import atomic_write_text
 from . import distributed
 from .build import FREEZES, build_model, freeze_epoch, freezes_due, model_kwargs_for

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ... import __version__
+from ..._version import __version__
 from ...kernels.xor_gate import n_blocks
 from ..format import (
     HEADER_PREFIX_BYTES,
