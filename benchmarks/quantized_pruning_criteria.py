@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/quantized_pruning_criteria.py CKPT --dataset mnist5k \\
         --budgets 0.1,0.25,0.4 --seeds 3 --json criteria.json
 
-For every criterion (``apb.methods.filter_saliency.CRITERIA``) and seed, the network is pruned
+For every criterion (``apb.prune.filter_saliency.CRITERIA``) and seed, the network is pruned
 with the uniform ratios of each budget (the same channel counts for every criterion: only
 which channels go differs) and measured twice: right after BatchNorm re-estimation (what the
 criterion alone decides) on the held-out validation part of the training split and on the
@@ -20,8 +20,8 @@ import statistics
 import torch
 
 from apb import data
-from apb.methods.filter_saliency import CRITERIA
-from apb.methods.quantized_pruning import QuantizedPruner, QuantizedPruningConfig
+from apb.prune.filter_saliency import CRITERIA
+from apb.prune.quantized_pruning import QuantizedPruner, QuantizedPruningConfig
 from apb.train import build_model_from_checkpoint, evaluate
 
 

@@ -19,7 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("_version", "io"),
+    ("_version", "io", "console"),
     ("memory", "kernels", "models", "data"),
     ("nn",),
     ("pack",),
@@ -137,7 +137,7 @@ def layout_violations(src: Path, floors=FLOORS, package: str = "apb") -> list[st
             if up:
                 problems.append(f"{where} imports {imp.target}, which is not on a lower floor")
     problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(modules, imports)]
-    return problems
+    return list(dict.fromkeys(problems))
 
 
 def cycles(modules: set[str], imports: list[Import]) -> list[list[str]]:

@@ -141,7 +141,7 @@ def test_compare_numbers_match_apb_eval(compare_run):
 
 @pytest.mark.xdist_group("compare_run")  # one worker runs the shared comparison
 def test_plot_weights(compare_run):
-    from apb.plot_weights import apb_layers, layer_histogram_data
+    from apb.jobs.plot_weights import apb_layers, layer_histogram_data
     from apb.summary import summary
     from apb.train import build_model_from_checkpoint
 

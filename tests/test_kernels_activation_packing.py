@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apb import kernels
-from apb.kernels.reference import unpack_signs_ref
-from apb.kernels.reference_activation_packing import (
+from apb.nn.act_quantizers import UniformActivation
+from oracles.activation_packing import (
     conv2d_output_size,
     im2col_pack_codes_ref,
     im2col_pack_signs_ref,
@@ -21,7 +21,7 @@ from apb.kernels.reference_activation_packing import (
     quantize_codes_ref,
     quantize_pack_codes_ref,
 )
-from apb.nn.act_quantizers import UniformActivation
+from oracles.sign_packing import unpack_signs_ref
 
 # Bit patterns that stress both quantizers: zeros of both signs, denormals, infinities,
 # NaNs (sign bit 0, code 0).

@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apb import kernels
-from apb.kernels.reference import pack_signs_ref
-from apb.kernels.reference_bgemm import (
+from oracles.bgemm import (
     bgemm_1x1_ref,
     bgemm_1x2_ref,
     bgemm_2x2_ref,
     pack_planes_ref,
 )
+from oracles.sign_packing import pack_signs_ref
 
 # Column counts around every boundary the kernels have: a word (64), 4 words (the AVX2
 # packers' transposes), an AVX-512 chunk (8 words), and the digits (4 columns) after

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apb import kernels
-from apb.kernels.reference import pack_signs_ref
-from apb.kernels.reference_bgemm_fp import bgemm_1xf_ref
+from oracles.bgemm_fp import bgemm_1xf_ref
+from oracles.sign_packing import pack_signs_ref
 
 EDGE_K = [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200]
 

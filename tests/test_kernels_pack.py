@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 import apb
 from apb import kernels
-from apb.kernels.reference import pack_signs_ref, unpack_signs_ref
+from oracles.sign_packing import pack_signs_ref, unpack_signs_ref
 
 # Bit patterns at the edges of the `x < 0` rule.
 EDGE_BITS = np.array(
@@ -241,8 +241,11 @@ def test_set_isa_rejects_unknown_and_unavailable() -> None:
 
 def _run_with_apb_isa(value: str, code: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, APB_ISA=value)
-    # The child must import the same apb as this process (installed or PYTHONPATH=src).
-    env["PYTHONPATH"] = str(Path(apb.__file__).resolve().parent.parent)
+    # The child must import the same apb as this process (installed or PYTHONPATH=src),
+    # and the test oracles next to this file.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(apb.__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+    )
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,
@@ -261,7 +264,7 @@ def test_apb_isa_environment_variable_forces_the_isa(isa: str) -> None:
         """
         import numpy as np
         from apb import kernels
-        from apb.kernels.reference import pack_signs_ref
+        from oracles.sign_packing import pack_signs_ref
         print(kernels.active_isa())
         x = np.random.default_rng(1).standard_normal((9, 333)).astype(np.float32)
         assert np.array_equal(kernels.pack_signs(x), pack_signs_ref(x))

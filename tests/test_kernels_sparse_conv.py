@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from _csr import random_csr
 from apb import kernels
-from apb.kernels.reference_activation_packing import conv2d_output_size
-from apb.kernels.reference_sparse_conv import quantized_input_ref, sparse_conv2d_ref
 from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
+from oracles.activation_packing import conv2d_output_size
+from oracles.sparse_conv import quantized_input_ref, sparse_conv2d_ref
 
 
 def _require(isa: str) -> None:

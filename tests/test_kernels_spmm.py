@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from _csr import random_csr
 from apb import kernels
-from apb.kernels.reference_spmm import spmm_csr_ref
 from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
+from oracles.spmm import spmm_csr_ref
 
 EDGE_N = [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300]
 

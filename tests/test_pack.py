@@ -1,4 +1,4 @@
-"""apb.pack: the reference kernels against numpy oracles written from the spec's formulas,
+"""apb.pack: the reference kernels against numpy oracles written from docs/design.md §2,
 packed layers against the training layers they come from (padding, stride, dilation, odd
 channel counts; fp, 2-bit and 1-bit activations), pack_ errors and forward input checks."""
 
@@ -20,7 +20,6 @@ from _packing import (
     prepare,
     relative_error,
 )
-from apb.kernels.reference import pack_signs_ref
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig, MagnitudeConfig, PruneQuantConfig
 from apb.nn import compressed_layers
 from apb.pack import (
@@ -31,22 +30,14 @@ from apb.pack import (
     PackError,
 )
 from apb.pack import reference as ref
-from apb.pack.layers import check_csr
+from apb.pack.bits import unpack_bits
+from apb.pack.csr import check_csr
+from oracles.sign_packing import pack_bits_ref, pack_signs_ref
 
 EDGE_K = [1, 7, 63, 64, 65, 127, 128, 129, 200]
 
 
-# -- numpy oracles, straight from the spec's formulas -------------------------------------
-def np_pack(bits: np.ndarray) -> np.ndarray:
-    """0/1 ``[..., K]`` → little-endian uint64 words ``[..., ceil(K/64)]``, zero padding."""
-    *lead, k = bits.shape
-    w = -(-k // 64)
-    padded = np.zeros((*lead, w * 64), dtype=np.uint8)
-    padded[..., :k] = bits
-    by = np.packbits(padded, axis=-1, bitorder="little")
-    return np.ascontiguousarray(by).view("<u8").astype(np.uint64).reshape(*lead, w)
-
-
+# -- numpy oracles, straight from docs/design.md §2 ----------------------------------------
 def popcount(words: np.ndarray) -> np.ndarray:
     return np.bitwise_count(words).astype(np.int64).sum(-1)
 
@@ -66,7 +57,7 @@ def test_reference_products_match_popcount_formulas(m, n, k, p, q, seed):
     rng = np.random.default_rng(seed)
     wb = rng.integers(0, 2, (q, m, k), dtype=np.uint8)
     xb = rng.integers(0, 2, (p, n, k), dtype=np.uint8)
-    w, x = np_pack(wb), np_pack(xb)
+    w, x = pack_bits_ref(wb), pack_bits_ref(xb)
     # 1x1: k − 2·popcount(w XOR x)
     expect = k - 2 * popcount(w[0][:, None, :] ^ x[0][None, :, :])
     np.testing.assert_array_equal(ref.bgemm_1x1(t(w[0]), t(x[0]), k).numpy(), expect)
@@ -93,9 +84,9 @@ def test_reference_packing_matches_numpy(n, k, bits, seed):
     x[rng.random((n, k)) < 0.1] = 0.0
     np.testing.assert_array_equal(ref.pack_signs(t(x)).numpy(), pack_signs_ref(x))
     codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
-    planes = np.stack([np_pack((codes >> i) & 1) for i in range(bits)])
+    planes = np.stack([pack_bits_ref((codes >> i) & 1) for i in range(bits)])
     np.testing.assert_array_equal(ref.pack_planes(t(codes), bits).numpy(), planes)
-    np.testing.assert_array_equal(ref.unpack_bits(t(planes), k).numpy(),
+    np.testing.assert_array_equal(unpack_bits(t(planes), k).numpy(),
                                   np.stack([(codes >> i) & 1 for i in range(bits)]))
 
 
@@ -139,7 +130,7 @@ def test_reference_im2col_packing_matches_loop(c, h, w, k, s, p, d, seed):
     quantizer.act_scale.data.fill_(0.8)
     x_hat = quantizer.eval()(t(x)).detach().numpy()  # code · s/3, 0 where padded
     codes = np.rint(im2col_loop(x_hat, k, s, p, d) / np.float32(0.8 / 3)).astype(np.uint8)
-    planes = np.stack([np_pack((codes >> i) & 1) for i in range(2)])
+    planes = np.stack([pack_bits_ref((codes >> i) & 1) for i in range(2)])
     got = ref.im2col_pack_codes(t(x), torch.tensor([0.8]), 2, list(k), list(s), list(p), list(d))
     np.testing.assert_array_equal(got.numpy(), planes)
 

@@ -24,7 +24,7 @@ from _packing import (
 from apb.methods import PruneQuantConfig
 from apb.nn import compressed_layers
 from apb.pack import PackedFormatError, PackedPrunedConv2d, PackedPrunedLinear, PackError
-from apb.pack.reference import pack_bits, unpack_bits
+from apb.pack.bits import pack_bits, unpack_bits
 
 
 def quantizing(model):

@@ -17,15 +17,15 @@ import apb.models
 from _packing import TOLERANCE, one_thread, packed_copy, relative_error  # noqa: F401
 from apb.cli import main
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig
-from apb.methods.channel_graph import ChannelGraphError, channel_groups, remove_channels
-from apb.methods.filter_saliency import CRITERIA, filter_saliency
-from apb.methods.quantized_pruning import (
+from apb.pack import load_packed, save_packed
+from apb.prune.channel_graph import ChannelGraphError, channel_groups, remove_channels
+from apb.prune.filter_saliency import CRITERIA, filter_saliency
+from apb.prune.quantized_pruning import (
     BudgetError,
     QuantizedPruner,
     QuantizedPruningConfig,
     prune_quantized,
 )
-from apb.pack import load_packed, save_packed
 from apb.train import TrainConfig, build_model_from_checkpoint, load_checkpoint, train
 
 

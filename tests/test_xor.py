@@ -17,7 +17,6 @@ import apb
 import apb.models
 from _packing import one_thread  # noqa: F401  (autouse fixture)
 from apb.kernels import available_isas, set_num_threads, use_isa
-from apb.kernels.reference_xor_gate import decode_ref, encode_ref, patch_positions_ref
 from apb.kernels.xor_gate import (
     offset_bits,
     xor_gate_decode,
@@ -27,8 +26,8 @@ from apb.kernels.xor_gate import (
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig, PruneQuantConfig
 from apb.nn import compressed_layers
 from apb.pack import PackedAPBLinear, PackedFormatError
-from apb.pack.format import layer_tensors
-from apb.pack.reference import pack_bits
+from apb.pack.bits import pack_bits
+from apb.pack.layer_tensors import layer_config, layer_tensors
 from apb.pack.xor import (
     XorFormatError,
     XorNetwork,
@@ -44,6 +43,7 @@ from apb.pack.xor import (
     load_xor,
     patch_streams,
 )
+from oracles.xor_gate import decode_ref, encode_ref, patch_positions_ref
 
 SLOW = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -353,8 +353,6 @@ def test_apb_signs_implied_by_the_correction_are_dont_care():
     """|S| >= alpha fixes the sign: those positions cost nothing; the others stay care."""
     model = packed_lenet(APBConfig(fp_fraction=0.3))
     layer = dict(apb.pack.packed_layers(model))["fc1"]
-    from apb.pack.format import layer_config
-
     lp = layer_planes(layer_config(layer), layer_tensors(layer))
     values = layer.csr_values.double()
     alpha = float(layer.alpha[0]) if layer.alpha.numel() == 1 else None

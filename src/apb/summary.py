@@ -8,15 +8,16 @@ at fp32.
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 
+from rich.table import Table
 from torch import nn
 
+from .console import table_text
 from .memory import dense_storage
 from .nn import COMPRESSED_TYPES
 from .nn.weight_quantizer import WeightQuantizer
-from .pack.layers import PackedLayer
+from .pack import PackedLayer
 
 FLOAT_BYTES = 4
 
@@ -73,9 +74,6 @@ class ModelSummary:
         }
 
     def table(self) -> str:
-        from rich.console import Console
-        from rich.table import Table
-
         t = Table(title="apb summary", show_footer=True)
         cols = ["layer", "shape", "method", "act", "alpha", "delta", "fp frac", "bits/w", "bytes"]
         footer = {
@@ -92,9 +90,7 @@ class ModelSummary:
                 f"{r.fp_fraction:.4f}", f"{r.bits_per_weight:.3f}", f"{r.bytes:,}",
             )
         t.add_row("(other: biases, BN, scales)", "", "", "", "", "", "", "", f"{self.other_bytes:,}")
-        buf = io.StringIO()
-        Console(file=buf, width=120, force_terminal=False).print(t)
-        return buf.getvalue() + "bits/w and fp frac: over compressed layers; bytes: whole model\n"
+        return table_text(t) + "bits/w and fp frac: over compressed layers; bytes: whole model\n"
 
     def __str__(self) -> str:
         return self.table()

@@ -28,6 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..io import atomic_write
+from ..kernels import active_isa, bgemm_1x1, bgemm_1x2, bgemm_2x2, xor_popcount_rooflines
+from ..pack import PackedAPBConv2d
+from ..pack.bits import pack_bits
+from ..pack.csr import csr_index_dtype, csr_indptr_dtype
 from .timing import thread_count, time_ms
 
 RESNET18_SHAPES = [
@@ -118,22 +123,16 @@ def _random_bits(rng, *shape) -> np.ndarray:
 
 
 def _apb_1x1(M, K, N, rng):
-    from apb.kernels import bgemm_1x1
-
     w, x = _random_bits(rng, M, (K + 63) // 64), _random_bits(rng, N, (K + 63) // 64)
     return lambda: bgemm_1x1(w, x, K)
 
 
 def _apb_1x2(M, K, N, rng):
-    from apb.kernels import bgemm_1x2
-
     w, x = _random_bits(rng, M, (K + 63) // 64), _random_bits(rng, 2, N, (K + 63) // 64)
     return lambda: bgemm_1x2(w, x, K)
 
 
 def _apb_2x2(M, K, N, rng):
-    from apb.kernels import bgemm_2x2
-
     w, x = _random_bits(rng, 2, M, (K + 63) // 64), _random_bits(rng, 2, N, (K + 63) // 64)
     return lambda: bgemm_2x2(w, x, K)
 
@@ -158,10 +157,6 @@ def _apb_layer(M, K, N, rng):
     as a model runs it): 2-bit activations quantized and bit-packed (im2col fused in),
     the ``1x2`` popcount product, and the CSR correction with 2 % nonzeros computed as a
     direct sparse convolution together with the epilogue."""
-    from apb.pack import PackedAPBConv2d
-    from apb.pack.layers import csr_index_dtype, csr_indptr_dtype
-    from apb.pack.reference import pack_bits
-
     conv = conv_of_gemm(M, K, N)
     fp = rng.random((M, K)) < LAYER_FP_FRACTION
     rows, cols = np.nonzero(fp)
@@ -221,8 +216,6 @@ def run_gemm_benchmark(
     seed: int = 0, progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure every implementation on every shape; the JSON report as a dict."""
-    from apb.kernels import active_isa, xor_popcount_rooflines
-
     available = implementations(threads)
     impls = list(available) if impls is None else impls
     unknown = [i for i in impls if i not in available]
@@ -303,8 +296,6 @@ def plot_report(report: dict, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from apb.io import atomic_write
 
     rows = [r for r in report["results"] if r["total_ms"]]
     fig, ax = plt.subplots(figsize=(8, 4))

@@ -28,8 +28,16 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from rich.table import Table
 from torch import nn
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from .. import models
+from ..console import table_text
+from ..kernels import active_isa
+from ..methods import APBConfig, compress_
+from ..pack import fold_batchnorm_, pack_
 from .timing import thread_count, time_ms
 
 MODELS = {"resnet18": (3, 224, 224), "resnet20": (3, 32, 32)}
@@ -44,47 +52,36 @@ def build_apb(name: str, act_bits: int, fp_fraction: float = 0.02, seed: int = 0
               calibration_batches: int = 1) -> tuple[nn.Module, nn.Module]:
     """``(packed, training)``: the packed APB model (BatchNorms folded) and the eval-mode
     training model it reproduces."""
-    import apb
-    import apb.models
-    from apb.methods import APBConfig
-
     torch.manual_seed(seed)
     activation = "hardtanh" if act_bits == 1 else "relu"
-    model = apb.models.create(name, activation=activation)
-    apb.compress_(model, APBConfig(fp_fraction=fp_fraction, act_bits=act_bits))
+    model = models.create(name, activation=activation)
+    compress_(model, APBConfig(fp_fraction=fp_fraction, act_bits=act_bits))
     model.train()
     with torch.no_grad():  # activation scales and BatchNorm statistics away from defaults
         for _ in range(calibration_batches):
             model(torch.randn(2, *MODELS[name]))
     model.eval()
-    packed = apb.pack_(copy.deepcopy(model))
-    return apb.pack.fold_batchnorm_(packed), model
+    packed = pack_(copy.deepcopy(model))
+    return fold_batchnorm_(packed), model
 
 
 def build_fp32(name: str, act_bits: int, seed: int = 0) -> nn.Module:
     """The architecture in fp32, eval mode, BatchNorms folded into the convolutions."""
-    import apb.models
-    from apb.pack import fold_batchnorm_
-
     torch.manual_seed(seed)
     activation = "hardtanh" if act_bits == 1 else "relu"
-    return fold_batchnorm_(apb.models.create(name, activation=activation).eval())
+    return fold_batchnorm_(models.create(name, activation=activation).eval())
 
 
 def build_int8(name: str, act_bits: int, seed: int = 0, calibration_batches: int = 4,
                engine: str = INT8_ENGINE) -> nn.Module:
     """The architecture quantized to static int8 by torch's FX graph mode on ``engine``,
     calibrated on random inputs."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    import apb.models
 
     if engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(f"this torch build has no {engine} quantized engine")
     torch.manual_seed(seed)
     activation = "hardtanh" if act_bits == 1 else "relu"
-    model = apb.models.create(name, activation=activation).eval()
+    model = models.create(name, activation=activation).eval()
     example = torch.randn(1, *MODELS[name])
     torch.backends.quantized.engine = engine
     with warnings.catch_warnings():
@@ -109,8 +106,6 @@ def run_model_benchmark(name: str, act_bits: int, threads: int = 1, repeats: int
     ``apb_max_rel_error`` is ``max |packed − training| / max |training|`` of the logits
     on the benchmark input: the packed model computes what was trained.
     """
-    from apb.kernels import active_isa
-
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if act_bits not in ACT_BITS:
@@ -156,11 +151,6 @@ def _runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 
 def report_table(report: dict) -> str:
     """Median milliseconds per model with the speed-ups over torch fp32 and int8."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-
     ms = {r["impl"]: r["ms"] for r in report["results"]}
     t = Table(title=f"{report['model']}, batch 1, {report['threads']} thread(s), apb with "
                     f"{report['act_bits']}-bit activations and {report['fp_fraction']:.0%} "
@@ -170,9 +160,5 @@ def report_table(report: dict) -> str:
     for impl, value in ms.items():
         t.add_row(impl, f"{value:.2f}", f"{ms['torch_fp32'] / value:.2f}x",
                   f"{ms['torch_int8'] / value:.2f}x")
-    buf = io.StringIO()
-    console = Console(file=buf, width=120, force_terminal=False)
-    console.print(t)
-    console.print(f"apb logits vs the training model: max relative error "
-                  f"{report['apb_max_rel_error']:.2e}")
-    return buf.getvalue()
+    return table_text(t) + (f"apb logits vs the training model: max relative error "
+                            f"{report['apb_max_rel_error']:.2e}\n")

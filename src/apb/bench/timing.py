@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..kernels import get_num_threads, set_num_threads
+
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     """Median wall time of ``fn()`` in milliseconds over ``repeats`` consecutive runs after
@@ -30,8 +32,6 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 @contextlib.contextmanager
 def thread_count(threads: int) -> Iterator[None]:
     """Run the block with ``threads`` threads in torch and in apb's kernels."""
-    from apb.kernels import get_num_threads, set_num_threads
-
     saved = torch.get_num_threads(), get_num_threads()
     torch.set_num_threads(threads)
     set_num_threads(threads)

@@ -25,6 +25,10 @@ import time
 
 import numpy as np
 
+from .. import kernels
+from ..memory import bitmap_bits, csr_bits
+from ..pack.xor import decode_plane, decode_planes, encode_mask, encode_planes
+
 PAPER_BITS_PER_WEIGHT = 0.28  # Kim et al., CVPR 2020: 1-bit, 91% pruned, AlexNet FC
 
 
@@ -60,10 +64,6 @@ def random_pruned_planes(weights: int, prune: float, bits: int, seed: int = 0
 def run_xor_benchmark(weights: int = 1_000_000, prune: float = 0.91, bits: int = 1, *,
                       seed: int = 0, repeats: int = 50) -> dict:
     """Encode, check and time one random layer (see the module docstring); JSON-ready."""
-    from .. import kernels
-    from ..memory import bitmap_bits, csr_bits
-    from ..pack.xor import decode_plane, decode_planes, encode_mask, encode_planes
-
     if not isinstance(weights, int) or weights < 1:
         raise ValueError(f"--weights must be a positive integer, got {weights!r}")
     if not 0.0 <= prune < 1.0:

@@ -17,13 +17,28 @@ test accuracy); bits per weight and model bytes follow :mod:`apb.memory`.
 
 from __future__ import annotations
 
-import json
 import os
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from .. import data
+from ..bench.timing import thread_count, time_ms
+from ..io import atomic_write_text
+from ..jobs.common import check_outputs, write_json
+from ..jobs.evaluate import load_for_inference
+from ..jobs.prune_quantized import QuantizedPruningJob, run_quantized_pruning_job
+from ..jobs.ptq import PTQJob, run_ptq_job
+from ..kernels import active_isa
+from ..pack import PackError, pack_, packed_layers
+from ..prune import QuantizedPruningConfig
+from ..train import TrainConfig, train
+from ..train.pool import run_in_processes
+from .report import markdown_table, plot_pareto, report_markdown
 from .spec import MethodSpec, parse_methods
 
 DEFAULT_METHODS = (
@@ -99,9 +114,7 @@ class CompareConfig:
         ):
             raise ValueError(f"--finetune-epochs must lie in 1..{self.epochs - 1} (it is part "
                              f"of the {self.epochs}-epoch budget), got {self.finetune_epochs}")
-        for path in (self.json, self.plot, self.markdown):
-            if path and Path(path).is_dir():
-                raise IsADirectoryError(f"{path} is a directory; give a file name")
+        check_outputs(self.json, self.plot, self.markdown)
         return specs
 
 
@@ -139,8 +152,6 @@ def _run_dir(config: CompareConfig, label: str, seed: int) -> Path:
 
 
 def _train_run(config: CompareConfig, run: _Training, seed: int, progress: bool) -> dict:
-    from ..train import TrainConfig, train
-
     tc = TrainConfig(
         model=config.model, dataset=config.dataset, data_dir=config.data_dir,
         method=run.method, method_options=dict(run.options),
@@ -167,8 +178,6 @@ def _post_training_run(config: CompareConfig, spec: MethodSpec, source: str, see
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = str(out / "compressed.pt")
     if spec.kind == "ptq":
-        from ..ptq_job import PTQJob, run_ptq_job
-
         job = PTQJob(checkpoint=source, method=spec.ptq_method, target=spec.ptq_target,
                      output=checkpoint, calib=config.calib, data_dir=config.data_dir,
                      test_samples=config.test_samples, progress=progress)
@@ -183,29 +192,17 @@ def _quantized_pruning(config: CompareConfig, spec: MethodSpec, source: str, see
     """Filter pruning of the binary model ``source`` with Bayesian-optimised per-layer
     ratios under the size budget, then ``finetune_epochs`` of fine-tuning (the rest of the
     training budget); the method's own defaults otherwise (criterion, fine-tuning rate)."""
-    from .. import data
-    from ..methods.quantized_pruning import prune_quantized
-    from ..summary import summary
-    from ..train import build_model_from_checkpoint, evaluate, pruned_state, save_checkpoint
-    from ..train.metrics import jsonable
-    from ..train.trainer import evenly_spaced_subset
-
-    model, ckpt = build_model_from_checkpoint(source)
-    split = data.load(config.dataset, config.data_dir)
-    pruned, report = prune_quantized(
-        model, evenly_spaced_subset(split.train, config.train_samples),
-        budget_ratio=spec.budget_ratio, trials=config.trials,
-        finetune_epochs=config.finetune_epochs, batch_size=config.batch_size, seed=seed,
-        progress=progress,
+    job = QuantizedPruningJob(
+        checkpoint=source, output=checkpoint, dataset=config.dataset, data_dir=config.data_dir,
+        seeds=1, first_seed=seed, ratios=("bo",), train_samples=config.train_samples,
+        test_samples=config.test_samples, progress=progress,
+        pruning=QuantizedPruningConfig(budget_ratio=spec.budget_ratio, trials=config.trials,
+                                       finetune_epochs=config.finetune_epochs,
+                                       batch_size=config.batch_size),
     )
-    test_acc, _ = evaluate(pruned, evenly_spaced_subset(split.test, config.test_samples), 256)
-    s = summary(pruned)
-    entry = jsonable({"ratios": "bo", "seed": seed, "test_acc": test_acc,
-                      "model_bytes": s.model_bytes, "per_layer_ratio": report.per_layer_ratio,
-                      "source": source})
-    save_checkpoint(pruned_state(ckpt, pruned, entry), checkpoint)
-    return {"label": spec.label, "seed": seed, "test_acc": test_acc, "checkpoint": checkpoint,
-            "bits_per_weight": float(s.bits_per_weight), "model_bytes": int(s.model_bytes)}
+    (run,) = run_quantized_pruning_job(job, log=lambda *_: None)["results"]
+    return {"label": spec.label, "seed": seed, "test_acc": run["test_acc"],
+            "checkpoint": checkpoint, **_memory(run)}
 
 
 # -- phase 3: latency ---------------------------------------------------------------------
@@ -213,12 +210,6 @@ def measure_latency(checkpoint: str, input_shape: tuple[int, ...], repeats: int,
                     batches: tuple[int, ...] = (1, 64)) -> dict:
     """``{"latency_ms_b1", "latency_ms_b64", "runs_on"}`` of a checkpoint on one thread: the
     packed model when every compressed layer has a packed form, else the dense model."""
-    import torch
-
-    from ..bench.timing import thread_count, time_ms
-    from ..evaluation import load_for_inference
-    from ..pack import PackError, pack_, packed_layers
-
     model, _, _ = load_for_inference(checkpoint)
     try:
         pack_(model.eval())
@@ -237,12 +228,6 @@ def measure_latency(checkpoint: str, input_shape: tuple[int, ...], repeats: int,
 # -- the whole comparison -----------------------------------------------------------------
 def environment() -> dict:
     """Where the numbers were measured: CPU, cores, kernels' instruction set, versions."""
-    import platform
-
-    import torch
-
-    from ..kernels import active_isa
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -255,11 +240,6 @@ def environment() -> dict:
 
 def run_compare(config: CompareConfig, log=print, command: str | None = None) -> dict:
     """Run the comparison; returns (and writes) the report. ``command`` is recorded in it."""
-    from .. import data
-    from ..io import atomic_write_text
-    from ..train.pool import run_in_processes
-    from .report import markdown_table, plot_pareto, report_markdown
-
     specs = config.validate()
     split = data.load(config.dataset, config.data_dir)  # fail now, not in a worker
     input_shape = tuple(split.input_shape)
@@ -319,7 +299,7 @@ def run_compare(config: CompareConfig, log=print, command: str | None = None) ->
         "environment": environment(), "config": asdict(config), "results": results,
     }
     json_path = Path(config.json) if config.json else Path(config.out) / "compare.json"
-    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_json(json_path, report)
     if config.plot:
         plot_pareto(report, config.plot)
     if config.markdown:

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jobs.ptq import PTQJob, ptq_config
+
 KINDS = ("train", "ptq", "quantized-pruning")
 DEFAULT_KNOBS = {
     "magnitude": "0.9", "quantized-pruning": "0.25", "obc-prune": "0.5", "obc-quant": "4",
@@ -153,9 +155,7 @@ def _fraction(name: str, knob: str, what: str, upper_open: bool = False) -> floa
 
 
 def _ptq_target(name: str, base: str, knob: str) -> str:
-    """The ``apb ptq --target`` of a post-training method (checked by ``apb.ptq_job``)."""
-    from ..ptq_job import PTQJob, ptq_config
-
+    """The ``apb ptq --target`` of a post-training method (checked by ``apb.jobs.ptq``)."""
     if base == "obc-compound":
         sparsity, slash, bits = knob.partition("/")
         if not slash:

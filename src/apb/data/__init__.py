@@ -16,5 +16,7 @@ scikit-learn), split once and for all by :mod:`apb.data.stratified`. ``cifar10``
 from apb.data import cifar10, digits, imagefolder, mnist5k  # noqa: F401 (registers loaders)
 from apb.data.datasplit import DataError, DataSplit
 from apb.data.registry import available, load, register
+from apb.data.subsets import evenly_spaced_subset, held_out_split
 
-__all__ = ["DataError", "DataSplit", "available", "load", "register"]
+__all__ = ["DataError", "DataSplit", "available", "evenly_spaced_subset", "held_out_split",
+           "load", "register"]

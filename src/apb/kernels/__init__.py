@@ -9,7 +9,8 @@ missing build then raises an ImportError naming how to build (``make install``, 
 ``make build-inplace`` with ``PYTHONPATH=src`` during development).
 
 Kernels:
-    pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`).
+    pack_signs, unpack_signs: the sign-bit layout (see :mod:`apb.kernels.sign_packing`);
+    words_for: the uint64 words of a packed row.
     pack_planes: k-bit codes as bit-planes; bgemm_1x1, bgemm_1x2, bgemm_2x2: integer
     GEMMs of packed operands by XOR/AND + popcount (see :mod:`apb.kernels.bgemm`).
     bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
@@ -20,6 +21,10 @@ Kernels:
     and bit-packed in one pass (:mod:`apb.kernels.activation_packing`).
     xor_gate_encode, xor_gate_table, xor_gate_decode: XOR-gate weight encryption, the
     GF(2) block solver and the table decoder (:mod:`apb.kernels.xor_gate`).
+
+The same kernels without the Python checks, for calls made on every forward (the
+extension's own checks still keep them in bounds): :mod:`apb.kernels.direct`. The rest
+of apb reaches the extension only through this package.
 
 Run time:
     active_isa, available_isas, set_isa, use_isa: instruction-set dispatch
@@ -48,7 +53,7 @@ from apb.kernels.runtime import (
     set_num_threads,
     use_isa,
 )
-from apb.kernels.sign_packing import pack_signs, unpack_signs
+from apb.kernels.sign_packing import pack_signs, unpack_signs, words_for
 from apb.kernels.sparse_conv import sparse_conv2d
 from apb.kernels.spmm import spmm_csr
 from apb.kernels.xor_gate import xor_gate_decode, xor_gate_encode, xor_gate_table
@@ -75,6 +80,7 @@ __all__ = [
     "spmm_csr",
     "unpack_signs",
     "use_isa",
+    "words_for",
     "xor_gate_decode",
     "xor_gate_encode",
     "xor_gate_table",

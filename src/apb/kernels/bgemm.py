@@ -37,6 +37,7 @@ import numpy as np
 
 from apb.kernels._arrays import as_int, check_array, check_matrix, like_input
 from apb.kernels._ext import extension
+from apb.kernels.sign_packing import words_for
 
 MAX_PLANES = 8
 """Most bit-planes an operand may have (codes are uint8)."""
@@ -157,10 +158,10 @@ def _check_k(k: Any, words: int, fn: str) -> int:
     k = as_int(k, fn=fn, arg="k", meaning="the number of columns K")
     if k < 0:
         raise ValueError(f"{fn}: k must be >= 0, got {k}")
-    if words != -(-k // 64):
+    if words != words_for(k):
         raise ValueError(
             f"{fn}: the operands have {words} words per row, but k={k} needs "
-            f"ceil(k/64)={-(-k // 64)}"
+            f"ceil(k/64)={words_for(k)}"
         )
     return k
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from apb.kernels._arrays import check_matrix, like_input
 from apb.kernels._ext import extension
+from apb.kernels.sign_packing import words_for
 
 
 def bgemm_1xf(w: Any, x: Any) -> Any:
@@ -39,7 +40,7 @@ def bgemm_1xf(w: Any, x: Any) -> Any:
     w = check_matrix(w, fn="bgemm_1xf", arg="w", dtype="uint64")
     x = check_matrix(x, fn="bgemm_1xf", arg="x", dtype="float32")
     k = x.shape[1]
-    words = -(-k // 64)
+    words = words_for(k)
     if w.shape[1] != words:
         raise ValueError(
             f"bgemm_1xf: w has {w.shape[1]} words per row, but x has K={k} columns, which "

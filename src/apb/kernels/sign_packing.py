@@ -31,6 +31,11 @@ from apb.kernels._arrays import as_int, check_matrix, like_input
 from apb.kernels._ext import extension
 
 
+def words_for(k: int) -> int:
+    """``ceil(k / 64)``: the uint64 words of a packed row of ``k`` columns."""
+    return -(-k // 64)
+
+
 def pack_signs(x: Any) -> Any:
     """Pack the signs of a float32 ``[M, K]`` matrix into uint64 ``[M, ceil(K/64)]``.
 
@@ -69,9 +74,9 @@ def unpack_signs(bits: Any, k: int) -> Any:
     if k < 0:
         raise ValueError(f"unpack_signs: k must be >= 0, got {k}")
     words = bits.shape[1]
-    if words != -(-k // 64):
+    if words != words_for(k):
         raise ValueError(
             f"unpack_signs: bits has {words} words per row, but k={k} needs "
-            f"ceil(k/64)={-(-k // 64)}"
+            f"ceil(k/64)={words_for(k)}"
         )
     return like_input(extension().unpack_signs(bits, k), bits)

@@ -5,8 +5,7 @@
 
 Post-training methods (OBC, post-training APB) compress a trained model from calibration
 data instead: ``apb.methods.ptq_(model, OBCConfig(mode="prune", sparsity=0.5), batches)``.
-A trained binary / DoReFa network loses whole filters to a size budget with
-``apb.methods.prune_quantized(model, train_data, budget_ratio=0.25)``.
+Filter pruning of trained binary / DoReFa networks lives in :mod:`apb.prune`.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from .fp import FPMethod
 from .magnitude import MagnitudeConfig, MagnitudeMethod, PruneQuantConfig, PruneQuantMethod
 from .obc import OBCConfig, OBCMethod
 from .obc_layer import OBCError
-from .ptq import PostTrainingMethod, PTQConfig, PTQReport, ptq_
-from .quantized_pruning import PruningReport, QuantizedPruningConfig, prune_quantized
+from .ptq import PostTrainingMethod, PTQConfig, PTQReport, post_training_method, ptq_
 
 _REGISTRY: dict[str, type[Method]] = {
     m.name: m
@@ -38,9 +36,8 @@ _POST_TRAINING: dict[str, type[PostTrainingMethod]] = {
 __all__ = [
     "APBConfig", "APBPTQConfig", "BNNConfig", "CompressionConfig", "DoReFaConfig",
     "MagnitudeConfig", "Method", "OBCConfig", "OBCError", "PTQConfig", "PTQReport",
-    "PruneQuantConfig", "PruningReport", "QuantizedPruningConfig", "available",
-    "available_post_training", "compress_", "config_class", "create", "is_post_training",
-    "prune_quantized", "ptq_", "select_layers",
+    "PruneQuantConfig", "available", "available_post_training", "compress_", "config_class",
+    "create", "is_post_training", "post_training_method", "ptq_", "select_layers",
 ]
 
 
@@ -66,15 +63,6 @@ def _method_class(name: str) -> type[Method]:
             f"unknown method {name!r}; available: {', '.join(available())}"
         )
     return cls
-
-
-def post_training_method(config: PTQConfig) -> PostTrainingMethod:
-    """The post-training method a configuration belongs to."""
-    for cls in _POST_TRAINING.values():
-        if type(config) is cls.config_class:
-            return cls(config)
-    raise TypeError(f"no post-training method takes a {type(config).__name__}; give an "
-                    "OBCConfig or an APBPTQConfig")
 
 
 def config_class(name: str) -> type[CompressionConfig]:

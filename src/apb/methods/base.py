@@ -10,6 +10,7 @@ from torch import nn
 from ..nn import compressed_layers, freeze_masks, make_act_quantizer
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..nn.weight_quantizer import WeightQuantizer
+from ..summary import summary
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -69,7 +70,7 @@ class Method:
                 continue
             aq = make_act_quantizer(self.config.act_bits)
             cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-            _replace(model, name, cls.from_float(module, wq, aq))
+            model.set_submodule(name, cls.from_float(module, wq, aq))
         return model
 
     def on_step(self, model: nn.Module, progress: float) -> None:
@@ -80,8 +81,6 @@ class Method:
         freeze_masks(model)
 
     def stats(self, model: nn.Module) -> dict:
-        from ..summary import summary
-
         s = summary(model)
         return {
             "bits_per_weight": s.bits_per_weight,
@@ -115,8 +114,3 @@ def select_layers(
         skip.add(linears[-1])
     return [name for name, _ in candidates if name not in skip]
 
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

@@ -35,8 +35,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..memory import FP32_BITS, dense_storage
 from ..nn.layers import QuantConv2d, QuantLinear
-from .base import CompressionConfig, FilterFn, Method, _replace, select_layers
+from ..summary import summary
+from .base import CompressionConfig, FilterFn, Method, select_layers
 from .obc_calib import (
     BATCHNORM_MODES,
     BatchNormCorrection,
@@ -105,10 +107,16 @@ class PTQConfig(CompressionConfig):
 
 
 class PostTrainingMethod(Method):
-    """A method :func:`ptq_` runs. Subclasses say what each layer becomes."""
+    """A method :func:`ptq_` runs. Subclasses say what each layer becomes; each registers
+    itself under its ``config_class`` (:func:`post_training_method`)."""
 
     post_training = True
     config: PTQConfig
+    by_config: dict[type[PTQConfig], type[PostTrainingMethod]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        PostTrainingMethod.by_config[cls.config_class] = cls
 
     def budget(self) -> tuple[str, float] | None:
         """``(kind, value)`` of a model-wide budget (kinds: :data:`BUDGET_UNITS`), or None
@@ -180,6 +188,15 @@ def relative_error(problem: LayerProblem, W_hat: torch.Tensor, H: torch.Tensor) 
     return problem.error(W_hat, H) / base if base > 0 else 0.0
 
 
+def post_training_method(config: PTQConfig) -> PostTrainingMethod:
+    """The post-training method a configuration belongs to."""
+    cls = PostTrainingMethod.by_config.get(type(config))
+    if cls is None:
+        raise TypeError(f"no post-training method takes a {type(config).__name__}; give an "
+                        "OBCConfig or an APBPTQConfig")
+    return cls(config)
+
+
 def ptq_(
     model: nn.Module,
     config: PTQConfig,
@@ -201,8 +218,6 @@ def ptq_(
             and the classifier, per ``keep_first`` / ``keep_last``).
         progress: a progress bar per layer.
     """
-    from . import post_training_method
-
     started = time.perf_counter()
     method = post_training_method(config)
     report = PTQReport(method.name)
@@ -303,7 +318,7 @@ def _bar(items, progress: bool, desc: str):
 def _write(model: nn.Module, method: PostTrainingMethod, name: str, solution: LayerSolution,
            level: LayerLevel) -> None:
     module = model.get_submodule(name)
-    _replace(model, name, method.make_layer(module, solution, level))
+    model.set_submodule(name, method.make_layer(module, solution, level))
 
 
 def _compress_sequential(model, method, names, batches, report, progress, device,
@@ -361,9 +376,6 @@ def _choose_independent(model, method, names, batches, budget, progress, device)
 
 def _budget_total(model, names, problems, collectors, budget) -> float:
     """The model-wide budget in the units of the layers' level costs."""
-    from ..memory import FP32_BITS, dense_storage
-    from ..summary import summary
-
     kind, value = budget
     sizes = [problems[n].W.numel() for n in names]
     total = sum(sizes)

@@ -19,35 +19,24 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import xor
+from .apb_layers import PackedAPBConv2d, PackedAPBLinear
 from .backend import BACKENDS, DEFAULT_BACKEND
 from .convert import PackError, pack_, pack_layer
+from .dorefa_layers import PackedDoReFaConv2d, PackedDoReFaLinear
 from .fold import fold_batchnorm_
-from .format import (
-    FORMAT,
-    FORMAT_VERSION,
-    PackedFileInfo,
-    PackedFormatError,
-    load_packed,
-    read_packed_info,
-    save_packed,
-)
-from .layers import (
-    PACKED_TYPES,
-    PackedAPBConv2d,
-    PackedAPBLinear,
-    PackedDoReFaConv2d,
-    PackedDoReFaLinear,
-    PackedLayer,
-    PackedPrunedConv2d,
-    PackedPrunedLinear,
-)
+from .format import load_packed, read_packed_info, save_packed
+from .header import FORMAT, FORMAT_VERSION, PackedFileInfo, PackedFormatError
+from .layer import PackedLayer
+from .layer_tensors import PACKED_TYPES
+from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
 
 __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
     "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
     "PackedPrunedLinear", "fold_batchnorm_", "load_packed", "pack_", "pack_layer",
-    "packed_layers", "read_packed_info", "save_packed", "set_backend",
+    "packed_layers", "read_packed_info", "save_packed", "set_backend", "xor",
 ]
 
 

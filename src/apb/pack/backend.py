@@ -1,18 +1,19 @@
 """Which implementation runs each packed-inference kernel: ``"reference"`` or ``"kernels"``.
 
 Both backends take the same arguments and return the same results (the kernel semantics
-of the spec); :mod:`apb.pack.ops` calls :func:`kernel` with the backend a packed layer
-holds. ``"reference"`` is :mod:`apb.pack.reference` (pure torch, always available, the
-cross-check of the tests); ``"kernels"`` are the compiled popcount kernels
-(:mod:`apb.pack.compiled`, the extension behind :mod:`apb.kernels`). Switching an op
-between them is its one line in the tables below.
+of docs/design.md §2); :mod:`apb.pack.ops` calls :func:`kernel` with the backend a packed
+layer holds. ``"reference"`` is :mod:`apb.pack.reference` (pure torch, always available,
+the cross-check of the tests); ``"kernels"`` are the compiled popcount kernels
+(:mod:`apb.pack.compiled`, through :mod:`apb.kernels`; the extension itself is loaded on
+the first call, so the tables cost nothing without it). Switching an op between them is
+its one line in the tables below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import reference
+from . import compiled, reference
 
 BACKENDS = ("reference", "kernels")
 
@@ -30,18 +31,13 @@ REFERENCE: dict[str, Callable] = {
     "sparse_conv2d": reference.sparse_conv2d,
 }
 
-
-def _compiled_kernels() -> dict[str, Callable]:
-    """The compiled kernels, by the same names (imported on first use)."""
-    from . import compiled
-
-    return {name: getattr(compiled, name) for name in REFERENCE}
-
+KERNELS: dict[str, Callable] = {name: getattr(compiled, name) for name in REFERENCE}
+"""The compiled kernels, by the same names."""
 
 DEFAULT_BACKEND = "kernels"
 """The backend of packed layers unless one is asked for."""
 
-_tables: dict[str, dict[str, Callable]] = {"reference": REFERENCE}
+_TABLES: dict[str, dict[str, Callable]] = {"reference": REFERENCE, "kernels": KERNELS}
 
 
 def check_backend(name: str) -> str:
@@ -52,8 +48,4 @@ def check_backend(name: str) -> str:
 
 def kernel(op: str, backend: str) -> Callable:
     """The implementation of ``op`` under ``backend``."""
-    table = _tables.get(backend)
-    if table is None:
-        check_backend(backend)
-        table = _tables[backend] = _compiled_kernels()
-    return table[op]
+    return _TABLES[check_backend(backend)][op]

@@ -37,18 +37,12 @@ from ..nn import (
     UniformActivation,
 )
 from ..nn.layers import COMPRESSED_TYPES, QuantConv2d
-from .layers import (
-    PackedAPBConv2d,
-    PackedAPBLinear,
-    PackedDoReFaConv2d,
-    PackedDoReFaLinear,
-    PackedLayer,
-    PackedPrunedConv2d,
-    PackedPrunedLinear,
-    csr_index_dtype,
-    csr_indptr_dtype,
-)
-from .reference import pack_bits
+from .apb_layers import PackedAPBConv2d, PackedAPBLinear
+from .bits import pack_bits
+from .csr import csr_index_dtype, csr_indptr_dtype
+from .dorefa_layers import PackedDoReFaConv2d, PackedDoReFaLinear
+from .layer import PackedLayer
+from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
 
 PACKABLE = ("apb", "bnn", "dorefa", "prune_quant")
 
@@ -83,9 +77,7 @@ def pack_(
     for name, new in packed:
         if not name:
             return new
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
+        model.set_submodule(name, new)
     return model
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .layers import PackedLayer
+from .layer import PackedLayer
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -87,14 +87,9 @@ def fold_batchnorm_(model: nn.Module) -> nn.Module:
             layer.fold_affine_(*batchnorm_affine(bn))
         elif (type(layer) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d)
               and layer.out_channels == bn.num_features and bn.running_mean is not None):
-            _replace(model, source.target, fuse_conv_bn_eval(layer, bn))
+            model.set_submodule(source.target, fuse_conv_bn_eval(layer, bn))
         else:
             continue
-        _replace(model, node.target, nn.Identity())
+        model.set_submodule(node.target, nn.Identity())
     model.apb_folded = True
     return model
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

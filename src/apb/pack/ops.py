@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .backend import kernel
+from .bits import words_for
 
 _LIBRARY = torch.library.Library("apb", "DEF")
 
@@ -42,10 +43,6 @@ def _conv_out(size, k: int, s: int, p: int, d: int):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _words(k):
-    return (k + 63) // 64
-
-
 def _positions(x: Tensor, kernel_size, stride, padding, dilation):
     b, _, h, w = x.shape
     oh = _conv_out(h, kernel_size[0], stride[0], padding[0], dilation[0])
@@ -55,7 +52,7 @@ def _positions(x: Tensor, kernel_size, stride, padding, dilation):
 
 def _im2col_shape(x: Tensor, kernel_size, stride, padding, dilation) -> tuple:
     return (_positions(x, kernel_size, stride, padding, dilation),
-            _words(x.shape[1] * kernel_size[0] * kernel_size[1]))
+            words_for(x.shape[1] * kernel_size[0] * kernel_size[1]))
 
 
 # -- packing -------------------------------------------------------------------------------
@@ -66,7 +63,7 @@ def pack_signs(x: Tensor, backend: str) -> Tensor:
 
 _define(
     "pack_signs(Tensor x, str backend) -> Tensor", pack_signs,
-    lambda x, backend: x.new_empty((x.shape[0], _words(x.shape[1])), dtype=torch.uint64),
+    lambda x, backend: x.new_empty((x.shape[0], words_for(x.shape[1])), dtype=torch.uint64),
 )
 
 
@@ -78,7 +75,7 @@ def pack_planes(codes: Tensor, bits: int, backend: str) -> Tensor:
 _define(
     "pack_planes(Tensor codes, int bits, str backend) -> Tensor", pack_planes,
     lambda codes, bits, backend: codes.new_empty(
-        (bits, codes.shape[0], _words(codes.shape[1])), dtype=torch.uint64),
+        (bits, codes.shape[0], words_for(codes.shape[1])), dtype=torch.uint64),
 )
 
 
@@ -91,7 +88,7 @@ _define(
     "quantize_pack_codes(Tensor x, Tensor scale, int bits, str backend) -> Tensor",
     quantize_pack_codes,
     lambda x, scale, bits, backend: x.new_empty(
-        (bits, x.shape[0], _words(x.shape[1])), dtype=torch.uint64),
+        (bits, x.shape[0], words_for(x.shape[1])), dtype=torch.uint64),
 )
 
 
@@ -223,3 +220,8 @@ _define(
         (indptr.shape[0] - 1, _positions(x, kernel_size, stride, padding, dilation)),
         dtype=torch.float32),
 )
+
+
+apb_ops = torch.ops.apb
+"""The operators defined above, ``torch.ops.apb.<kernel>(..., backend)``: what packed
+layers call (importing it from here makes sure they are defined)."""

@@ -6,10 +6,8 @@ so that they are obviously right rather than fast: bits are unpacked to ``0/1`` 
 products are float matrix multiplications of small integers, which are exact (every
 partial sum is an integer below :math:`2^{24}`, or the product runs in float64).
 
-Layout: a row of ``K`` values is ``W = ceil(K/64)`` little-endian ``uint64`` words, bit
-``j`` of word ``w`` holding column ``64 w + j``; bits past ``K`` are 0. Binary values:
-bit 1 means −1, bit 0 means +1 (:math:`s = 1 - 2b`). ``P``-bit unsigned codes are stored
-as bit-planes ``[P, rows, W]``, plane ``p`` holding bit ``p`` of each code.
+Layout: that of :mod:`apb.pack.bits` (``W = ceil(K/64)`` uint64 words per row, bit 1
+means −1, ``P``-bit codes as bit-planes ``[P, rows, W]``).
 
 Every function returns a new tensor (``spmm_csr`` adds into ``out`` in place, as the
 kernel does) and expects CPU tensors; the checks a user needs live in the packed layers
@@ -18,44 +16,12 @@ and the file loader, not here.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 
-if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for
-    raise ImportError("apb.pack.reference reads uint64 words as bytes: little-endian only")
+from .bits import activation_codes, pack_bits, unpack_bits
 
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
 _EXACT_FLOAT32 = 1 << 24  # integers up to here are exact in float32
-
-
-def words_for(k: int) -> int:
-    """``ceil(k / 64)``: uint64 words per packed row of ``k`` columns."""
-    return -(-k // 64)
-
-
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """``0/1`` values ``[..., K]`` (any integer or bool dtype) → uint64 ``[..., ceil(K/64)]``."""
-    *lead, k = bits.shape
-    w = words_for(k)
-    if bits.numel() == 0:  # views between dtypes need real strides
-        return torch.zeros((*lead, w), dtype=torch.uint64)
-    b = bits.to(torch.uint8)
-    if w * 64 != k:
-        b = F.pad(b, (0, w * 64 - k))
-    by = (b.reshape(*lead, w * 8, 8) << _SHIFTS).sum(-1, dtype=torch.uint8)
-    return by.contiguous().view(torch.uint64).reshape(*lead, w)
-
-
-def unpack_bits(words: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    """uint64 ``[..., W]`` → uint8 ``0/1`` ``[..., k]`` (default ``k = 64 W``)."""
-    *lead, w = words.shape
-    if words.numel() == 0:
-        return torch.zeros((*lead, w * 64 if k is None else k), dtype=torch.uint8)
-    by = words.contiguous().view(torch.uint8).reshape(*lead, w * 8, 1)
-    bits = ((by >> _SHIFTS) & 1).reshape(*lead, w * 64)
-    return bits if k is None else bits[..., :k]
 
 
 def _signs(words: torch.Tensor, k: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -87,15 +53,6 @@ def pack_planes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes ``[N, K]`` (each ``< 2^bits``) → bit-planes uint64 ``[bits, N, W]``."""
     planes = torch.stack([(codes >> p) & 1 for p in range(bits)])
     return pack_bits(planes)
-
-
-def activation_codes(x: torch.Tensor, scale: torch.Tensor | float, bits: int) -> torch.Tensor:
-    r"""``round(min(max(x, 0), s) / s · L)`` in float32, ``L = 2^bits − 1``: the codes of
-    :class:`apb.nn.UniformActivation` (same ops in the same order, so bit-identical), as
-    float32. ``s`` is used as given (the layer applies ``clamp_min(1e-8)`` first)."""
-    s = torch.as_tensor(scale, dtype=torch.float32)
-    levels = (1 << bits) - 1
-    return torch.round(x.clamp(min=0.0).minimum(s) / s * levels)
 
 
 def quantize_pack_codes(x: torch.Tensor, scale: torch.Tensor | float, bits: int) -> torch.Tensor:

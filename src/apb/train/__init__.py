@@ -15,17 +15,23 @@ from .checkpoint import (
     CheckpointError,
     build_model_from_checkpoint,
     load_checkpoint,
+    load_model_state,
     post_training_state,
     pruned_state,
     save_checkpoint,
 )
 from .config import TrainConfig
-from .metrics import read_metrics
+from .evaluation import evaluate, model_device, predict
+from .metrics import jsonable, read_metrics
+from .optim import build_optimizers, build_scheduler
 from .seeding import seed_everything
-from .trainer import TrainResult, evaluate, train
+from .step import train_step
+from .trainer import TrainResult, train
 
 __all__ = [
     "CHECKPOINT_VERSION", "CheckpointError", "TrainConfig", "TrainResult", "build_model",
-    "build_model_from_checkpoint", "evaluate", "load_checkpoint", "model_kwargs_for",
-    "post_training_state", "pruned_state", "read_metrics", "save_checkpoint", "seed_everything", "train",
+    "build_model_from_checkpoint", "build_optimizers", "build_scheduler", "evaluate",
+    "jsonable", "load_checkpoint", "load_model_state", "model_device", "model_kwargs_for", "post_training_state",
+    "predict", "pruned_state", "read_metrics", "save_checkpoint", "seed_everything", "train",
+    "train_step",
 ]

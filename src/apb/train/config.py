@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import data, methods, models
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -165,8 +167,6 @@ class TrainConfig:
 
     def _validate_registries(self) -> None:
         """Names and options checked against the registries, so a typo fails before training."""
-        from .. import data, methods, models
-
         if self.model not in models.available():
             raise ValueError(
                 f"unknown model {self.model!r}; available: {', '.join(models.available())}"

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+import torch
+
 
 def _one_thread() -> None:
-    import torch
-
     # One process per core: the small models these jobs train gain nothing from a second
     # thread, and two processes with two threads each would fight over the cores.
     torch.set_num_threads(1)

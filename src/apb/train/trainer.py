@@ -1,4 +1,4 @@
-"""The training loop: ``train(config)`` compresses a model while it learns, and ``evaluate``.
+"""The training loop: ``train(config)`` compresses a model while it learns.
 
 One run, in order: load the data, build the model (``models.create``), let the method
 rewrite it (``method.prepare``), build the two optimizers (main + quantizer scales) and
@@ -22,16 +22,17 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .. import data
@@ -49,9 +50,11 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistContext
+from .evaluation import accuracy_and_loss, evaluate_sharded
 from .metrics import MetricsLog, jsonable
 from .optim import build_optimizers, build_scheduler
 from .seeding import determinism, rng_state, seed_everything, set_rng_state
+from .step import train_step
 
 logger = logging.getLogger("apb.train")
 
@@ -127,80 +130,7 @@ def train(config: TrainConfig) -> TrainResult:
         distributed.teardown(ctx)
 
 
-# -- evaluation ---------------------------------------------------------------------------
-def evaluate(
-    model: nn.Module,
-    data: Dataset | DataLoader,
-    batch_size: int = 256,
-    *,
-    device: torch.device | str | None = None,
-) -> tuple[float, float]:
-    """``(accuracy, mean cross-entropy)`` of ``model`` in eval mode over ``data``, a dataset
-    of ``(input, label)`` pairs or any iterable of ``(inputs, labels)`` batches.
-
-    ``device`` defaults to the model's. The model's train/eval mode is restored afterwards.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(data, Dataset):
-        data = DataLoader(data, batch_size=batch_size, shuffle=False)
-    if device is None:
-        device = _model_device(model)
-    return _accuracy_and_loss(_evaluation_sums(model, data, torch.device(device)))
-
-
-def _evaluate_sharded(
-    model: nn.Module, dataset: Dataset, batch_size: int, ctx: DistContext
-) -> tuple[float, float]:
-    """:func:`evaluate` over the whole ``dataset`` with each rank taking every
-    ``world_size``-th sample (no padding, so no sample counts twice) and summing over ranks."""
-    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
-    sums = _evaluation_sums(model, loader, ctx.device)
-    return _accuracy_and_loss(distributed.all_reduce_sum(ctx, sums))
-
-
-@torch.no_grad()
-def _evaluation_sums(model: nn.Module, batches, device: torch.device) -> torch.Tensor:
-    """``[sum of losses, correct, count]`` as a float64 tensor on ``device``."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    try:
-        for inputs, labels in batches:
-            inputs, labels = inputs.to(device), labels.to(device)
-            logits = model(inputs)
-            sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-            sums[1] += (logits.argmax(dim=1) == labels).sum()
-            sums[2] += labels.numel()
-    finally:
-        model.train(was_training)
-    return sums
-
-
-def _accuracy_and_loss(sums: torch.Tensor) -> tuple[float, float]:
-    loss_sum, correct, count = (float(v) for v in sums.cpu())
-    if count == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
-    return correct / count, loss_sum / count
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 # -- data -----------------------------------------------------------------------------------
-def evenly_spaced_subset(dataset: Dataset, count: int | None) -> Dataset:
-    """``count`` samples at evenly spaced positions (every class of a label-sorted dataset
-    keeps its share); the whole dataset when ``count`` is None or not smaller."""
-    n = len(dataset)
-    if count is None or count >= n:
-        return dataset
-    return Subset(dataset, [i * n // count for i in range(count)])
-
-
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of the DataLoader's generator (worker seeds, random transforms in workers)
     for one epoch on one rank: a function of (seed, epoch, rank) alone."""
@@ -208,10 +138,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _seed_worker(worker_id: int) -> None:
-    import random
-
-    import numpy as np
-
     worker_seed = torch.initial_seed() % 2**32  # the DataLoader gave each worker its own
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -339,8 +265,8 @@ class _Run:
         c, ctx = self.config, self.ctx
         ckpt = self._resume_checkpoint()
         split = data.load(c.dataset, c.data_dir, **c.data_options)
-        train_set = evenly_spaced_subset(split.train, c.train_samples)
-        self.test_set = evenly_spaced_subset(split.test, c.test_samples)
+        train_set = data.evenly_spaced_subset(split.train, c.train_samples)
+        self.test_set = data.evenly_spaced_subset(split.test, c.test_samples)
         self.model_kwargs = (
             ckpt["model"]["kwargs"] if ckpt is not None else model_kwargs_for(
                 c.model, split.input_shape, split.num_classes, c.activation, c.model_options
@@ -378,7 +304,7 @@ class _Run:
             self._train_epoch(net, epoch, events)
 
         if start_epoch == c.epochs:  # nothing left to train: report the checkpoint's model
-            self.final_acc, self.final_loss = _evaluate_sharded(
+            self.final_acc, self.final_loss = evaluate_sharded(
                 self.model, self.test_set, c.eval_batch_size, ctx
             )
             self.stats = jsonable(self.method.stats(self.model))
@@ -432,18 +358,11 @@ class _Run:
             self.method.on_step(self.model, self.global_step / self.total_steps)
             inputs = inputs.to(ctx.device, non_blocking=True)
             labels = labels.to(ctx.device, non_blocking=True)
-            logits = net(inputs)
-            loss = F.cross_entropy(logits, labels, label_smoothing=c.label_smoothing)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            for sched in schedulers:
-                sched.step()
+            loss, logits = train_step(net, inputs, labels, optimizers, schedulers,
+                                      label_smoothing=c.label_smoothing)
             self.global_step += 1
             with torch.no_grad():
-                sums[0] += loss.detach().double() * labels.numel()
+                sums[0] += loss.double() * labels.numel()
                 sums[1] += (logits.argmax(dim=1) == labels).sum()
                 sums[2] += labels.numel()
             bar.update(1)
@@ -457,7 +376,7 @@ class _Run:
                     bar.set_postfix(loss=f"{loss_so_far:.4f}", acc=f"{acc_so_far:.4f}")
         bar.close()
         samples_per_rank = [int(n) for n in distributed.all_gather_objects(ctx, int(sums[2]))]
-        train_acc, train_loss = _accuracy_and_loss(distributed.all_reduce_sum(ctx, sums))
+        train_acc, train_loss = accuracy_and_loss(distributed.all_reduce_sum(ctx, sums))
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"training diverged: the mean train loss of epoch {epoch} is {train_loss}; "
@@ -469,7 +388,7 @@ class _Run:
         if finished:
             self.method.finalize(self.model)
             events = [*events, "finalize"]
-        test_acc, test_loss = _evaluate_sharded(self.model, self.test_set, c.eval_batch_size, ctx)
+        test_acc, test_loss = evaluate_sharded(self.model, self.test_set, c.eval_batch_size, ctx)
         stats = jsonable(self.method.stats(self.model))
         self.final_acc, self.final_loss, self.stats = test_acc, test_loss, stats
         if test_acc > self.best_acc:

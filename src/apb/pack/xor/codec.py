@@ -1,6 +1,6 @@
 r"""XOR-gate encryption of one packed layer: which bits are planes, which of them matter.
 
-Any packed layer (:mod:`apb.pack.layers`) applies; what is encrypted is its bit-planes,
+Any packed layer (:class:`apb.pack.PackedLayer`) applies; what is encrypted is its bit-planes,
 with the bits no decoder needs as don't-care:
 
 * pruned + quantized (``pruned_*``, :class:`apb.pack.PackedPrunedConv2d`): the ``Q`` code
@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from ...memory import bitmap_bits, csr_bits
-from ..format import (
+from ..bits import unpack_bits
+from ..layer import PackedLayer
+from ..layer_tensors import (
     build_layer,
     layer_config,
     layer_tensors,
@@ -40,11 +42,9 @@ from ..format import (
     pruned_planes,
     stream_bits,
 )
-from ..layers import PackedLayer
-from ..reference import unpack_bits
-from .mask import MaskCode, encode_mask
+from .mask import MaskCode, decode_mask, encode_mask
 from .network import DEFAULT_SEED
-from .planes import EncodedPlanes, encode_planes
+from .planes import EncodedPlanes, decode_planes, encode_planes
 
 REPLACED = {"apb": ("sign_bits",), "dorefa": ("weight_codes",),
             "pruned": ("kept_codes", "keep_bits", "csr_indices", "csr_indptr")}
@@ -208,9 +208,6 @@ def decoded_tensors(encoded: EncodedLayer, where: str = "layer") -> dict[str, np
     """The packed file tensors of an encoded layer: planes decoded, mask decoded, don't-care
     bits restored, checked against the layer's recorded sha256 (XorFormatError when they
     differ, or when a stream is damaged)."""
-    from .mask import decode_mask
-    from .planes import decode_planes
-
     try:
         keep = None
         if encoded.mask is not None:

@@ -36,22 +36,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save
 from torch import nn
 
 from ..._version import __version__
+from ...io import atomic_write
 from ...kernels.xor_gate import n_blocks
-from ..format import (
+from ..format import load_packed_bytes
+from ..header import (
     HEADER_PREFIX_BYTES,
     PackedFileInfo,
     PackedFormatError,
-    expected_tensors,
     file_arrays,
     header_length,
-    load_packed_bytes,
     packed_header,
     parse_metadata,
     read_file,
 )
+from ..layer_tensors import expected_tensors
 from .codec import (
     REPLACED,
     EncodedLayer,
@@ -188,8 +190,6 @@ def _layer_arrays(e: EncodedLayer) -> dict[str, np.ndarray]:
 def encode_bytes(data: bytes, *, where: str = "packed model", seed: int = DEFAULT_SEED,
                  scheme: str = "auto", progress: bool = False) -> tuple[bytes, XorReport]:
     """XOR-encode the bytes of a packed model file: ``(XOR file bytes, report)``."""
-    from safetensors.numpy import save
-
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     path = Path(where)
@@ -252,8 +252,6 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = D
     and checked before anything is written. Raises :class:`apb.pack.PackedFormatError`
     when ``src`` is not a valid packed model.
     """
-    from ...io import atomic_write
-
     src, dst = Path(src), Path(dst)
     data = read_file(src)
     out, report = encode_bytes(data, where=str(src), seed=seed, scheme=scheme,
@@ -265,8 +263,6 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = D
 # -- decoding ------------------------------------------------------------------------------
 def decode_bytes(data: bytes, *, where: str = "XOR-encoded model") -> bytes:
     """The packed model file an XOR-encoded file's bytes were made from."""
-    from safetensors.numpy import save
-
     path = Path(where)
     metadata = _xor_header(data, path)
     try:
@@ -303,8 +299,6 @@ def decode_bytes(data: bytes, *, where: str = "XOR-encoded model") -> bytes:
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike) -> PackedFileInfo:
     """Decode the XOR-encoded file ``src`` back into the packed model file ``dst`` (the
     packed model it was encoded from, tensor for tensor), atomically."""
-    from ...io import atomic_write
-
     src = Path(src)
     out = decode_bytes(_read_xor(src), where=str(src))
     load_packed_bytes(out, where=str(src))  # a file apb eval can read, or an error here

@@ -33,14 +33,8 @@ from functools import cache
 
 import numpy as np
 
-from ...kernels._ext import extension
-from ...kernels.xor_gate import (
-    MAX_INPUTS,
-    MAX_OUTPUTS,
-    n_blocks,
-    offset_bits,
-    xor_gate_encode,
-)
+from ...kernels import direct, xor_gate_encode
+from ...kernels.xor_gate import MAX_INPUTS, MAX_OUTPUTS, n_blocks, offset_bits
 from ...memory import xor_bits
 from .network import DEFAULT_SEED, XorNetwork
 
@@ -252,12 +246,11 @@ def decode_plane(encoded: EncodedPlanes, plane: int, out: np.ndarray | None = No
     net = _network_for(encoded, network)
     if out is None:
         out = np.empty(-(-encoded.n_bits // 8), dtype=np.uint8)
-    # Straight to the extension: its binding checks every array and stream itself (the
-    # wrapper's friendlier checks cost as much as decoding a 100k-weight plane).
-    extension().xor_gate_decode(net.table, net.n_out, net.n_in, encoded.inputs[plane],
-                                encoded.n_bits, encoded.patch_counts[plane],
-                                encoded.patch_offsets[plane], encoded.n_patches[plane], out)
-    return out
+    # Without the wrapper's checks (they cost as much as decoding a 100k-weight plane): the
+    # extension checks every array and stream itself before it writes ``out``.
+    return direct.xor_gate_decode(net.table, net.n_out, net.n_in, encoded.inputs[plane],
+                                  encoded.n_bits, encoded.patch_counts[plane],
+                                  encoded.patch_offsets[plane], encoded.n_patches[plane], out)
 
 
 def decode_planes(encoded: EncodedPlanes, care=None, *,

@@ -1,5 +1,5 @@
-"""Plain numpy references of the XOR-gate kernels (:mod:`apb.kernels.xor_gate`), written
-for obviousness: 0/1 uint8 arrays, a dense Gauss-Jordan elimination over GF(2) kept in
+"""Oracles of the XOR-gate kernels (:mod:`apb.kernels.xor_gate`), written for
+obviousness: 0/1 uint8 arrays, a dense Gauss-Jordan elimination over GF(2) kept in
 reduced row echelon form, and the network applied as a matrix product mod 2.
 
 The encoder's contract fixes its output uniquely, so the kernel must match these

@@ -1,14 +1,13 @@
-"""Plain numpy reference for sparse_conv2d, used by the tests. Written for clarity, not
-speed, and independent of the extension and of torch: the quantized input is unfolded
-with :func:`~apb.kernels.reference_activation_packing.im2col_ref` and multiplied by the
-dense form of the CSR matrix in float64."""
+"""Oracle of sparse_conv2d (:mod:`apb.kernels.sparse_conv`): the quantized input is
+unfolded with :func:`oracles.activation_packing.im2col_ref` and multiplied by the dense
+form of the CSR matrix in float64."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from apb.kernels.reference_activation_packing import im2col_ref, quantize_codes_ref
-from apb.kernels.reference_spmm import csr_to_dense_ref
+from .activation_packing import im2col_ref, quantize_codes_ref
+from .spmm import csr_to_dense_ref
 
 
 def quantized_input_ref(x: np.ndarray, act_bits: int, scale: float | None) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Plain numpy references for bit-plane packing and the bitwise GEMMs, used by the tests.
+"""Oracles of bit-plane packing and the bitwise GEMMs (:mod:`apb.kernels.bgemm`).
 
-Written from the definitions (docs/design.md §2), not from the kernels: bits are unpacked into
-0/1 matrices with ``np.unpackbits`` and the dot products are ordinary int64 matrix
+Written from the definitions (docs/design.md §2), not from the kernels: bits are unpacked
+into 0/1 matrices with ``np.unpackbits`` and the dot products are ordinary int64 matrix
 products of signs (``s = 1 - 2*bit``) and codes (``sum_p 2^p * bit_p``).
 """
 
@@ -9,24 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def unpack_bits_ref(words: np.ndarray, k: int) -> np.ndarray:
-    """int64 0/1 ``[..., k]``: the first ``k`` bits of each row of uint64 ``[..., W]``
-    (bit ``j`` of word ``w`` is column ``64*w + j``)."""
-    words = np.ascontiguousarray(np.asarray(words, dtype=np.uint64).astype("<u8"))
-    as_bytes = words.view(np.uint8).reshape(*words.shape[:-1], 8 * words.shape[-1])
-    return np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :k].astype(np.int64)
-
-
-def pack_bits_ref(bits: np.ndarray) -> np.ndarray:
-    """uint64 ``[..., ceil(K/64)]`` from 0/1 ``[..., K]``, padding bits 0."""
-    bits = np.asarray(bits).astype(bool)
-    k = bits.shape[-1]
-    words = -(-k // 64)
-    padded = np.zeros((*bits.shape[:-1], 64 * words), dtype=bool)
-    padded[..., :k] = bits
-    as_bytes = np.ascontiguousarray(np.packbits(padded, axis=-1, bitorder="little"))
-    return as_bytes.view("<u8").astype(np.uint64).reshape(*bits.shape[:-1], words)
+from .sign_packing import pack_bits_ref, unpack_bits_ref
 
 
 def pack_planes_ref(codes: np.ndarray, bits: int) -> np.ndarray:

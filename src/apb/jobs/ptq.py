@@ -16,8 +16,17 @@ apb-naive: bits per weight).
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass
+
+from torch.utils.data import DataLoader
+
+from ..data import evenly_spaced_subset
+from ..methods import APBPTQConfig, OBCConfig, post_training_method, ptq_
+from ..summary import summary
+from ..train import evaluate, jsonable, post_training_state, save_checkpoint
+from .common import check_outputs, load_trained, write_json
 
 METHODS = ("obc-prune", "obc-quant", "obc-compound", "apb-ptq", "apb-naive")
 TARGET_KEYS = {
@@ -35,7 +44,7 @@ class PTQJob:
     method: obc-prune, obc-quant, obc-compound, apb-ptq or apb-naive (the band rule on the
         trained weights, no compensation: the baseline of apb-ptq).
     target: what to reach, e.g. sparsity=0.5, nm=2:4, bits=4, bits_per_weight=1.6,
-        model_bytes=20000, bops_reduction=16 (see apb.ptq_job); short forms 0.5, 2:4, 4,
+        model_bytes=20000, bops_reduction=16 (see apb.jobs.ptq); short forms 0.5, 2:4, 4,
         0.5,4 and 1.6 mean the method's usual target.
     output: where to write the compressed checkpoint.
     json: also write the result as JSON here.
@@ -132,8 +141,6 @@ def _number(kind: type, value: str, key: str):
 
 def ptq_config(job: PTQJob):
     """The :func:`apb.methods.ptq_` configuration the job asks for (validated)."""
-    from .methods import APBPTQConfig, OBCConfig
-
     fields = parse_target(job.method, job.target)
     common = {"dampening": job.dampening, "batchnorm": job.batchnorm}
     if job.sequential is not None:
@@ -147,39 +154,19 @@ def ptq_config(job: PTQJob):
 
 def run_ptq_job(job: PTQJob, log=print) -> dict:
     """Run ``job``; returns the JSON report (also written to ``job.json`` when set)."""
-    import json
-    import sys
-    from pathlib import Path
-
-    from torch.utils.data import DataLoader
-
-    from . import data
-    from .io import atomic_write_text
-    from .methods import post_training_method, ptq_
-    from .summary import summary
-    from .train import build_model_from_checkpoint, evaluate, post_training_state, save_checkpoint
-    from .train.metrics import jsonable
-    from .train.trainer import evenly_spaced_subset
-
     config = ptq_config(job)  # every option checked before any file is read or written
     if not job.output:
         raise ValueError("give the output checkpoint with -o FILE")
-    for path in (job.output, job.json):
-        if path and Path(path).is_dir():
-            raise IsADirectoryError(f"{path} is a directory; give a file name")
+    check_outputs(job.output, job.json)
     if job.calib < 1 or job.batch_size < 1:
         raise ValueError("--calib and --batch-size must be at least 1")
     started = time.perf_counter()
-    model, ckpt = build_model_from_checkpoint(job.checkpoint)
+    model, ckpt, split = load_trained(job.checkpoint, job.dataset, job.data_dir)
     if ckpt["method"]["name"] != "fp":
         raise ValueError(f"{job.checkpoint} was trained with method "
                          f"{ckpt['method']['name']!r}; apb ptq compresses a full-precision "
                          "(method 'fp') checkpoint")
-    train_config = ckpt["train_config"]
-    dataset = job.dataset or train_config["dataset"]
-    same = dataset == train_config["dataset"]
-    split = data.load(dataset, job.data_dir or (train_config.get("data_dir") if same else None),
-                      **((train_config.get("data_options") or {}) if same else {}))
+    dataset = job.dataset or ckpt["train_config"]["dataset"]
     if job.calib > len(split.train):
         raise ValueError(f"--calib {job.calib} exceeds the {len(split.train)} training samples "
                          f"of {dataset}")
@@ -206,7 +193,7 @@ def run_ptq_job(job: PTQJob, log=print) -> dict:
     save_checkpoint(post_training_state(ckpt, compressed, method, result, jsonable(stats)),
                     job.output)
     if job.json:
-        atomic_write_text(job.json, json.dumps(result, indent=2) + "\n")
+        write_json(job.json, result)
     for layer in report.layers:
         err = "" if layer.relative_error is None else f"  relative error {layer.relative_error:.4g}"
         log(f"  {layer.name:<24} {layer.level:<28}{err}  {layer.seconds:.2f} s")

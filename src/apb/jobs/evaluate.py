@@ -13,10 +13,12 @@ import os
 import struct
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
+
+from .. import data
+from ..pack import load_packed, read_packed_info
+from ..summary import summary
+from ..train import build_model_from_checkpoint, predict
 
 
 def is_packed_file(path: str | os.PathLike) -> bool:
@@ -47,10 +49,6 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module, int, float]:
     """``(model in eval mode, model_bytes, bits_per_weight)`` of a checkpoint or a packed
     file. For a packed file ``model_bytes`` is its size minus its header; for a checkpoint,
     what :func:`apb.summary` predicts the packed file will hold."""
-    from .pack import load_packed, read_packed_info
-    from .summary import summary
-    from .train import build_model_from_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -67,32 +65,11 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module, int, float]:
     return model, s.model_bytes, s.bits_per_weight
 
 
-@torch.no_grad()
-def predict(model: nn.Module, dataset, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    """``(int64 argmax predictions in dataset order, accuracy)`` of ``model`` in eval mode."""
-    model.eval()
-    preds, correct, count = [], 0, 0
-    for inputs, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        try:
-            logits = model(inputs.float())
-        except RuntimeError as err:  # a shape torch's own layers refuse
-            raise ValueError(f"the model cannot take this dataset's inputs: {err}") from None
-        p = logits.argmax(dim=1)
-        preds.append(p)
-        correct += int((p == labels).sum())
-        count += labels.numel()
-    if count == 0:
-        raise ValueError("the test split is empty")
-    return np.asarray(torch.cat(preds).numpy(), dtype=np.int64), correct / count
-
-
 def evaluate_file(path: str | os.PathLike, dataset: str, *, data_dir: str | None = None,
                   batch_size: int = 256) -> dict:
     """``{"test_acc", "model_bytes", "bits_per_weight", "predictions_sha256"}`` of the model
     stored at ``path`` (checkpoint or packed file) on ``dataset``'s test split;
     ``predictions_sha256`` is the sha256 of the int64 argmax vector in test-set order."""
-    from . import data
-
     model, model_bytes, bits_per_weight = load_for_inference(path)
     split = data.load(dataset, data_dir)
     expected = getattr(model, "input_shape", None)

@@ -1,11 +1,29 @@
-"""Plain numpy references for the compiled kernels, used by the tests.
-
-Written for clarity, not speed, and independent of the extension.
-"""
+"""Oracles of the packed bit layout (:mod:`apb.kernels.sign_packing`): a row of ``K``
+values is ``ceil(K/64)`` little-endian uint64 words, bit ``j`` of word ``w`` holding
+column ``64*w + j``, padding bits 0; a sign bit is 1 where the value is negative."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def pack_bits_ref(bits: np.ndarray) -> np.ndarray:
+    """uint64 ``[..., ceil(K/64)]`` from 0/1 ``[..., K]``, padding bits 0."""
+    bits = np.asarray(bits).astype(bool)
+    k = bits.shape[-1]
+    words = -(-k // 64)
+    padded = np.zeros((*bits.shape[:-1], 64 * words), dtype=bool)
+    padded[..., :k] = bits
+    as_bytes = np.ascontiguousarray(np.packbits(padded, axis=-1, bitorder="little"))
+    return as_bytes.view("<u8").astype(np.uint64).reshape(*bits.shape[:-1], words)
+
+
+def unpack_bits_ref(words: np.ndarray, k: int) -> np.ndarray:
+    """int64 0/1 ``[..., k]``: the first ``k`` bits of each row of uint64 ``[..., W]``
+    (bit ``j`` of word ``w`` is column ``64*w + j``)."""
+    words = np.ascontiguousarray(np.asarray(words, dtype=np.uint64).astype("<u8"))
+    as_bytes = words.view(np.uint8).reshape(*words.shape[:-1], 8 * words.shape[-1])
+    return np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :k].astype(np.int64)
 
 
 def pack_signs_ref(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,4 @@
-"""Plain numpy reference for spmm_csr, used by the tests. Written for clarity, not
-speed, and independent of the extension."""
+"""Oracle of spmm_csr, CSR sparse x dense (:mod:`apb.kernels.spmm`)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ the inputs of the compressed layers of BNN and APB too (the fp row stays full pr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -16,8 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write_text
-from .train.pool import run_in_processes
+from rich.table import Table
+
+from ..console import table_text
+from ..io import atomic_write_text
+from ..train import TrainConfig, train
+from ..train.pool import run_in_processes
 
 DEMO_METHODS = ("fp", "bnn", "apb")
 
@@ -72,8 +75,6 @@ def method_options(method: str, config: DemoConfig) -> dict:
 
 def _train_one(config: DemoConfig, method: str, seed: int, progress: bool) -> dict:
     """One training run of the demo; returns what the table needs (picklable)."""
-    from .train import TrainConfig, train
-
     out = Path(config.out)
     run_dir = out / method if seed == 0 else out / method / f"seed{seed}"
     tc = TrainConfig(
@@ -138,9 +139,6 @@ def run_demo(config: DemoConfig, log=print) -> dict:
 
 
 def results_table(report: dict) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"apb demo: {report['model']} on {report['dataset']}, "
                     f"mean ± std over {report['seeds']} seed(s)")
     for c in ("method", "test acc", "bits/weight", "fp fraction", "model bytes"):
@@ -150,8 +148,6 @@ def results_table(report: dict) -> str:
             r["method"], f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f} %",
             f"{r['bits_per_weight']:.3f}", f"{r['fp_fraction']:.4f}", f"{r['model_bytes']:,}",
         )
-    buf = io.StringIO()
-    Console(file=buf, width=100, force_terminal=False).print(t)
-    return buf.getvalue().rstrip() + (
+    return table_text(t, width=100).rstrip() + (
         "\nbits/weight and fp fraction are over the compressed layers (conv2, fc1, fc2); "
         "conv1 and the classifier stay full precision.")

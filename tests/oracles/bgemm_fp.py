@@ -1,11 +1,10 @@
-"""Plain numpy reference for bgemm_1xf (binary weights x float activations), used by
-the tests. Written for clarity, not speed, and independent of the extension."""
+"""Oracle of bgemm_1xf, binary weights x float activations (:mod:`apb.kernels.bgemm_fp`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from apb.kernels.reference import unpack_signs_ref
+from .sign_packing import unpack_signs_ref
 
 
 def bgemm_1xf_ref(w: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -13,13 +13,13 @@ import math
 
 import torch
 
-from .io import atomic_write
+from ..io import atomic_write
+from ..nn import APBWeightQuantizer
+from ..train import build_model_from_checkpoint
 
 
 def apb_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """``(name, layer)`` of every layer of ``model`` whose weight quantizer is APB's."""
-    from .nn import APBWeightQuantizer
-
     return [(name, m) for name, m in model.named_modules()
             if isinstance(getattr(m, "weight_quantizer", None), APBWeightQuantizer)]
 
@@ -41,8 +41,6 @@ def layer_histogram_data(layer: torch.nn.Module) -> dict:
 def plot_weights(checkpoint: str, output: str, layer: str | None = None) -> list[str]:
     """Draw the histogram of one APB layer (``layer``) or of every APB layer of a checkpoint
     into ``output`` (PNG, written atomically); returns the layers drawn."""
-    from .train import build_model_from_checkpoint
-
     model, ckpt = build_model_from_checkpoint(checkpoint)
     layers = apb_layers(model)
     if not layers:

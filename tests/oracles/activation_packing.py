@@ -1,27 +1,13 @@
-"""Plain numpy references for the activation packers (im2col_pack_signs,
-im2col_pack_codes, quantize_pack_codes), used by the tests. Written for clarity, not
-speed, and independent of the extension and of torch (the unfolding slices a
-zero-padded array, one kernel tap at a time)."""
+"""Oracles of the activation packers (:mod:`apb.kernels.activation_packing`:
+im2col_pack_signs, im2col_pack_codes, quantize_pack_codes); the unfolding slices a
+zero-padded array, one kernel tap at a time."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from apb.kernels.reference import pack_signs_ref
-
-
-def pack_bits_ref(bits: np.ndarray) -> np.ndarray:
-    """uint64 ``[rows, ceil(k/64)]`` from a boolean ``[rows, k]``: bit ``j`` of word ``w``
-    is ``bits[row, 64*w + j]``, padding bits 0."""
-    bits = np.asarray(bits, dtype=bool)
-    # pack_signs_ref sets a bit where its input is negative.
-    return pack_signs_ref(np.where(bits, np.float32(-1.0), np.float32(1.0)))
-
-
-def pack_code_planes_ref(codes: np.ndarray, planes: int) -> np.ndarray:
-    """uint64 ``[planes, rows, ceil(k/64)]``: plane ``p`` packs bit ``p`` of each code."""
-    codes = np.asarray(codes).astype(np.int64)
-    return np.stack([pack_bits_ref((codes >> p) & 1 == 1) for p in range(planes)])
+from .bgemm import pack_planes_ref
+from .sign_packing import pack_signs_ref
 
 
 def quantize_codes_ref(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
@@ -84,9 +70,9 @@ def im2col_pack_codes_ref(
     """uint64 ``[bits, N, ceil(K/64)]``: the code planes of :func:`im2col_ref`; padding
     is the value 0, so code 0."""
     columns = im2col_ref(x, kernel_size, stride, padding, dilation, column_order)
-    return pack_code_planes_ref(quantize_codes_ref(columns, scale, bits), bits)
+    return pack_planes_ref(quantize_codes_ref(columns, scale, bits), bits)
 
 
 def quantize_pack_codes_ref(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
     """uint64 ``[bits, N, ceil(K/64)]``: the code planes of the rows of ``x``."""
-    return pack_code_planes_ref(quantize_codes_ref(x, scale, bits), bits)
+    return pack_planes_ref(quantize_codes_ref(x, scale, bits), bits)

@@ -6,12 +6,12 @@ quantized network that packs and runs on the same bitwise kernels; each layer's 
 ratio is chosen by Bayesian optimisation under a budget on the model's bytes
 (:mod:`apb.memory`, the one accounting), then the network is fine-tuned.
 
-1. Channel groups (:func:`apb.methods.channel_graph.channel_groups`): the channels that go
+1. Channel groups (:func:`apb.prune.channel_graph.channel_groups`): the channels that go
    together (a filter, its BatchNorm entries, the next layers' input channels, every layer
    on the same residual stream). The network input and the logits are never pruned; the
    first layer's filters are (they shrink the second layer's inputs even when the first layer
    stays full precision).
-2. Saliency (:mod:`apb.methods.filter_saliency`): a score per channel; a group pruned at
+2. Saliency (:mod:`apb.prune.filter_saliency`): a score per channel; a group pruned at
    ratio :math:`r_g` of its :math:`C_g` channels loses its
    :math:`\min(C_g - m, \lfloor r_g C_g \rfloor)` least salient ones (:math:`m` =
    ``min_channels``).
@@ -42,16 +42,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+import optuna
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..data import held_out_split
+from ..methods.obc_calib import recalibrate_batchnorm
 from ..nn import BinaryWeightQuantizer, DoReFaWeightQuantizer, compressed_layers
+from ..summary import summary
+from ..train import TrainConfig, build_optimizers, build_scheduler, evaluate, train_step
 from .channel_graph import ChannelGraphError, ChannelGroup, channel_groups, remove_channels
 from .filter_saliency import CRITERIA, DATA_DRIVEN, filter_saliency
-from .obc_calib import recalibrate_batchnorm
 
 SAMPLERS = ("gp", "tpe")
 RATIO_MODES = ("bo", "uniform")
@@ -147,6 +150,7 @@ class PruningReport:
     budget_bytes: int
     base_bytes: int
     model_bytes: int
+    bits_per_weight: float
     base_params: int
     params: int
     per_layer_ratio: dict[str, float]
@@ -196,17 +200,6 @@ def _first_batches(dataset: Dataset, count: int, batch_size: int, seed: int) -> 
     return batches
 
 
-def held_out_split(dataset: Dataset, val_samples: int) -> tuple[Dataset, Dataset]:
-    """``(fit, val)``: ``val_samples`` evenly spaced samples held out, the rest to fit."""
-    n = len(dataset)
-    if val_samples >= n:
-        raise ValueError(f"val_samples={val_samples} leaves nothing of the {n} training "
-                         "samples to re-estimate BatchNorm and fine-tune on")
-    val_idx = [i * n // val_samples for i in range(val_samples)]
-    held = set(val_idx)
-    return Subset(dataset, [i for i in range(n) if i not in held]), Subset(dataset, val_idx)
-
-
 class QuantizedPruner:
     """The search state for one trained network: its channel groups, saliency, budget and
     data. ``model`` itself is never changed; :meth:`prune` returns pruned copies."""
@@ -214,8 +207,6 @@ class QuantizedPruner:
     def __init__(self, model: nn.Module, train_data: Dataset,
                  config: QuantizedPruningConfig | None = None, *,
                  val_data: Dataset | None = None, example: torch.Tensor | None = None):
-        from ..summary import summary
-
         self.config = config = config or QuantizedPruningConfig()
         config.validate()
         check_quantized(model)
@@ -224,6 +215,10 @@ class QuantizedPruner:
         if not self.groups:
             raise ChannelGraphError("the network has no channel that can be removed (only its "
                                     "input and output channels)")
+        if val_data is None and config.val_samples >= len(train_data):
+            raise ValueError(f"val_samples={config.val_samples} leaves nothing of the "
+                             f"{len(train_data)} training samples to re-estimate BatchNorm and "
+                             "fine-tune on")
         self.fit_data, self.val_data = (held_out_split(train_data, config.val_samples)
                                         if val_data is None else (train_data, val_data))
         self.base_bytes = summary(model).model_bytes
@@ -254,8 +249,6 @@ class QuantizedPruner:
 
     def bytes_for(self, counts: tuple[int, ...]) -> int:
         """Model bytes (apb.summary) of the network keeping ``counts`` channels per group."""
-        from ..summary import summary
-
         if counts not in self._bytes_cache:
             keep = {g.name: torch.arange(n) for g, n in zip(self.groups, counts)}
             self._bytes_cache[counts] = summary(
@@ -311,8 +304,6 @@ class QuantizedPruner:
     def proxy(self, pruned: nn.Module, seed: int) -> tuple[float, float]:
         """``(val accuracy, val loss)`` of ``pruned`` after ``proxy_steps`` fine-tuning steps
         and BatchNorm re-estimation on ``proxy_batches`` training batches."""
-        from ..train import evaluate
-
         c = self.config
         if c.proxy_steps:
             batches = _first_batches(self.fit_data, c.proxy_steps, c.batch_size, seed + 1)
@@ -325,8 +316,6 @@ class QuantizedPruner:
     def search(self, seed: int, progress: bool = False) -> tuple[dict[str, float], list[dict]]:
         """The ratios of the best of ``trials`` Bayesian-optimisation trials, and every
         trial as ``{"per_group_ratio", "model_bytes", "val_acc", "val_loss"}``."""
-        import optuna
-
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # not a line per trial
         sampler = (optuna.samplers.GPSampler(seed=seed) if self.config.sampler == "gp"
                    else optuna.samplers.TPESampler(seed=seed, multivariate=True))
@@ -349,9 +338,6 @@ class QuantizedPruner:
 
     def finetune(self, pruned: nn.Module, seed: int, progress: bool = False) -> nn.Module:
         """``finetune_epochs`` epochs of Adam (cosine to 0) on the fitting data, in place."""
-        from ..train import TrainConfig
-        from ..train.optim import build_optimizers, build_scheduler
-
         c = self.config
         if c.finetune_epochs == 0:
             return pruned
@@ -367,14 +353,7 @@ class QuantizedPruner:
                    disable=not progress)
         for _ in range(c.finetune_epochs):
             for inputs, labels in loader:
-                loss = F.cross_entropy(pruned(inputs.to(device)), labels.to(device))
-                for o in optimizers:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in optimizers:
-                    o.step()
-                for s in schedulers:
-                    s.step()
+                train_step(pruned, inputs.to(device), labels.to(device), optimizers, schedulers)
                 bar.update(1)
         bar.close()
         if not all(torch.isfinite(p).all() for p in pruned.parameters()):
@@ -384,9 +363,6 @@ class QuantizedPruner:
     def run(self, ratios: str = "bo", seed: int | None = None, progress: bool = False
             ) -> tuple[nn.Module, PruningReport]:
         """Choose ratios (``"bo"`` or ``"uniform"``), prune, fine-tune: ``(model, report)``."""
-        from ..summary import summary
-        from ..train import evaluate
-
         if ratios not in RATIO_MODES:
             raise ValueError(f"ratios must be one of {', '.join(RATIO_MODES)}, got {ratios!r}")
         seed = self.config.seed if seed is None else seed
@@ -402,7 +378,8 @@ class QuantizedPruner:
         self.finetune(pruned, seed, progress)
         val_acc = evaluate(pruned, self.val_data, max(self.config.batch_size, 256))[0] \
             if self.config.finetune_epochs else proxy_acc
-        model_bytes = summary(pruned).model_bytes
+        pruned_summary = summary(pruned)
+        model_bytes = pruned_summary.model_bytes
         if model_bytes > self.budget_bytes:  # the accounting and the solver must agree
             raise RuntimeError(f"pruned model holds {model_bytes} bytes, over the budget of "
                                f"{self.budget_bytes}: please report this bug")
@@ -410,6 +387,7 @@ class QuantizedPruner:
         report = PruningReport(
             ratios=ratios, seed=seed, criterion=self.config.criterion,
             budget_bytes=self.budget_bytes, base_bytes=self.base_bytes, model_bytes=model_bytes,
+            bits_per_weight=pruned_summary.bits_per_weight,
             base_params=self.base_params, params=parameter_count(pruned),
             per_layer_ratio={p: chosen[g.name] for g in self.groups for p in g.producers},
             channels={g.name: [n, g.size] for g, n in zip(self.groups, counts)},
@@ -424,10 +402,7 @@ def _finetune_steps(model: nn.Module, batches: list, lr: float) -> None:
     device = next(model.parameters()).device
     model.train()
     for inputs, labels in batches:
-        loss = F.cross_entropy(model(inputs.to(device)), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, inputs.to(device), labels.to(device), [optimizer])
     model.eval()
 
 

@@ -1,0 +1,98 @@
+"""``apb bench gemm | model | xor``: benchmarks that time apb against its peers in one run."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from ..bench import gemm, model, xor
+from ..jobs.common import write_json
+from .command import Command
+
+
+def _gemm_arguments(parser) -> None:
+    parser.add_argument("--shapes", default="resnet18", choices=["resnet18", "sweep"],
+                        help="resnet18: the 7 (M, K, N) convolution GEMMs of ResNet-18; "
+                             "sweep: square 64 to 2048")
+    parser.add_argument("--threads", type=int, default=1, help="threads for every impl")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs (median)")
+    parser.add_argument("--impls", default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of totals")
+
+
+def _gemm(args) -> int:
+    impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
+    report = gemm.run_gemm_benchmark(gemm.SHAPE_SETS[args.shapes], impls=impls,
+                                     threads=args.threads, repeats=args.repeats)
+    print(gemm.report_table(report))
+    if args.json:
+        write_json(args.json, report)
+    if args.plot:
+        gemm.plot_report(report, args.plot)
+    return 0
+
+
+def _model_arguments(parser) -> None:
+    parser.add_argument("--model", default="resnet18", choices=list(model.MODELS),
+                        help="resnet18 (224x224 inputs) or resnet20 (32x32)")
+    parser.add_argument("--act-bits", type=int, default=2, choices=list(model.ACT_BITS),
+                        help="activation bits of the APB model")
+    parser.add_argument("--fp-fraction", type=float, default=0.02,
+                        help="share of full-precision weights in the APB model")
+    parser.add_argument("--threads", type=int, default=1, help="threads for every model")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed forwards per model (median)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+
+
+def _model(args) -> int:
+    with Console(stderr=True).status("apb bench model") as status:
+        report = model.run_model_benchmark(args.model, args.act_bits, threads=args.threads,
+                                           repeats=args.repeats, fp_fraction=args.fp_fraction,
+                                           progress=status.update)
+    print(model.report_table(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def _xor_arguments(parser) -> None:
+    parser.add_argument("--weights", type=int, default=1_000_000, metavar="N",
+                        help="weights in the layer")
+    parser.add_argument("--prune", type=float, default=0.91, metavar="P",
+                        help="fraction of weights pruned (exactly round(P*N), random positions)")
+    parser.add_argument("--bits", type=int, default=1, metavar="B", help="bit-planes per weight")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--repeats", type=int, default=50, help="timed decodes (median)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+
+
+def _xor(args) -> int:
+    report = xor.run_xor_benchmark(args.weights, args.prune, args.bits, seed=args.seed,
+                                   repeats=args.repeats)
+    print(xor.report_table(report), end="")
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+BENCH = Command(
+    "bench", "benchmarks against peers measured in the same run",
+    subcommands=(
+        Command("gemm", "bitwise GEMM kernels vs torch fp32/int8 and ONNX Runtime int8",
+                "Time apb's GEMM kernels and their peers on the same shapes, threads and "
+                "machine; print ms and ratios, optionally write JSON and a plot.",
+                _gemm_arguments, _gemm),
+        Command("model", "batch-1 latency of a packed APB network vs torch fp32 and int8",
+                "Build the architecture three ways (packed APB with BatchNorms folded, torch "
+                "fp32 with BatchNorms folded, torch int8 by FX graph mode calibrated on random "
+                "inputs), time batch-1 inference in the same process and threads, print ms and "
+                "speed-ups, optionally write JSON.", _model_arguments, _model),
+        Command("xor", "XOR-gate encryption of random pruned weights: bits, losslessness, speed",
+                "Encrypt N random B-bit weights with a fraction P pruned; report bits per "
+                "weight (encrypted + patches, mask, total; CSR and bitmap of the same matrix), "
+                "whether decoding is lossless, encoding seconds and one-thread decoding speed "
+                "in GB/s of decoded weight bits, beside memcpy and a numpy bitmap scatter "
+                "measured in the same run.", _xor_arguments, _xor),
+    ),
+)

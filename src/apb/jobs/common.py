@@ -1,0 +1,54 @@
+"""What every job does around its work: check the output paths before anything runs, read a
+checkpoint with the data it was trained on, and write a JSON report atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .. import data
+from ..io import atomic_write_text
+from ..train import build_model_from_checkpoint
+
+
+def check_outputs(*paths: str | os.PathLike | None) -> None:
+    """Raise before any work is done when an output cannot be written: it is a directory,
+    or something on its way is a file."""
+    for path in paths:
+        if not path:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; give a file name")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise NotADirectoryError(f"cannot write {path}: {parent} is a file, "
+                                             "not a directory")
+                break
+
+
+def load_trained(
+    checkpoint: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None
+) -> tuple[nn.Module, dict[str, Any], data.DataSplit]:
+    """``(model, checkpoint dict, data split)``: the model rebuilt from ``checkpoint`` and
+    ``dataset`` (default: the one it was trained on, with the same directory and options)."""
+    model, ckpt = build_model_from_checkpoint(checkpoint)
+    trained_on = ckpt["train_config"]
+    dataset = dataset or trained_on["dataset"]
+    same = dataset == trained_on["dataset"]
+    split = data.load(dataset, data_dir or (trained_on.get("data_dir") if same else None),
+                      **((trained_on.get("data_options") or {}) if same else {}))
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(expected) != tuple(split.input_shape):
+        raise ValueError(f"{checkpoint} takes inputs of shape {tuple(expected)}, but {dataset} "
+                         f"has {tuple(split.input_shape)}")
+    return model, ckpt, split
+
+
+def write_json(path: str | os.PathLike, report: dict) -> None:
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,110 @@
+"""The kernels without their wrappers' Python checks, for the calls made on every forward.
+
+The public wrappers of :mod:`apb.kernels` check every argument in Python and say exactly
+what is wrong, which costs tens of microseconds per call: a packed ResNet-18 makes about
+sixty kernel calls per image, so those checks alone would cost about as much as a layer
+(``docs/performance.md``, model benchmark). The packed layers check their input (dtype,
+device, shape) on every forward and their own buffers once, when built, so their
+compiled backend (:mod:`apb.pack.compiled`) calls these functions instead.
+
+Still bounds-safe: the extension checks every dtype, shape, layout, stream length and
+CSR structure again before it touches memory, raising ``TypeError`` / ``ValueError``, so
+nothing here can read or write out of bounds whatever it is handed; only the messages are
+terser than the wrappers'. Arguments are numpy arrays, passed as they are (C-contiguous
+views of tensors, no copies: the extension takes them faster than DLPack); results are
+numpy arrays. Same semantics as the wrapper of the same name, except where noted:
+convolution geometry is four pairs ``(rows, columns)``, ``scale`` a float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from apb.kernels._ext import extension
+
+
+def _words(result: np.ndarray) -> np.ndarray:
+    # The extension's packed arrays have numpy's `ulonglong` type, which torch does not
+    # take; `uint64` is the same 64 bits.
+    return result.view(np.uint64)
+
+
+def pack_signs(x: np.ndarray) -> np.ndarray:
+    """:func:`apb.kernels.pack_signs`: float32 ``[N, K]`` → uint64 ``[N, ceil(K/64)]``."""
+    return _words(extension().pack_signs(x))
+
+
+def pack_planes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`apb.kernels.pack_planes`: uint8 ``[N, K]`` → uint64 ``[bits, N, ceil(K/64)]``."""
+    return _words(extension().pack_planes(codes, bits))
+
+
+def quantize_pack_codes(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
+    """:func:`apb.kernels.quantize_pack_codes` with ``scale`` a float."""
+    return _words(extension().quantize_pack_codes(x, scale, bits))
+
+
+def im2col_pack_signs(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
+                      padding: Sequence[int], dilation: Sequence[int],
+                      column_order: str = "chw") -> np.ndarray:
+    """:func:`apb.kernels.im2col_pack_signs`, every geometry argument a pair."""
+    return _words(extension().im2col_pack_signs(x, *kernel_size, *stride, *padding, *dilation,
+                                                column_order))
+
+
+def im2col_pack_codes(x: np.ndarray, scale: float, bits: int, kernel_size: Sequence[int],
+                      stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                      column_order: str = "chw") -> np.ndarray:
+    """:func:`apb.kernels.im2col_pack_codes`, ``scale`` a float, the geometry pairs."""
+    return _words(extension().im2col_pack_codes(x, scale, bits, *kernel_size, *stride,
+                                                *padding, *dilation, column_order))
+
+
+def bgemm_1x1(w: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """:func:`apb.kernels.bgemm_1x1`: int32 ``[M, N]``."""
+    return extension().bgemm_1x1(w, x, k)
+
+
+def bgemm_1x2(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """:func:`apb.kernels.bgemm_1x2` over all ``64·W`` columns (the padding of ``x`` is 0)."""
+    return extension().bgemm_1x2(w, x)
+
+
+def bgemm_2x2(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """:func:`apb.kernels.bgemm_2x2` over all ``64·W`` columns (the padding of ``x`` is 0)."""
+    return extension().bgemm_2x2(w, x)
+
+
+def bgemm_1xf(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """:func:`apb.kernels.bgemm_1xf`: float32 ``[M, N]``."""
+    return extension().bgemm_1xf(w, x)
+
+
+def spmm_csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, x: np.ndarray,
+             out: np.ndarray) -> None:
+    """:func:`apb.kernels.spmm_csr`: adds into ``out`` in place."""
+    extension().spmm_csr(indptr, indices, values, x, out)
+
+
+def sparse_conv2d(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                  kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                  dilation: Sequence[int], act_bits: int, scale: float,
+                  dot: np.ndarray | None, dot_scale: np.ndarray | None,
+                  sparse_scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    """:func:`apb.kernels.sparse_conv2d`, every argument positional; ``scale`` is a float,
+    ignored unless ``act_bits`` is 2..8."""
+    return extension().sparse_conv2d(x, indptr, indices, values, *kernel_size, *stride,
+                                     *padding, *dilation, act_bits, scale, dot, dot_scale,
+                                     sparse_scale, shift)
+
+
+def xor_gate_decode(table: np.ndarray, n_out: int, n_in: int, inputs: np.ndarray, n_bits: int,
+                    patch_counts: np.ndarray, patch_offsets: np.ndarray, n_patches: int,
+                    out: np.ndarray) -> np.ndarray:
+    """:func:`apb.kernels.xor_gate_decode` into ``out``, which is required (its checks cost
+    as much as decoding a 100k-weight plane); returns ``out``."""
+    extension().xor_gate_decode(table, n_out, n_in, inputs, n_bits, patch_counts,
+                                patch_offsets, n_patches, out)
+    return out

@@ -1,0 +1,163 @@
+r"""Packed APB layers: binary weights as bits plus a sparse full-precision part, computed
+with popcount kernels (docs/design.md §2).
+
+:class:`PackedAPBConv2d` / :class:`PackedAPBLinear` hold an APB layer (and the binary
+baselines, which are APB with no full-precision weights) as
+
+.. math::
+
+    \hat W = \alpha \odot B + S, \qquad
+    y[m, n] = \alpha_m\, c\, \mathrm{dot}[m, n] + (S \otimes \hat x)[m, n] + b_m
+
+with ``B = sign(W)`` bit-packed (bit 1 = −1) in uint64 rows, ``α`` per layer or per output
+channel, ``S`` the CSR matrix of the corrections ``W − α sign(W)`` at the full-precision
+positions, ``dot`` the integer popcount product of ``B`` with the quantized input and
+``c = 1`` for ±1 activations, ``s/L`` for ``k``-bit codes of clip scale ``s``. With
+full-precision inputs ``dot`` is the float sign-select product. ``x̂``, the dequantized
+input the training layer computed with, feeds ``S``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..memory import FP16_BITS, FP32_BITS, LayerStorage, binary_sparse_storage
+from .bits import words_for
+from .csr import INDEX_DTYPES, INDPTR_DTYPES, check_csr
+from .geometry import ConvGeometry, LinearGeometry
+from .layer import PackedLayer, check_finite, check_tensor
+from .ops import apb_ops
+
+
+class _PackedAPB(PackedLayer):
+    """``Ŵ = α·B + S``; see the module docstring."""
+
+    def _init_weights(self, sign_bits: Tensor, alpha: Tensor, csr, value_bits: int) -> None:
+        words = words_for(self.cols)
+        sign_bits = check_tensor(sign_bits, "sign_bits", (self.rows, words), (torch.uint64,))
+        if alpha.dim() != 1 or alpha.shape[0] not in (1, self.rows):
+            raise ValueError(
+                f"alpha must have shape (1,) or ({self.rows},), got {tuple(alpha.shape)}"
+            )
+        alpha = check_tensor(alpha, "alpha", tuple(alpha.shape), (torch.float32,))
+        check_finite(alpha, "alpha")
+        if value_bits not in (FP32_BITS, FP16_BITS):
+            raise ValueError(f"value_bits must be 32 or 16, got {value_bits}")
+        self.value_bits = value_bits
+        self.register_buffer("sign_bits", sign_bits)
+        self.register_buffer("alpha", alpha)
+        value_dtype = torch.float32 if value_bits == FP32_BITS else torch.float16
+        if csr is None:
+            indptr = torch.zeros(self.rows + 1, dtype=torch.uint8)
+            indices = torch.zeros(0, dtype=torch.uint8)
+            values = torch.zeros(0, dtype=value_dtype)
+        else:
+            indptr, indices, values = csr
+            nnz = values.shape[0] if isinstance(values, Tensor) and values.dim() == 1 else -1
+            indptr = check_tensor(indptr, "csr_indptr", (self.rows + 1,), INDPTR_DTYPES)
+            indices = check_tensor(indices, "csr_indices", (nnz,), INDEX_DTYPES)
+            values = check_tensor(values, "csr_values", (nnz,), (value_dtype,))
+            check_finite(values, "csr_values")
+            check_csr(indptr, indices, self.cols)
+        self.register_buffer("csr_indptr", indptr)
+        self.register_buffer("csr_indices", indices)
+        self.register_buffer("csr_values", values)
+        self._init_input_order("sign_bits")
+
+    @property
+    def nnz(self) -> int:
+        return self.csr_values.shape[0]
+
+    def storage(self) -> LayerStorage:
+        return binary_sparse_storage(self.rows, self.cols, self.nnz, value_bits=self.value_bits,
+                                     n_scalars=self.alpha.shape[0])
+
+    def describe(self) -> dict:
+        return {"alpha": float(self.alpha.mean())}
+
+    def _binary_dot(self, x: Tensor, s: Tensor | None) -> Tensor:
+        """The binary product ``B ⊗ x̂``: the int32 popcount result, or float32 for
+        full-precision inputs (``s``: the clip scale of k-bit codes, else None)."""
+        if self.act_bits == 32:
+            return apb_ops.bgemm_1xf(self.sign_bits, self._columns(x), self.backend)
+        w_bits = self._input_order_bits("sign_bits")
+        if self.act_bits == 1:
+            return self._signed_dot(w_bits, self._sign_bits(x), x)
+        return apb_ops.bgemm_1x2(w_bits, self._code_planes(x, s), self.backend)
+
+    def _product(self, x: Tensor) -> Tensor:
+        s = self._clip_scale() if 2 <= self.act_bits <= 8 else None
+        dot = self._binary_dot(x, s)
+        dot_scale = self.alpha if s is None else self.alpha * (s / self.act_levels)
+        y = dot_scale.view(-1, 1) * dot.float()
+        if self.nnz:
+            y = y + apb_ops.spmm_csr(self.csr_indptr, self.csr_indices, self.csr_values,
+                                     self._columns_kn(self._dequantized(x)), self.rows,
+                                     self.backend)
+        return y
+
+    def _weight_repr(self) -> str:
+        scope = "per-channel" if self.alpha.shape[0] > 1 else "per-layer"
+        frac = self.nnz / self.n_weights if self.n_weights else 0.0
+        return (f"method={self.method}, alpha={scope}, fp_weights={self.nnz} "
+                f"({frac:.2%}, fp{self.value_bits})")
+
+
+class PackedAPBConv2d(_PackedAPB, ConvGeometry):
+    """A packed APB (or binary) ``Conv2d``: sign bits ``[M, ceil(K/64)]``, ``α``, CSR ``S``.
+
+    Build one with :func:`apb.pack.pack_` or :func:`apb.pack.load_packed`; the constructor
+    takes the packed tensors themselves and checks that they fit together.
+    """
+
+    kind = "apb_conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1,
+                 padding=0, dilation=1, sign_bits: Tensor, alpha: Tensor,
+                 csr: tuple[Tensor, Tensor, Tensor] | None = None, value_bits: int = FP32_BITS,
+                 bias: Tensor | None = None, act_bits: int = 32, act_scale: Tensor | None = None,
+                 method: str = "apb", backend: str | None = None):
+        super().__init__()
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._init_common(method=method, act_bits=act_bits, act_scale=act_scale, bias=bias,
+                          backend=backend)
+        self._init_weights(sign_bits, alpha, csr, value_bits)
+
+    def _output(self, x: Tensor) -> Tensor:
+        """The binary product, then everything after it in one kernel
+        (:func:`apb.kernels.sparse_conv2d`): ``S ⊗ x̂`` as a direct sparse convolution of
+        ``x`` (no im2col of ``x̂``), ``α·c``, the bias and a folded BatchNorm."""
+        s, dot_scale, sparse_scale, shift = self._constant(
+            self._fused_scales, self.alpha, self.act_scale, self.bias, self.out_scale,
+            self.out_shift,
+        )
+        dot = self._binary_dot(x, s)
+        return apb_ops.sparse_conv2d(
+            x, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
+            self.act_bits, s, dot, dot_scale, sparse_scale, shift, self.backend,
+        )
+
+    def _fused_scales(self) -> tuple:
+        """``(s, dot_scale, sparse_scale, shift)`` of :meth:`_output` (``s``: the clip scale
+        of k-bit codes, else None)."""
+        s = self._clip_scale() if 2 <= self.act_bits <= 8 else None
+        scale = self.alpha if s is None else self.alpha * (s / self.act_levels)
+        return (s, *self._epilogue(scale))
+
+
+class PackedAPBLinear(_PackedAPB, LinearGeometry):
+    """A packed APB (or binary) ``Linear``: sign bits ``[M, ceil(K/64)]``, ``α``, CSR ``S``."""
+
+    kind = "apb_linear"
+
+    def __init__(self, in_features: int, out_features: int, *, sign_bits: Tensor,
+                 alpha: Tensor, csr: tuple[Tensor, Tensor, Tensor] | None = None,
+                 value_bits: int = FP32_BITS, bias: Tensor | None = None, act_bits: int = 32,
+                 act_scale: Tensor | None = None, method: str = "apb",
+                 backend: str | None = None):
+        super().__init__()
+        self._init_geometry(in_features, out_features)
+        self._init_common(method=method, act_bits=act_bits, act_scale=act_scale, bias=bias,
+                          backend=backend)
+        self._init_weights(sign_bits, alpha, csr, value_bits)
