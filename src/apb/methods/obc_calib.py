@@ -22,15 +22,14 @@ in the model being compressed (the layers before it already compressed) with the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import CalibrationSet, Forward, as_calibration
 from .obc_layer import OBCError
-
-Batches = Iterable
 
 
 def check_supported(name: str, module: nn.Module) -> None:
@@ -140,37 +139,32 @@ class PairedCollector(HessianCollector):
         return self.ref_sum * (2.0 / max(1, self.n_inputs))
 
 
-def batch_inputs(batches: Batches) -> Iterator[torch.Tensor]:
-    """The input tensors of ``batches``: tensors, or ``(inputs, labels, ...)`` tuples."""
-    for batch in batches:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 @torch.no_grad()
-def collect_hessians(model: nn.Module, names: list[str], batches: Batches,
-                     device: torch.device | str = "cpu") -> dict[str, HessianCollector]:
-    """Run ``model`` (eval mode) over ``batches`` with a hook on each layer of ``names``."""
+def collect_hessians(model: nn.Module, names: list[str],
+                     calibration: Iterable | CalibrationSet) -> dict[str, HessianCollector]:
+    """Run ``model`` (eval mode) over the calibration set with a hook on each layer of
+    ``names``."""
     collectors = {n: HessianCollector(n, model.get_submodule(n)) for n in names}
-    _run_hooked(collectors, [model], batches, device)
+    _run_hooked(collectors, [model], as_calibration(calibration))
     return collectors
 
 
 @torch.no_grad()
-def collect_paired(reference: nn.Module, model: nn.Module, name: str, batches: Batches,
-                   device: torch.device | str = "cpu") -> PairedCollector:
+def collect_paired(reference: nn.Module, model: nn.Module, name: str,
+                   calibration: Iterable | CalibrationSet) -> PairedCollector:
     """Run ``reference`` (the full-precision model) and then ``model`` on each batch, pairing
     the inputs of their layer ``name`` (:class:`PairedCollector`)."""
     collector = PairedCollector(name, model.get_submodule(name), reference.get_submodule(name))
     handle = collector.reference.register_forward_pre_hook(collector.reference_hook)
     try:
-        _run_hooked({name: collector}, [reference, model], batches, device)
+        _run_hooked({name: collector}, [reference, model], as_calibration(calibration))
     finally:
         handle.remove()
     return collector
 
 
 def _run_hooked(collectors: dict[str, HessianCollector], models: list[nn.Module],
-                batches: Batches, device) -> None:
+                calibration: CalibrationSet) -> None:
     """Each batch through each of ``models`` in turn (eval mode), with the collectors hooked
     on their modules; checks that every hooked layer saw inputs."""
     handles = [c.module.register_forward_pre_hook(c) for c in collectors.values()]
@@ -179,9 +173,9 @@ def _run_hooked(collectors: dict[str, HessianCollector], models: list[nn.Module]
         m.eval()
     seen = 0
     try:
-        for x in batch_inputs(batches):
+        for batch in calibration:
             for m in models:
-                m(x.to(device))
+                calibration.run(m, batch)
             seen += 1
     finally:
         for h in handles:
@@ -234,20 +228,19 @@ class BatchNormCorrection:
     - ``keep``: unchanged.
     """
 
-    def __init__(self, mode: str, reference: nn.Module, batches: Batches,
-                 device: torch.device | str = "cpu"):
+    def __init__(self, mode: str, reference: nn.Module,
+                 calibration: Iterable | CalibrationSet):
         if mode not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, "
                              f"got {mode!r}")
         self.mode = mode
-        self.batches = batches
-        self.device = device
+        self.calibration = calibration = as_calibration(calibration)
         self.trained = _statistics(reference)
         self.calibrated = {}
         if mode == "shift" and self.trained:
             state = {n: {k: v.clone() for k, v in m.state_dict().items()}
                      for n, m in batchnorms(reference)}
-            recalibrate_batchnorm(reference, batches, device)
+            recalibrate_batchnorm(reference, calibration)
             self.calibrated = _statistics(reference)
             for n, m in batchnorms(reference):
                 m.load_state_dict(state[n])
@@ -257,7 +250,7 @@ class BatchNormCorrection:
         """Correct ``model``'s BatchNorm statistics; returns how many layers changed."""
         if self.mode == "keep":
             return 0
-        count = recalibrate_batchnorm(model, self.batches, self.device)
+        count = recalibrate_batchnorm(model, self.calibration)
         if self.mode == "shift":
             for name, m in batchnorms(model):
                 if name not in self.trained:
@@ -273,11 +266,13 @@ class BatchNormCorrection:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Batches,
-                          device: torch.device | str = "cpu") -> int:
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable | CalibrationSet,
+                          device: torch.device | str = "cpu",
+                          forward: Forward | None = None) -> int:
     """Re-estimate every BatchNorm's running mean and variance on ``batches`` (a cumulative
-    average over all of them), the rest of the model in eval mode. Returns the number of
-    BatchNorm layers updated."""
+    average over all of them; see :mod:`~.calibration` for what a batch may be), the rest of
+    the model in eval mode. Returns the number of BatchNorm layers updated."""
+    calibration = as_calibration(batches, device, forward)
     norms = [m for _, m in batchnorms(model)]
     if not norms:
         return 0
@@ -289,8 +284,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Batches,
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch weighs the same
             m.train()
-        for x in batch_inputs(batches):
-            model(x.to(device))
+        for batch in calibration:
+            calibration.run(model, batch)
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

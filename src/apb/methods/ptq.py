@@ -39,6 +39,7 @@ from ..memory import FP32_BITS, dense_storage
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..summary import summary
 from .base import CompressionConfig, FilterFn, Method, select_layers
+from .calibration import CalibrationSet, Forward
 from .obc_calib import (
     BATCHNORM_MODES,
     BatchNormCorrection,
@@ -203,6 +204,7 @@ def ptq_(
     calibration: Iterable,
     filter_fn: FilterFn | None = None,
     *,
+    forward: Forward | None = None,
     progress: bool = False,
     device: torch.device | str = "cpu",
 ) -> PTQReport:
@@ -212,19 +214,21 @@ def ptq_(
         model: built from ``nn.Linear`` / ``nn.Conv2d`` layers (BatchNorm, pooling,
             attention, ... are run but not compressed).
         config: an :class:`apb.methods.OBCConfig` or :class:`apb.methods.APBPTQConfig`.
-        calibration: batches of inputs, or of ``(inputs, labels)``; iterated a few times
-            (a few times per layer with ``sequential``).
+        calibration: batches: input tensors, ``(inputs, labels)`` tuples or dicts of keyword
+            arguments (:mod:`~apb.methods.calibration`); iterated a few times (a few times
+            per layer with ``sequential``).
         filter_fn: ``filter_fn(module, name)`` picks the layers (default: all but the first
             and the classifier, per ``keep_first`` / ``keep_last``).
+        forward: ``forward(model, batch)`` runs the model on one batch, for models that take
+            their batches another way.
         progress: a progress bar per layer.
+        device: where the calibration batches run (the model's device).
     """
     started = time.perf_counter()
     method = post_training_method(config)
     report = PTQReport(method.name)
-    batches = list(calibration)
-    if not batches:
-        raise OBCError("the calibration set is empty")
-    batchnorm = BatchNormCorrection(config.batchnorm, model, batches, device)
+    calib = CalibrationSet(calibration, device, forward)
+    batchnorm = BatchNormCorrection(config.batchnorm, model, calib)
     done = method.compress_without_calibration(model, filter_fn)
     if done is not None:
         report.bn_layers = batchnorm(model)
@@ -233,16 +237,15 @@ def ptq_(
         report.budget = method.budget()
         levels = None
         if report.budget is not None:
-            chosen = _choose_independent(model, method, names, batches, report.budget,
-                                         progress, device)
+            chosen = _choose_independent(model, method, names, calib, report.budget,
+                                         progress)
             levels = {name: level for name, (level, *_) in chosen.items()}
-        report.bn_layers = _compress_sequential(model, method, names, batches, report,
-                                                progress, device, batchnorm, levels)
+        report.bn_layers = _compress_sequential(model, method, names, calib, report,
+                                                progress, batchnorm, levels)
     else:
         names = _checked_targets(model, config, filter_fn)
         report.budget = method.budget()
-        chosen = _choose_independent(model, method, names, batches, report.budget, progress,
-                                     device)
+        chosen = _choose_independent(model, method, names, calib, report.budget, progress)
         for name in names:
             level, solution, err, secs = chosen[name]
             shape = tuple(model.get_submodule(name).weight.shape)
@@ -321,8 +324,8 @@ def _write(model: nn.Module, method: PostTrainingMethod, name: str, solution: La
     model.set_submodule(name, method.make_layer(module, solution, level))
 
 
-def _compress_sequential(model, method, names, batches, report, progress, device,
-                         batchnorm, levels) -> int:
+def _compress_sequential(model, method, names, calib, report, progress, batchnorm,
+                         levels) -> int:
     """Layers in order, each fitted to the full-precision output from the inputs it sees once
     the layers before it are compressed and the BatchNorm statistics corrected, as they will
     be in the end (the correction of a BatchNorm depends only on the layers before it).
@@ -335,12 +338,12 @@ def _compress_sequential(model, method, names, batches, report, progress, device
         W = _weight(module)
         level = method.uniform_level(name, module.weight) if levels is None else levels[name]
         if i == 0:  # nothing compressed yet: X_q = X_f, so K = H and W* = W; one pass
-            collector = collect_hessians(model, [name], batches, device)[name]
+            collector = collect_hessians(model, [name], calib)[name]
             problem = _problem(name, module, collector, c)
             solution, secs = _solve(method, problem, level)
             err = relative_error(problem, solution.weight, collector.hessian)
         else:
-            collector = collect_paired(reference, model, name, batches, device)
+            collector = collect_paired(reference, model, name, calib)
             problem = LayerProblem.build(name, W, collector.hessian, collector.n_inputs,
                                          c.dampening, cross=collector.cross)
             solution, secs = _solve(method, problem, level)
@@ -352,11 +355,11 @@ def _compress_sequential(model, method, names, batches, report, progress, device
     return bn_layers
 
 
-def _choose_independent(model, method, names, batches, budget, progress, device) -> dict:
+def _choose_independent(model, method, names, calib, budget, progress) -> dict:
     """Every layer calibrated on the full-precision model's inputs and solved at its level
     (uniform, or from the global step for a model-wide ``budget``):
     ``{name: (level, solution, relative error, seconds)}``."""
-    collectors = collect_hessians(model, names, batches, device)
+    collectors = collect_hessians(model, names, calib)
     modules = {name: model.get_submodule(name) for name in names}
     problems = {name: _problem(name, modules[name], collectors[name], method.config)
                 for name in names}
