@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("_version", "io", "console"),
-    ("memory", "kernels", "models", "data"),
+    ("memory", "kernels", "models", "data", "hf"),
     ("nn",),
     ("pack",),
     ("summary",),

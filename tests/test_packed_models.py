@@ -89,14 +89,16 @@ def test_resnet18_224(tmp_path):
     check_packed_model(model, torch.randn(1, 3, 224, 224), tmp_path)
 
 
-def test_files_are_written_atomically_and_need_an_architecture(tmp_path):
+def test_files_without_an_architecture_load_into_the_model_given(tmp_path):
     model = prepare(odd_model("relu"), APBConfig(act_bits=2), ODD_INPUT)
     with pytest.raises(ValueError, match="call apb.pack_"):
         save_packed(model, tmp_path / "a.safetensors", architecture={"name": "x", "kwargs": {}})
-    apb.pack_(model)
-    with pytest.raises(ValueError, match="needs the model's architecture"):
-        save_packed(model, tmp_path / "a.safetensors")
     assert list(tmp_path.iterdir()) == []
+    apb.pack_(model)
+    save_packed(model, tmp_path / "a.safetensors")
+    with pytest.raises(PackedFormatError, match="pass the model to fill"):
+        load_packed(tmp_path / "a.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
 
 @pytest.mark.parametrize("mode", ["compile", "export"])

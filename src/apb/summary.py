@@ -2,8 +2,12 @@
 
 Larq-style: every compressed layer's weight quantizer states what the packed format stores
 (:class:`apb.memory.LayerStorage`), and so does every packed layer (the same numbers: a
-model summarises to the same bytes before and after ``apb.pack_``); everything else counts
-at fp32.
+model summarises to the same bytes before and after ``apb.pack_``); a compressed or packed
+layer's bias and activation clip count at fp32; every other tensor of any model counts as
+the packed file stores it (:mod:`apb.pack.state`: parameters and buffers, persistent or
+not, at their own element size, a tensor shared under several names once, BatchNorm's
+``num_batches_tracked`` not at all). So ``apb.summary(model).model_bytes`` is the packed
+file's size less its header (docs/design.md §3), for the zoo's models and yours.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from .memory import dense_storage
 from .nn import COMPRESSED_TYPES
 from .nn.weight_quantizer import WeightQuantizer
 from .pack import PackedLayer
+from .pack.state import plain_tensors
 
 FLOAT_BYTES = 4
 
@@ -42,8 +47,8 @@ class ModelSummary:
     compressed_weights: int
     compressed_bits: int
     compressed_fp: int
-    other_bytes: int  # biases, BatchNorm, uncompressed layers' extras, activation scales
-    layer_bytes: int  # weights of all Conv2d/Linear layers as stored
+    other_bytes: int  # biases, BatchNorm, embeddings, norms, buffers, activation scales
+    layer_bytes: int  # weights of all Conv2d/Linear layers as stored (a tied one once)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -98,11 +103,14 @@ class ModelSummary:
 
 def summary(model: nn.Module) -> ModelSummary:
     """Per-layer table (shape, method, α, δ, fp fraction, bits per weight, bytes) with
-    totals, using the accounting of :mod:`apb.memory`. ``print(apb.summary(model))``."""
+    totals, using the accounting of :mod:`apb.memory`, for any model (module docstring).
+    A plain Conv2d / Linear whose weight an earlier layer holds (tied) shows 0 bytes.
+    ``print(apb.summary(model))``."""
     rows: list[LayerRow] = []
-    counted: set[int] = set()
+    counted: set[int] = set()  # plain layers' weights, counted in their rows
     comp_n = comp_bits = comp_fp = layer_bytes = 0
     for name, m in model.named_modules():
+        fmt = None
         if isinstance(m, PackedLayer):
             st, info = m.storage(), m.describe()
             comp_n += st.n_weights
@@ -120,31 +128,45 @@ def summary(model: nn.Module) -> ModelSummary:
             method = q.method
             shape = tuple(m.weight.shape)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            st, info, act, method = dense_storage(m.weight.numel()), {}, 32, "fp"
-            shape = tuple(m.weight.shape)
+            w = m.weight
+            tied = id(w) in counted  # stored once, with the first layer that holds it
+            st, info, act, method = dense_storage(0 if tied else w.numel(),
+                                                  8 * w.element_size()), {}, 32, "fp"
+            fmt, shape = "tied" if tied else None, tuple(w.shape)
+            counted.add(id(w))
         else:
             continue
-        if not isinstance(m, PackedLayer):
-            counted.add(id(m.weight))
         layer_bytes += st.total_bytes
         rows.append(LayerRow(
             name=name, shape=shape, method=method, act_bits=act,
-            format=st.format, alpha=info.get("alpha"), delta=info.get("delta"),
+            format=fmt or st.format, alpha=info.get("alpha"), delta=info.get("delta"),
             fp_fraction=st.fp_fraction, bits_per_weight=st.bits_per_weight, bytes=st.total_bytes,
         ))
     other = 0
     for mod in model.modules():
-        if isinstance(mod, WeightQuantizer):
-            continue  # α is in the layer storage; δ, masks and bookkeeping are not stored
         if isinstance(mod, PackedLayer):
             # its bits, α and CSR are the layer storage; bias and clip scale count here,
             # as they do for the training layer it came from
             other += sum(t.numel() for t in mod.stored_extras()) * FLOAT_BYTES
-            continue
-        for p in mod.parameters(recurse=False):
-            if id(p) not in counted:
-                other += p.numel() * FLOAT_BYTES
-        for b in mod.buffers(recurse=False):
-            if b.is_floating_point():
-                other += b.numel() * FLOAT_BYTES
+        elif isinstance(mod, COMPRESSED_TYPES):
+            other += _compressed_extras(mod)
+    other += sum(e.nbytes for e in plain_tensors(model, _is_layer) if id(e.tensor) not in counted)
     return ModelSummary(rows, comp_n, comp_bits, comp_fp, other, layer_bytes)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """Packed and compressed layers: their tensors are counted above, not as plain ones."""
+    return isinstance(module, (PackedLayer, *COMPRESSED_TYPES))
+
+
+def _compressed_extras(layer: nn.Module) -> int:
+    """Bytes a training layer's packed form stores besides its weight storage: the bias and
+    the activation quantizer's floating-point tensors (the clip scale), at fp32; ``α`` is in
+    the weight storage, and ``δ``, masks and counters are not stored."""
+    n = 0 if layer.bias is None else layer.bias.numel()
+    for mod in layer.modules():
+        if mod is layer or isinstance(mod, WeightQuantizer):
+            continue
+        n += sum(p.numel() for p in mod.parameters(recurse=False))
+        n += sum(b.numel() for b in mod.buffers(recurse=False) if b.is_floating_point())
+    return n * FLOAT_BYTES

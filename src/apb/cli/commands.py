@@ -17,6 +17,7 @@ from ..jobs.plot_weights import plot_weights
 from ..jobs.prune_quantized import QuantizedPruningJob, run_quantized_pruning_job
 from ..jobs.ptq import METHODS as PTQ_METHODS
 from ..jobs.ptq import PTQJob, run_ptq_job
+from ..jobs.transformer import evaluate_transformer, load_packed_transformer, run_transformer_ptq
 from ..methods import available, config_class, create
 from ..pack import load_packed, pack_, save_packed
 from ..pack.xor import decode_file, encode_file, is_xor_file
@@ -60,7 +61,8 @@ def _train(args) -> int:
 
 # -- post-training compression and pruning ----------------------------------------------------
 def _ptq_arguments(parser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="a full-precision checkpoint")
+    parser.add_argument("checkpoint", metavar="CKPT", nargs="?", default="",
+                        help="a full-precision checkpoint (or --hf DIR instead)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="the compressed checkpoint to write")
     add_dataclass_flags(parser, PTQJob, skip=("checkpoint", "output", "method", "target"))
@@ -71,7 +73,11 @@ def _ptq_arguments(parser) -> None:
 
 
 def _ptq(args) -> int:
-    run_ptq_job(from_args(PTQJob, args))
+    job = from_args(PTQJob, args)
+    if bool(job.checkpoint) == bool(job.hf):
+        raise CLIError("give either a checkpoint (CKPT) or a Hugging Face model directory "
+                       "(--hf DIR), not both and not neither")
+    (run_transformer_ptq if job.hf else run_ptq_job)(job)
     return 0
 
 
@@ -95,7 +101,9 @@ def _prune_quantized(args) -> int:
 
 
 # -- inspect, pack, encrypt, evaluate ---------------------------------------------------------
-def _load_any(path: str):
+def _load_any(path: str, hf: str | None = None):
+    if hf:
+        return load_packed_transformer(hf, path)
     if is_packed_file(path):
         return load_packed(path)
     model, _ = build_model_from_checkpoint(path)
@@ -106,11 +114,13 @@ def _summary_arguments(parser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT_OR_FILE",
                         help="a checkpoint written by apb train (last.pt/best.pt) or a packed "
                              "model file")
+    parser.add_argument("--hf", default=None, metavar="DIR",
+                        help="the packed file is of the Hugging Face model in DIR")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
 
 
 def _summary(args) -> int:
-    s = summary(_load_any(args.checkpoint))
+    s = summary(_load_any(args.checkpoint, args.hf))
     print(s.table())
     if args.json:
         write_json(args.json, s.to_dict())
@@ -181,17 +191,40 @@ def _xor_decode(args) -> int:
 def _eval_arguments(parser) -> None:
     parser.add_argument("model", metavar="CKPT_OR_FILE",
                         help="a checkpoint (.pt) or a packed model (.safetensors)")
-    parser.add_argument("--dataset", required=True, help="dataset name, apb.data.available()")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name, apb.data.available() (not with --hf)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the dataset's files are (not needed for mnist5k, digits)")
     parser.add_argument("--batch-size", type=int, default=256, metavar="N",
                         help="samples per forward")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write it as JSON")
+    hf = parser.add_argument_group(
+        "Hugging Face models", "a packed file of a local Hugging Face encoder, measured by the "
+        "fidelity of its sentence embeddings to the original model's")
+    hf.add_argument("--hf", default=None, metavar="DIR",
+                    help="the original model's directory (config.json + model.safetensors)")
+    hf.add_argument("--texts", default="python-docs", metavar="FILE",
+                    help="one text per line, or python-docs (Python's reference documentation)")
+    hf.add_argument("--skip", type=int, default=512, metavar="N",
+                    help="skip the first N texts (the calibration texts of apb ptq --hf)")
+    hf.add_argument("--limit", type=int, default=512, metavar="M", help="measure on M texts")
 
 
 def _eval(args) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.hf:
+        result = evaluate_transformer(args.hf, args.model, args.texts, skip=args.skip,
+                                      limit=args.limit, batch_size=min(args.batch_size, 64))
+        f = result["fidelity"]
+        print(f"{args.model} ({args.hf}): embedding cosine {f['cosine']:.4f}, spearman "
+              f"{f['spearman']:.4f} on {f['n_texts']} texts, {result['model_bytes']:,} model "
+              f"bytes, {result['bits_per_weight']:.3f} bits/weight")
+        if args.json:
+            write_json(args.json, result)
+        return 0
+    if not args.dataset:
+        raise CLIError("give the dataset with --dataset (or --hf DIR for a Hugging Face model)")
     result = evaluate_file(args.model, args.dataset, data_dir=args.data_dir,
                            batch_size=args.batch_size)
     print(f"{args.model} on {args.dataset}: test acc {result['test_acc']:.4f}, "
@@ -239,8 +272,9 @@ COMMANDS = (
             "are the fields of the chosen method's config.", _train_arguments, _train),
     Command("ptq", "compress a trained fp checkpoint after training (OBC, post-training APB)",
             "Post-training compression from a calibration set, no retraining: OBC pruning / "
-            "quantization and post-training APB. Writes a checkpoint that apb summary reads; "
-            "flags are the fields of apb.jobs.ptq.PTQJob.", _ptq_arguments, _ptq),
+            "quantization and post-training APB. Writes a checkpoint that apb summary reads, or, "
+            "for a local Hugging Face model (--hf DIR, calibrated on texts), a packed model "
+            "file; flags are the fields of apb.jobs.ptq.PTQJob.", _ptq_arguments, _ptq),
     Command("prune-quantized",
             "remove filters of a binary/DoReFa checkpoint to a size budget (BO ratios)",
             "Filter pruning of a trained binary (bnn) or DoReFa network: per-layer ratios by "

@@ -17,6 +17,7 @@ from apb.data import cifar10, digits, imagefolder, mnist5k  # noqa: F401 (regist
 from apb.data.datasplit import DataError, DataSplit
 from apb.data.registry import available, load, register
 from apb.data.subsets import evenly_spaced_subset, held_out_split
+from apb.data.texts import python_docs_sentences, read_texts
 
 __all__ = ["DataError", "DataSplit", "available", "evenly_spaced_subset", "held_out_split",
-           "load", "register"]
+           "load", "python_docs_sentences", "read_texts", "register"]

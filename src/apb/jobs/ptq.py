@@ -40,15 +40,27 @@ APB_KEYS = ("bits_per_weight", "fp_fraction")
 @dataclass
 class PTQJob:
     """Attributes:
-    checkpoint: a full-precision checkpoint written by apb train (best.pt / last.pt).
+    checkpoint: a full-precision checkpoint written by apb train (best.pt / last.pt);
+        or, with hf, nothing.
+    hf: a local Hugging Face model directory (config.json + model.safetensors, or a
+        sentence-transformers directory) to compress instead of a checkpoint; the output is
+        then a packed model file (apb.jobs.transformer).
     method: obc-prune, obc-quant, obc-compound, apb-ptq or apb-naive (the band rule on the
         trained weights, no compensation: the baseline of apb-ptq).
     target: what to reach, e.g. sparsity=0.5, nm=2:4, bits=4, bits_per_weight=1.6,
         model_bytes=20000, bops_reduction=16 (see apb.jobs.ptq); short forms 0.5, 2:4, 4,
         0.5,4 and 1.6 mean the method's usual target.
-    output: where to write the compressed checkpoint.
+    output: where to write the compressed checkpoint (with hf: the packed .safetensors).
     json: also write the result as JSON here.
-    calib: calibration samples, evenly spaced over the training split.
+    calib: calibration samples, evenly spaced over the training split (default 1024); with
+        hf, the first texts of texts (default 512).
+    texts: with hf: a text file, one text per line, or python-docs (sentences of Python's
+        reference documentation, shipped with Python); the first calib texts calibrate,
+        the eval_texts after them measure fidelity.
+    eval_texts: with hf: how many texts after the calibration ones measure fidelity.
+    max_length: with hf: tokens per text at most.
+    layers: with hf: which nn.Linear layers to compress, a regular expression searched in
+        their module names.
     dataset: calibration and test data (default: the checkpoint's dataset).
     data_dir: where the dataset's files are (default: the checkpoint's).
     test_samples: measure test accuracy on this many evenly spaced test samples only (as
@@ -72,7 +84,12 @@ class PTQJob:
     target: str = ""
     output: str = ""
     json: str | None = None
-    calib: int = 1024
+    calib: int | None = None
+    hf: str | None = None
+    texts: str = "python-docs"
+    eval_texts: int = 512
+    max_length: int = 128
+    layers: str = r"^encoder\."
     dataset: str | None = None
     data_dir: str | None = None
     test_samples: int | None = None
@@ -158,7 +175,8 @@ def run_ptq_job(job: PTQJob, log=print) -> dict:
     if not job.output:
         raise ValueError("give the output checkpoint with -o FILE")
     check_outputs(job.output, job.json)
-    if job.calib < 1 or job.batch_size < 1:
+    calib_count = 1024 if job.calib is None else job.calib
+    if calib_count < 1 or job.batch_size < 1:
         raise ValueError("--calib and --batch-size must be at least 1")
     started = time.perf_counter()
     model, ckpt, split = load_trained(job.checkpoint, job.dataset, job.data_dir)
@@ -167,10 +185,10 @@ def run_ptq_job(job: PTQJob, log=print) -> dict:
                          f"{ckpt['method']['name']!r}; apb ptq compresses a full-precision "
                          "(method 'fp') checkpoint")
     dataset = job.dataset or ckpt["train_config"]["dataset"]
-    if job.calib > len(split.train):
-        raise ValueError(f"--calib {job.calib} exceeds the {len(split.train)} training samples "
-                         f"of {dataset}")
-    calib = DataLoader(evenly_spaced_subset(split.train, job.calib), batch_size=job.batch_size)
+    if calib_count > len(split.train):
+        raise ValueError(f"--calib {calib_count} exceeds the {len(split.train)} training "
+                         f"samples of {dataset}")
+    calib = DataLoader(evenly_spaced_subset(split.train, calib_count), batch_size=job.batch_size)
     test_set = evenly_spaced_subset(split.test, job.test_samples)
     fp_acc, _ = evaluate(model, test_set, job.batch_size)
     compressed = copy.deepcopy(model)
@@ -182,7 +200,7 @@ def run_ptq_job(job: PTQJob, log=print) -> dict:
     result = {
         "method": job.method, "test_acc": test_acc, "bits_per_weight": s.bits_per_weight,
         "model_bytes": s.model_bytes, "seconds": seconds,
-        "fp_test_acc": fp_acc, "target": job.target, "scope": job.scope, "calib": job.calib,
+        "fp_test_acc": fp_acc, "target": job.target, "scope": job.scope, "calib": calib_count,
         "dataset": dataset, "fp_fraction": s.fp_fraction, "source": str(job.checkpoint),
         "config": config.to_dict(), "report": report.to_dict(),
     }

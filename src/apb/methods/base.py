@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from ..nn import compressed_layers, freeze_masks, make_act_quantizer
+from ..nn.attention import split_attention_
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..nn.weight_quantizer import WeightQuantizer
 from ..summary import summary
@@ -61,7 +62,10 @@ class Method:
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
-        """Rewrite the selected ``Conv2d``/``Linear`` modules of ``model`` in place."""
+        """Rewrite the selected ``Conv2d``/``Linear`` modules of ``model`` in place; every
+        ``nn.MultiheadAttention`` first becomes an equivalent module with separate projection
+        layers (:func:`apb.nn.attention.split_attention_`), so that they can be selected."""
+        split_attention_(model)
         targets = select_layers(model, self.config, filter_fn)
         for name in targets:
             module = model.get_submodule(name)

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..memory import FP32_BITS, dense_storage
+from ..nn.attention import split_attention_
 from ..nn.layers import QuantConv2d, QuantLinear
 from ..summary import summary
 from .base import CompressionConfig, FilterFn, Method, select_layers
@@ -228,6 +229,7 @@ def ptq_(
     method = post_training_method(config)
     report = PTQReport(method.name)
     calib = CalibrationSet(calibration, device, forward)
+    split_attention_(model)  # attention projections become layers that hooks can see
     batchnorm = BatchNormCorrection(config.batchnorm, model, calib)
     done = method.compress_without_calibration(model, filter_fn)
     if done is not None:

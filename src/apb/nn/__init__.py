@@ -8,6 +8,7 @@ from torch import nn
 
 from .act_quantizers import SignActivation, UniformActivation, make_act_quantizer
 from .apb_quantizer import APBQuantize, APBWeightQuantizer
+from .attention import SplitMultiheadAttention, split_attention_
 from .baseline_quantizers import (
     BinaryWeightQuantizer,
     DoReFaWeightQuantizer,
@@ -24,9 +25,10 @@ SCALE_PARAMETER_NAMES = ("alpha", "delta", "act_scale")
 __all__ = [
     "APBConv2d", "APBLinear", "APBQuantize", "APBWeightQuantizer", "BinaryWeightQuantizer",
     "DoReFaWeightQuantizer", "MagnitudePruner", "OBCWeightQuantizer", "PruneQuantizer",
-    "QuantConv2d", "QuantLinear", "SignActivation", "UniformActivation", "WeightQuantizer", "compressed_layers",
-    "freeze_masks", "freeze_scales", "gradual_sparsity", "make_act_quantizer",
-    "scale_parameters",
+    "QuantConv2d", "QuantLinear", "SignActivation", "SplitMultiheadAttention",
+    "UniformActivation", "WeightQuantizer", "compressed_layers", "freeze_masks",
+    "freeze_scales", "gradual_sparsity", "make_act_quantizer", "scale_parameters",
+    "split_attention_",
 ]
 
 

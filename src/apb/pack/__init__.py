@@ -3,7 +3,10 @@ popcount kernels, saved as safetensors.
 
 >>> apb.pack_(model.eval())                    # in place, like torchao's quantize_
 >>> apb.pack.save_packed(model, "lenet.safetensors")
->>> model = apb.pack.load_packed("lenet.safetensors")
+>>> model = apb.pack.load_packed("lenet.safetensors")          # a model of apb.models
+>>> with torch.device("meta"):
+...     skeleton = MyNet()                                       # any other model
+>>> model = apb.pack.load_packed("mynet.safetensors", model=skeleton)
 
 Layers: :class:`PackedAPBConv2d` / :class:`PackedAPBLinear` (APB, and the binary baselines
 without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear`

@@ -12,20 +12,42 @@ so when its input is a layer's output and nothing else reads that output, the la
 apply it itself: a packed layer adds it to its epilogue (for :class:`PackedAPBConv2d` the
 same kernel pass that adds the sparse correction, :func:`apb.kernels.sparse_conv2d`), a
 plain ``Conv2d`` gets the folded weights of :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`.
-The BatchNorm becomes ``nn.Identity``. Which BatchNorm follows which layer is read from
-the model's ``torch.fx`` graph (packed layers as leaves), not from module order.
+The BatchNorm becomes ``nn.Identity``.
+
+**How it decides** (it folds only what the graph proves safe, and leaves the rest as it is,
+so the model keeps computing the same function on any model, the zoo's or yours): which
+BatchNorm follows which layer is read from the ``torch.fx`` graph (packed layers as
+leaves), never from module order. A BatchNorm folds when, in that graph,
+
+* its input is the output of a packed layer (Conv2d → ``BatchNorm2d``, Linear →
+  ``BatchNorm1d``) or of a plain ``nn.Conv2d`` (→ ``BatchNorm2d``) with as many channels;
+* that output has no other user, the layer and the BatchNorm are each called once, and
+  neither is read as an attribute anywhere else in the graph;
+* the BatchNorm is in eval mode with running statistics (otherwise it normalises with
+  the batch's statistics, which is not an affine map), and neither module has hooks.
+
+A model whose ``forward`` branches on an optional argument is traced twice, with every
+argument symbolic and with the arguments that have defaults at their defaults, and a
+BatchNorm folds only if both graphs allow it. When the whole model does not trace (data-
+dependent control flow), each submodule that does is analysed on its own, largest first;
+this relies on what ordinary PyTorch code does: a submodule's own layers are called only
+through that submodule's ``forward``. A packed Linear followed by a ``BatchNorm1d`` then
+accepts only 2-D input (for ``[N, L, C]`` input the BatchNorm would normalise another axis).
 
 Inference only: the folded model computes the same function up to float rounding, but it
-is no longer the architecture a packed file describes, so :func:`apb.pack.save_packed`
-refuses it (save first, then fold).
+is no longer the model a packed file describes, so :func:`apb.pack.save_packed` refuses it
+(save first, then fold).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .geometry import ConvGeometry, LinearGeometry
 from .layer import PackedLayer
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -54,42 +76,114 @@ def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def fold_batchnorm_(model: nn.Module) -> nn.Module:
-    """Fold, in place, every eval-mode BatchNorm whose input is the output of a packed
-    layer or a plain ``Conv2d`` used only there (see the module docstring). Returns
-    ``model``, marked ``apb_folded = True``.
+    """Fold, in place, every BatchNorm the graph proves foldable (see the module docstring)
+    into the packed layer or plain ``Conv2d`` before it; leave every other one. Returns
+    ``model``, marked ``apb_folded = True`` when anything was folded.
 
     Raises:
-        ValueError: ``model`` is in training mode, or ``torch.fx`` cannot trace it (the
-            message says why).
+        ValueError: ``model`` is in training mode, or it has BatchNorms but neither it nor
+            any submodule holding one can be traced by ``torch.fx`` (the message says why).
     """
     if model.training:
         raise ValueError("fold_batchnorm_ folds eval-mode statistics: call model.eval() first")
-    try:
-        graph = _PackedLeafTracer().trace(model)
-    except Exception as err:  # fx raises many kinds of errors on untraceable code
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"fold_batchnorm_ needs a torch.fx-traceable model: {first}") from None
-    modules = dict(model.named_modules())
+    if not any(isinstance(m, _BATCHNORMS) for m in model.modules()):
+        return model
+    parts, error = _traced_parts(model)
+    if not any(isinstance(m, _BATCHNORMS) for part, _ in parts for m in part.modules()):
+        raise ValueError(f"fold_batchnorm_ needs a torch.fx-traceable model (or submodules "
+                         f"holding its BatchNorms): {error}")
+    folded = sum(_fold_part(part, graphs) for part, graphs in parts)
+    if folded:
+        model.apb_folded = True
+    return model
+
+
+def _traced_parts(model: nn.Module) -> tuple[list[tuple[nn.Module, list[fx.Graph]]], str]:
+    """``[(module, graphs)]``: the model's graphs if it traces, else those of its largest
+    traceable submodules; and the first tracing error (for the message)."""
+    parts: list[tuple[nn.Module, list[fx.Graph]]] = []
+    seen: set[int] = set()
+    first_error = ""
+    todo = [model]
+    while todo:
+        module = todo.pop(0)
+        if id(module) in seen or _PackedLeafTracer().is_leaf_module(module, ""):
+            continue
+        seen.add(id(module))
+        try:
+            parts.append((module, _graphs(module)))
+        except Exception as err:  # fx raises many kinds of errors on untraceable code
+            first_error = first_error or (str(err).splitlines()[0] if str(err)
+                                          else type(err).__name__)
+            todo.extend(module.children())
+    return parts, first_error
+
+
+def _graphs(module: nn.Module) -> list[fx.Graph]:
+    """The graph with every argument symbolic and, if ``forward`` has defaults, the graph
+    with those at their defaults: the two paths an ``is None`` test can take."""
+    graphs = [_PackedLeafTracer().trace(module)]
+    defaults = {name: p.default for name, p in inspect.signature(module.forward).parameters.items()
+                if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if defaults:
+        graphs.append(_PackedLeafTracer().trace(module, concrete_args=defaults))
+    return graphs
+
+
+def _fold_part(part: nn.Module, graphs: list[fx.Graph]) -> int:
+    """Fold the pairs every graph of ``part`` allows; the number folded."""
+    modules = dict(part.named_modules())
+    pairs = set.intersection(*(_foldable(g, modules) for g in graphs))
+    for layer_name, bn_name in sorted(pairs):
+        bn, layer = modules[bn_name], modules[layer_name]
+        if isinstance(layer, PackedLayer):
+            layer.fold_affine_(*batchnorm_affine(bn))
+            if isinstance(layer, LinearGeometry):
+                layer.fold_input_dims = 2  # BatchNorm1d normalises dim 1: the features only in 2-D
+        else:
+            part.set_submodule(layer_name, fuse_conv_bn_eval(layer, bn))
+        part.set_submodule(bn_name, nn.Identity())
+    return len(pairs)
+
+
+def _foldable(graph: fx.Graph, modules: dict[str, nn.Module]) -> set[tuple[str, str]]:
+    """``(layer, BatchNorm)`` names whose fold this graph proves safe (module docstring)."""
     calls: dict[str, int] = {}
+    attrs = [n.target for n in graph.nodes if n.op == "get_attr"]
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = set()
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], _BATCHNORMS):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, _BATCHNORMS) or len(node.args) != 1 or node.kwargs:
             continue
-        source = node.args[0] if node.args else None
+        source = node.args[0]
         if not (isinstance(source, fx.Node) and source.op == "call_module"
                 and len(source.users) == 1 and calls[source.target] == 1
                 and calls[node.target] == 1):
             continue
-        bn, layer = modules[node.target], modules[source.target]
-        if isinstance(layer, PackedLayer) and layer.rows == bn.num_features:
-            layer.fold_affine_(*batchnorm_affine(bn))
-        elif (type(layer) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d)
-              and layer.out_channels == bn.num_features and bn.running_mean is not None):
-            model.set_submodule(source.target, fuse_conv_bn_eval(layer, bn))
-        else:
-            continue
-        model.set_submodule(node.target, nn.Identity())
-    model.apb_folded = True
-    return model
+        layer = modules[source.target]
+        if any(a == t or a.startswith(t + ".") for a in attrs
+               for t in (node.target, source.target)):
+            continue  # read elsewhere as an attribute: replacing it would change that
+        if _fits(layer, bn):
+            pairs.add((source.target, node.target))
+    return pairs
+
+
+def _fits(layer: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` after ``layer`` is an affine map per output channel of ``layer``."""
+    if (bn.training or bn.running_mean is None or bn.running_var is None
+            or _hooked(bn) or _hooked(layer)):
+        return False
+    if isinstance(layer, PackedLayer):
+        expected = nn.BatchNorm2d if isinstance(layer, ConvGeometry) else nn.BatchNorm1d
+        return type(bn) is expected and layer.rows == bn.num_features
+    return (type(layer) is nn.Conv2d and type(bn) is nn.BatchNorm2d
+            and layer.out_channels == bn.num_features)
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)

@@ -1,4 +1,5 @@
-"""The packed model file: safetensors with JSON metadata, never a pickle.
+"""The packed model file: safetensors with JSON metadata, never a pickle, for any model
+whose compressed layers :func:`apb.pack_` packed (a model of :mod:`apb.models` or your own).
 
 A file holds exactly the bytes :func:`apb.summary` accounts for (docs/design.md §3), so that
 
@@ -27,17 +28,23 @@ Tensors, per packed layer ``L`` (``n = M·K`` weights):
 ``L.act_scale``        float32 ``[1]`` for ``k``-bit activations
 =====================  ============================================================
 
-and every parameter and floating-point buffer of the other modules (first and last layers,
-BatchNorm) under its ``state_dict`` name, float32. Nothing else: no ``num_batches_tracked``,
-no ``δ``, no masks.
+and every other tensor of the model (the rules of :mod:`apb.pack.state`): each parameter
+and buffer outside the packed layers, persistent or not, under its ``state_dict`` name, in
+its own dtype, a tensor shared under several names stored once. Nothing else: no
+``num_batches_tracked``, no ``δ``, no masks.
 
-Metadata (``__metadata__``, strings): ``format = "apb-packed"``, ``format_version``, and
-JSON documents ``architecture`` (``{"name", "kwargs"}`` for :func:`apb.models.create`) and
-``layers`` (per packed layer: kind, method, shapes, ``K``, activation bits, convolution
-geometry, ``nnz`` and the dtype of every tensor). Loading builds the architecture from the
-model registry (on the meta device, so a damaged header cannot allocate anything), puts
-packed modules at the recorded positions and fills everything else from the file, after
-checking every name, shape, dtype, value and CSR structure against the metadata.
+Metadata (``__metadata__``, strings): ``format = "apb-packed"``, ``format_version``, the
+JSON document ``layers`` (per packed layer: kind, method, shapes, ``K``, activation bits,
+convolution geometry, ``nnz`` and the dtype of every tensor) and two optional ones:
+``architecture`` (``{"name", "kwargs"}`` for :func:`apb.models.create`, written when the
+model came from the registry) and ``tied`` (``{alias: stored name}``, written when some
+tensor has several names). Nothing in the file is executed or imported.
+
+Loading fills a model: the one passed as ``model=`` (any architecture, built on the CPU or
+the meta device), else the registry's ``architecture`` built on the meta device (so a
+damaged header cannot allocate anything). Packed modules go to the recorded positions and
+everything else is filled from the file, after checking every name, shape, dtype, value
+and CSR structure against the metadata and the model (:mod:`apb.pack.skeleton`).
 """
 
 from __future__ import annotations
@@ -67,20 +74,31 @@ from .header import (
     header_length,
     packed_header,
     parse_metadata,
+    parse_tied,
     read_file,
 )
 from .layer import PackedLayer
 from .layer_tensors import build_layer, expected_tensors, layer_config, layer_tensors
+from .skeleton import check_position, fit
+from .state import STORED_DTYPES, as_array, plain_tensors, stored_dtype, value_problem
 
 
 # -- writing -------------------------------------------------------------------------------
 def save_packed(model: nn.Module, path: str | os.PathLike, *,
                 architecture: dict[str, Any] | None = None) -> PackedFileInfo:
-    """Write a packed model (after :func:`apb.pack.pack_`) to ``path`` atomically.
+    """Write a packed model (after :func:`apb.pack.pack_`) to ``path`` atomically; any
+    ``nn.Module`` with packed layers. Returns the file's sizes, whose ``model_bytes`` is
+    ``apb.summary(model).model_bytes``.
 
-    ``architecture`` is ``{"name": ..., "kwargs": {...}}`` for :func:`apb.models.create`;
-    it defaults to what ``apb.models.create`` recorded on the model
-    (``model.apb_architecture``). Returns the file's sizes.
+    Stored: each packed layer's tensors and every other parameter and buffer of the model
+    (module docstring). ``architecture`` is ``{"name": ..., "kwargs": {...}}`` for
+    :func:`apb.models.create`; it defaults to what ``apb.models.create`` recorded on the
+    model (``model.apb_architecture``), and a file that has one loads without ``model=``.
+    Without one, :func:`load_packed` needs the model to fill.
+
+    Raises ValueError (nothing written) when a layer is still a training layer, the model
+    has no packed layer or folded BatchNorms, or a tensor cannot be stored (its dtype, NaN,
+    values on the meta device); the message names the tensor.
     """
     if getattr(model, "apb_folded", False):
         raise ValueError("this model has BatchNorms folded into its layers (fold_batchnorm_), "
@@ -98,31 +116,34 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
             if not name:
                 raise ValueError("save_packed takes a model that contains packed layers, "
                                  "not a single packed layer")
+            if module.folded:
+                raise ValueError(f"layer {name!r} has an affine map folded into it "
+                                 "(fold_affine_), which the packed format does not describe; "
+                                 "save it before folding")
             layers[name] = layer_config(module)
             tensors.update({f"{name}.{k}": v for k, v in layer_tensors(module).items()})
-        else:  # packed layers have no submodules, so nothing here is inside one
-            tensors.update(_plain_tensors(name, module))
     if not layers:
         raise ValueError("the model has no packed layers; call apb.pack_(model) first")
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "writer": f"apb {__version__}",
-        "architecture": json.dumps(arch, separators=(",", ":")),
-        "layers": json.dumps(layers, separators=(",", ":")),
-    }
+    tied: dict[str, str] = {}
+    for entry in plain_tensors(model, lambda m: isinstance(m, PackedLayer)):
+        tensors[entry.name] = _plain_array(entry)
+        tied.update({alias: entry.name for alias in entry.aliases})
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "writer": f"apb {__version__}"}
+    if arch is not None:
+        metadata["architecture"] = json.dumps(arch, separators=(",", ":"))
+    metadata["layers"] = json.dumps(layers, separators=(",", ":"))
+    if tied:
+        metadata["tied"] = json.dumps(tied, separators=(",", ":"))
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
     return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
 
 
-def _architecture_of(model: nn.Module, architecture: dict | None) -> dict:
+def _architecture_of(model: nn.Module, architecture: dict | None) -> dict | None:
     arch = architecture if architecture is not None else getattr(model, "apb_architecture", None)
     if arch is None:
-        raise ValueError(
-            "save_packed needs the model's architecture: build it with apb.models.create, or "
-            "pass architecture={'name': <registry name>, 'kwargs': {...}}"
-        )
+        return None
     if (not isinstance(arch, dict) or not isinstance(arch.get("name"), str)
             or not isinstance(arch.get("kwargs", {}), dict)):
         raise ValueError(f"architecture must be {{'name': str, 'kwargs': dict}}, got {arch!r}")
@@ -134,26 +155,16 @@ def _architecture_of(model: nn.Module, architecture: dict | None) -> dict:
     return json.loads(json.dumps(arch))
 
 
-def _plain_tensors(name: str, module: nn.Module) -> dict[str, np.ndarray]:
-    """A plain module's parameters and floating-point buffers (what the accounting counts)."""
-    out = {}
-    for full, t in _stored_tensors(name, module):
-        if t.dtype != torch.float32:
-            raise ValueError(f"{full} is {t.dtype}; the packed format stores float32 tensors")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{full} holds NaN or Inf values; such a model cannot be saved")
-        out[full] = t.detach().cpu().contiguous().numpy().copy()
-    return out
-
-
-def _stored_tensors(name: str, module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """``(state_dict name, tensor)`` of what a plain module stores: its own parameters and
-    floating-point buffers (integer counters such as ``num_batches_tracked`` are not)."""
-    prefix = f"{name}." if name else ""
-    own = list(module.named_parameters(recurse=False)) + [
-        (k, b) for k, b in module.named_buffers(recurse=False) if b.is_floating_point()
-    ]
-    return [(prefix + key, t) for key, t in own]
+def _plain_array(entry) -> np.ndarray:
+    t = entry.tensor
+    stored_dtype(t, entry.name)
+    if t.is_meta:
+        raise ValueError(f"{entry.name} is on the meta device and has no values; load or "
+                         "initialise it before saving")
+    problem = value_problem(t.detach(), entry.is_parameter)
+    if problem:
+        raise ValueError(f"{entry.name} {problem}; such a model cannot be saved")
+    return as_array(t)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -164,37 +175,97 @@ def read_packed_info(path: str | os.PathLike) -> PackedFileInfo:
     return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
 
 
-def load_packed(path: str | os.PathLike, *, backend: str | None = None) -> nn.Module:
+def load_packed(path: str | os.PathLike, *, model: nn.Module | None = None,
+                backend: str | None = None) -> nn.Module:
     """The packed model saved at ``path``, in eval mode, on the CPU.
 
-    The architecture comes from the model registry (``apb.models.create``) with the kwargs
-    the file records; the packed layers and every other tensor come from the file. Raises
-    :class:`PackedFormatError` when the file is missing, damaged, not an apb packed model,
-    written by a newer format version, or inconsistent with its own metadata.
+    ``model``: the model to fill, built as it was before :func:`apb.compress_` or after
+    (any architecture; on the meta device is fine: ``with torch.device("meta"): m =
+    MyNet()``). Each packed layer of the file replaces the ``nn.Conv2d`` / ``nn.Linear`` of
+    that name, every other tensor is loaded from the file (materialised on the CPU), and
+    ``model`` itself is returned. Without ``model``, the file's recorded architecture is
+    built from the model registry (``apb.models.create``); a file that records none asks
+    for ``model=``.
+
+    Raises :class:`PackedFormatError` when the file is missing, damaged, not an apb packed
+    model, written by a newer format version, inconsistent with its own metadata, or does
+    not fit ``model`` (a packed layer where the model has no matching Conv2d / Linear, a
+    shape, a missing or unexpected tensor: the message names it and both shapes). The model
+    is left unchanged then.
     """
     path = Path(path)
-    return load_packed_bytes(read_file(path), where=str(path), backend=backend)
+    return load_packed_bytes(read_file(path), where=str(path), model=model, backend=backend)
 
 
-def load_packed_bytes(data: bytes, *, where: str = "packed model",
+def load_packed_bytes(data: bytes, *, where: str = "packed model", model: nn.Module | None = None,
                       backend: str | None = None) -> nn.Module:
     """:func:`load_packed` of a packed file's bytes (``where`` names them in errors)."""
     path = Path(where)
     metadata = packed_header(data, path)
     arrays = file_arrays(data, path)
     arch, layer_cfgs = parse_metadata(metadata, path)
+    tied = parse_tied(metadata, path, set(arrays))
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module to fill, got {type(model).__name__}")
+    net = model if model is not None else _registry_model(arch, where)
+    for name, cfg in layer_cfgs.items():
+        check_position(net, name, cfg, where)
+    used: set[str] = set()
+    packed = _build_layers(arrays, layer_cfgs, used, where, backend)
+    return fit(net, packed, arrays, tied, used, where)
+
+
+def check_packed_bytes(data: bytes, *, where: str = "packed model") -> None:
+    """Check a packed file's bytes as far as they can be without the model: with a recorded
+    architecture, by loading it; without one, every packed layer is built from its tensors
+    and every other tensor has a stored dtype, no NaN, and a consistent ``tied`` entry."""
+    path = Path(where)
+    metadata = packed_header(data, path)
+    arch, layer_cfgs = parse_metadata(metadata, path)
+    if arch is not None:
+        load_packed_bytes(data, where=where)
+        return
+    arrays = file_arrays(data, path)
+    tied = parse_tied(metadata, path, set(arrays))
+    used: set[str] = set()
+    _build_layers(arrays, layer_cfgs, used, where, None)
+    for alias, target in tied.items():
+        if target in used:
+            raise PackedFormatError(f"{where}: 'tied' makes {alias!r} the packed layers' "
+                                    f"tensor {target!r}, which only a packed layer can hold")
+    dtypes = set(STORED_DTYPES.values())
+    for name in sorted(set(arrays) - used):
+        if str(arrays[name].dtype) not in dtypes:
+            raise PackedFormatError(f"{where}: tensor {name!r} has dtype {arrays[name].dtype}, "
+                                    "which a packed file does not store")
+        problem = value_problem(arrays[name], is_parameter=False)
+        if problem:
+            raise PackedFormatError(f"{where}: tensor {name!r} {problem}")
+
+
+def _registry_model(arch: dict | None, where: str) -> nn.Module:
+    """The registry's model a file records, built on the meta device."""
+    if arch is None:
+        raise PackedFormatError(
+            f"{where} was saved from a model that apb.models does not build (it records no "
+            "architecture): pass the model to fill, apb.pack.load_packed(path, "
+            "model=MyNet()); it may be built on the meta device"
+        )
     try:
         with torch.device("meta"):
-            net = models.create(arch["name"], **arch["kwargs"])
+            return models.create(arch["name"], **arch["kwargs"])
     except Exception as err:  # a damaged header can make any builder fail
         raise PackedFormatError(
             f"{where}: cannot build the architecture {arch['name']!r} it records "
             f"({type(err).__name__}: {first_line(err)})"
         ) from None
-    used: set[str] = set()
+
+
+def _build_layers(arrays: dict[str, np.ndarray], layer_cfgs: dict[str, dict], used: set[str],
+                  where: str, backend: str | None) -> dict[str, PackedLayer]:
+    """Every packed layer of the file, built from its tensors (names added to ``used``)."""
     packed: dict[str, PackedLayer] = {}
     for name, cfg in layer_cfgs.items():
-        _check_position(net, name, cfg, where)
         spec = expected_tensors(cfg)
         tensors = {key: _take(arrays, f"{name}.{key}", shape, dtype, used, where)
                    for key, (shape, dtype) in spec.items()}
@@ -207,61 +278,7 @@ def load_packed_bytes(data: bytes, *, where: str = "packed model",
             packed[name] = build_layer(cfg, tensors, backend)
         except (ValueError, TypeError, RuntimeError) as err:
             raise PackedFormatError(f"{where}: layer {name!r}: {first_line(err)}") from None
-    plain: dict[str, torch.Tensor] = {}
-    for name, module in net.named_modules():
-        if name in packed or any(name.startswith(p + ".") for p in packed):
-            continue
-        for full, t in _stored_tensors(name, module):
-            arr = _take(arrays, full, tuple(t.shape), "float32", used, where)
-            if not np.isfinite(arr).all():
-                raise PackedFormatError(f"{where}: tensor {full!r} holds NaN or Inf values")
-            plain[full] = torch.from_numpy(arr)
-    extra = sorted(set(arrays) - used)
-    if extra:
-        shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
-        raise PackedFormatError(
-            f"{where}: holds tensors the architecture has no place for: {shown}"
-        )
-    net.to_empty(device="cpu")
-    with torch.no_grad():
-        for full, value in plain.items():
-            owner, _, key = full.rpartition(".")
-            getattr(net.get_submodule(owner) if owner else net, key).copy_(value)
-        for _, buf in net.named_buffers():
-            if not buf.is_floating_point():
-                buf.zero_()  # counters such as num_batches_tracked: not stored, unused in eval
-    for name, layer in packed.items():
-        net.set_submodule(name, layer)
-    return net.eval()
-
-
-def _check_position(net: nn.Module, name: str, cfg: dict, where: str) -> None:
-    """The registry model must have a matching plain Conv2d / Linear at ``name``."""
-    try:
-        module = net.get_submodule(name)
-    except AttributeError:
-        raise PackedFormatError(
-            f"{where}: packed layer {name!r} has no place in the architecture"
-        ) from None
-    conv = cfg["kind"].endswith("conv2d")
-    expected = nn.Conv2d if conv else nn.Linear
-    if type(module) is not expected:
-        raise PackedFormatError(
-            f"{where}: packed layer {name!r} is a {cfg['kind']}, but the architecture has a "
-            f"{type(module).__name__} there"
-        )
-    mismatch = tuple(module.weight.shape) != tuple(cfg["weight_shape"]) or (
-        (module.bias is not None) != cfg["bias"]
-    )
-    if conv:
-        mismatch = mismatch or module.groups != 1 or module.padding_mode != "zeros" or any(
-            list(getattr(module, key)) != cfg[key] for key in ("stride", "padding", "dilation")
-        )
-    if mismatch:
-        raise PackedFormatError(
-            f"{where}: packed layer {name!r} ({cfg['weight_shape']}, bias={cfg['bias']}) does "
-            f"not match the architecture's {module}"
-        )
+    return packed
 
 
 def _take(arrays: dict[str, np.ndarray], name: str, shape: tuple, dtype: str, used: set[str],

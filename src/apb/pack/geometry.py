@@ -196,6 +196,9 @@ class LinearGeometry(PackedLayer):
         self.in_features = in_features
         self.out_features = out_features
         self.rows, self.cols = out_features, in_features
+        # Set to 2 by fold_batchnorm_ when a BatchNorm1d is folded in: it normalised dim 1,
+        # which is this layer's feature axis only for [N, features] input.
+        self.fold_input_dims: int | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -210,6 +213,13 @@ class LinearGeometry(PackedLayer):
             raise ValueError(
                 f"{self._label()} expects inputs whose last dimension is {self.in_features}, "
                 f"got shape {tuple(x.shape)}"
+            )
+        if self.fold_input_dims is not None and self.out_scale is not None and (
+                x.dim() != self.fold_input_dims):
+            raise ValueError(
+                f"{self._label()} has a BatchNorm1d folded in (fold_batchnorm_), which is "
+                f"exact for [batch, features] input only, got shape {tuple(x.shape)}; run "
+                "the model without folding"
             )
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features).contiguous()

@@ -3,8 +3,9 @@ its metadata read and checked before any tensor is (docs/design.md §4).
 
 A safetensors file starts with the length of its JSON header (8 bytes, little-endian),
 then the header: the tensor table and ``__metadata__``, whose ``format``,
-``format_version``, ``architecture`` and ``layers`` entries :func:`packed_header` and
-:func:`parse_metadata` check, naming the file and the layer in every error.
+``format_version``, ``layers`` and the optional ``architecture`` and ``tied`` entries
+:func:`packed_header`, :func:`parse_metadata` and :func:`parse_tied` check, naming the file
+and the layer in every error.
 """
 
 from __future__ import annotations
@@ -106,23 +107,22 @@ def file_arrays(data: bytes, path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def parse_metadata(metadata: dict, path: Path) -> tuple[dict, dict[str, dict]]:
+def parse_metadata(metadata: dict, path: Path) -> tuple[dict | None, dict[str, dict]]:
     """``(architecture, layer configs)`` of a packed file's metadata, every layer entry
-    checked (PackedFormatError naming ``path`` and the layer)."""
+    checked (PackedFormatError naming ``path`` and the layer). ``architecture`` is None for
+    a file saved from a model outside :mod:`apb.models` (the entry is optional)."""
     docs = {}
     for key in ("architecture", "layers"):
         text = metadata.get(key)
+        if text is None and key == "architecture":
+            docs[key] = None
+            continue
         if not isinstance(text, str):
             raise PackedFormatError(f"{path}: the metadata lacks its {key!r} entry")
-        try:
-            docs[key] = json.loads(text)
-        except (ValueError, RecursionError) as err:
-            raise PackedFormatError(
-                f"{path}: the metadata entry {key!r} is not JSON ({first_line(err)})"
-            ) from None
+        docs[key] = _json(text, key, path)
     arch, layers = docs["architecture"], docs["layers"]
-    if (not isinstance(arch, dict) or not isinstance(arch.get("name"), str)
-            or not isinstance(arch.get("kwargs"), dict)):
+    if arch is not None and (not isinstance(arch, dict) or not isinstance(arch.get("name"), str)
+                             or not isinstance(arch.get("kwargs"), dict)):
         raise PackedFormatError(f"{path}: architecture must be {{'name': str, 'kwargs': {{}}}}")
     if not isinstance(layers, dict) or not layers:
         raise PackedFormatError(f"{path}: 'layers' must be a non-empty JSON object")
@@ -132,6 +132,34 @@ def parse_metadata(metadata: dict, path: Path) -> tuple[dict, dict[str, dict]]:
         except ValueError as err:
             raise PackedFormatError(f"{path}: layer {name!r}: {err}") from None
     return arch, layers
+
+
+def parse_tied(metadata: dict, path: Path, stored: set[str]) -> dict[str, str]:
+    """The ``tied`` entry (``{alias: stored name}``: names of one shared tensor, stored once
+    under its first name), checked against the ``stored`` tensor names; ``{}`` when absent."""
+    text = metadata.get("tied")
+    if text is None:
+        return {}
+    tied = _json(text, "tied", path) if isinstance(text, str) else None
+    if not isinstance(tied, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tied.items()):
+        raise PackedFormatError(f"{path}: 'tied' must map tensor names to tensor names")
+    for alias, target in tied.items():
+        if alias in stored or target not in stored:
+            raise PackedFormatError(
+                f"{path}: 'tied' says {alias!r} is the tensor stored as {target!r}, but the "
+                f"file {'also stores ' + repr(alias) if alias in stored else 'has no ' + repr(target)}"
+            )
+    return tied
+
+
+def _json(text: str, key: str, path: Path):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise PackedFormatError(
+            f"{path}: the metadata entry {key!r} is not JSON ({first_line(err)})"
+        ) from None
 
 
 def first_line(err: BaseException) -> str:

@@ -42,7 +42,7 @@ from torch import nn
 from ..._version import __version__
 from ...io import atomic_write
 from ...kernels.xor_gate import n_blocks
-from ..format import load_packed_bytes
+from ..format import check_packed_bytes, load_packed_bytes
 from ..header import (
     HEADER_PREFIX_BYTES,
     PackedFileInfo,
@@ -194,7 +194,7 @@ def encode_bytes(data: bytes, *, where: str = "packed model", seed: int = DEFAUL
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     path = Path(where)
     metadata = packed_header(data, path)
-    load_packed_bytes(data, where=where)  # the whole file checked, as apb eval would
+    check_packed_bytes(data, where=where)  # the whole file checked, as loading would
     arrays = file_arrays(data, path)
     _, cfgs = parse_metadata(metadata, path)
     tensors: dict[str, np.ndarray] = {}
@@ -250,7 +250,10 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = D
     ``scheme``: ``"auto"`` (XOR where it beats the dense planes, plain elsewhere),
     ``"xor"`` or ``"plain"``; ``seed``: the network's seed. Every layer is decoded again
     and checked before anything is written. Raises :class:`apb.pack.PackedFormatError`
-    when ``src`` is not a valid packed model.
+    when ``src`` is not a valid packed model. A packed file without an architecture (saved
+    from your own model) is encoded too: it is checked as far as it can be without the
+    model (:func:`apb.pack.format.check_packed_bytes`), and :func:`load_xor` then takes the
+    model to fill as ``model=``.
     """
     src, dst = Path(src), Path(dst)
     data = read_file(src)
@@ -301,16 +304,20 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike) -> PackedFileInf
     packed model it was encoded from, tensor for tensor), atomically."""
     src = Path(src)
     out = decode_bytes(_read_xor(src), where=str(src))
-    load_packed_bytes(out, where=str(src))  # a file apb eval can read, or an error here
+    check_packed_bytes(out, where=str(src))  # a file that loads, or an error here
     atomic_write(dst, lambda f: f.write(out))
     return _info(out)
 
 
-def load_xor(path: str | os.PathLike, *, backend: str | None = None) -> nn.Module:
-    """The packed model an XOR-encoded file holds, decoded, in eval mode on the CPU."""
+def load_xor(path: str | os.PathLike, *, model: nn.Module | None = None,
+             backend: str | None = None) -> nn.Module:
+    """The packed model an XOR-encoded file holds, decoded, in eval mode on the CPU.
+
+    ``model``: the model to fill, as for :func:`apb.pack.load_packed` (needed when the
+    packed file was saved from a model outside :mod:`apb.models`)."""
     path = Path(path)
     return load_packed_bytes(decode_bytes(_read_xor(path), where=str(path)), where=str(path),
-                             backend=backend)
+                             model=model, backend=backend)
 
 
 def is_xor_file(path: str | os.PathLike) -> bool:
