@@ -9,6 +9,7 @@ void bind_pack_signs(nanobind::module_ &m);
 void bind_roofline(nanobind::module_ &m);
 void bind_bgemm(nanobind::module_ &m);
 void bind_bgemm_1xf(nanobind::module_ &m);
+void bind_linear_1xf(nanobind::module_ &m);
 void bind_spmm_csr(nanobind::module_ &m);
 void bind_pack_activations(nanobind::module_ &m);
 void bind_sparse_conv2d(nanobind::module_ &m);

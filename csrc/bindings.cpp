@@ -34,6 +34,7 @@ NB_MODULE(_C, m) {
     apb::bind::bind_roofline(m);
     apb::bind::bind_bgemm(m);
     apb::bind::bind_bgemm_1xf(m);
+    apb::bind::bind_linear_1xf(m);
     apb::bind::bind_spmm_csr(m);
     apb::bind::bind_pack_activations(m);
     apb::bind::bind_sparse_conv2d(m);

@@ -444,18 +444,37 @@ def test_imagefolder_eval_resizes_shorter_side_then_center_crops(tmp_path):
 
 
 def test_imagefolder_train_augmentation_is_random(tmp_path):
+    """Measured on ramps (red = 5·column, green = 5·row): each augmented view is a crop of
+    8-100 % of the area with aspect in [3/4, 4/3] (the spans of the two ramps it shows),
+    never flipped vertically (green rises downwards), mirrored about half the time (red
+    falls), and the views differ from each other."""
     root = tmp_path / "folder"
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    cols, rows = np.meshgrid(np.arange(48), np.arange(48))
+    pixels = np.stack([5 * cols, 5 * rows, np.full_like(cols, 128)], -1).astype(np.uint8)
     for split in ("train", "val"):
         (root / split / "x").mkdir(parents=True)
         Image.fromarray(pixels).save(root / split / "x" / "img.png")
     augmented = load("imagefolder", root, image_size=24)
     plain = load("imagefolder", root, image_size=24, augment=False)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     torch.manual_seed(0)
-    views = [augmented.train[0][0] for _ in range(6)]
-    assert all(v.shape == (3, 24, 24) and torch.isfinite(v).all() for v in views)
-    assert len({v.sum().item() for v in views}) > 1
+    flips, boxes = 0, set()
+    for _ in range(40):
+        view = augmented.train[0][0]
+        assert view.shape == (3, 24, 24) and torch.isfinite(view).all()
+        rgb = (view * std[:, None, None] + mean[:, None, None]) * 255
+        red, green = rgb[0].mean(0), rgb[1].mean(1)  # along the width, along the height
+        assert (green.diff() >= -0.5).all()  # never upside down
+        steps = red.diff()
+        assert (steps >= -0.5).all() or (steps <= 0.5).all()  # a ramp, either way round
+        flips += int(red[0] > red[-1])
+        width = abs(float(red[-1] - red[0])) * 24 / 23 / 5 + 1  # source pixels covered
+        height = float(green[-1] - green[0]) * 24 / 23 / 5 + 1
+        assert 0.08 * 48 * 48 * 0.8 <= width * height <= 48 * 48 * 1.05
+        assert 3 / 4 * 0.85 <= width / height <= 4 / 3 / 0.85
+        boxes.add((round(width), round(height), round(float(red.min()))))
+    assert 8 <= flips <= 32  # p = 1/2: outside [8, 32] of 40 has probability < 1e-4
+    assert len(boxes) > 20
     assert torch.equal(plain.train[0][0], plain.train[0][0])
     assert torch.equal(plain.train[0][0], plain.test[0][0])
 

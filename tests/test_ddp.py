@@ -111,24 +111,35 @@ def test_ddp_resume_is_bit_identical(ddp_runs):
     root, _, resumed = ddp_runs
     a = load_checkpoint(root / "straight" / "last.pt")
     b = load_checkpoint(root / "resumed" / "last.pt")
-    for key in ("model_state", "optimizer_state", "scale_optimizer_state"):
-        for name, tensor in _tensors(a[key]):
-            other = dict(_tensors(b[key]))[name]
-            assert torch.equal(tensor, other), f"{key} {name} differs after resume"
-    for rank in range(WORLD_SIZE):
-        assert torch.equal(a["rng"][rank]["torch"], b["rng"][rank]["torch"])
+    # Everything that continues a run: weights, both optimizers and schedulers, every RNG
+    # state of every rank, the counters and the best so far (train_config differs in
+    # resume/out_dir, history in wall-clock seconds).
+    for key in ("model_state", "optimizer_state", "scale_optimizer_state", "scheduler_state",
+                "scale_scheduler_state", "rng", "epoch", "global_step", "finalized",
+                "best_test_acc", "best_epoch", "world_size", "stats"):
+        _assert_same(a[key], b[key], key)
+    assert len(a["rng"]) == WORLD_SIZE and a["scheduler_state"] is not None
+    assert a["scale_scheduler_state"] is not None and a["global_step"] > 0
+    untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in c["history"]]
+               for c in (a, b)]
+    _assert_same(untimed[0], untimed[1], "history")
     records = read_metrics(root / "resumed" / "metrics.jsonl")
     assert records[1]["events"] == ["freeze_scales", "finalize"]
     assert [r["test_acc"] for r in records] == [
         r["test_acc"] for r in read_metrics(root / "straight" / "metrics.jsonl")]
 
 
-def _tensors(tree, prefix=""):
-    if isinstance(tree, torch.Tensor):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _tensors(v, f"{prefix}/{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from _tensors(v, f"{prefix}/{i}")
+def _assert_same(x, y, where):
+    """Recursive equality, tensors bit for bit."""
+    if isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), where
+    elif isinstance(x, dict):
+        assert isinstance(y, dict) and x.keys() == y.keys(), f"{where}: keys differ"
+        for k in x:
+            _assert_same(x[k], y[k], f"{where}/{k}")
+    elif isinstance(x, (list, tuple)):
+        assert isinstance(y, (list, tuple)) and len(x) == len(y), f"{where}: lengths differ"
+        for i, (u, v) in enumerate(zip(x, y, strict=True)):
+            _assert_same(u, v, f"{where}/{i}")
+    else:
+        assert x == y, f"{where}: {x!r} != {y!r}"

@@ -17,6 +17,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from apb.bench.transformer import IMPLS, report_table, run_transformer_benchmark  # noqa: E402
 from apb.data.texts import python_docs_sentences, read_texts  # noqa: E402
 from apb.hf import HFError, embed, fidelity, load_local, text_batches  # noqa: E402
 
@@ -176,3 +177,15 @@ def test_ptq_bad_input_is_one_line(bert_dir, texts_file, tmp_path, problem, args
     assert done.returncode == 2, (problem, done.stderr)
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_transformer_benchmark_report(bert_dir):
+    report = run_transformer_benchmark(str(bert_dir), seqs=(1, 8), rounds=1, calib=16)
+    assert {(r["impl"], r["seq"]) for r in report["results"]} == {
+        (impl, seq) for impl in IMPLS for seq in (1, 8)}
+    assert all(r["ms"] > 0 for r in report["results"])
+    assert {(s["vs"], s["seq"]) for s in report["speedups"]} == {
+        (impl, seq) for impl in IMPLS[:-1] for seq in (1, 8)}
+    assert report["apb_max_rel_error"] < 1e-4  # packed computes what was compressed
+    assert report["bits_per_weight"] <= 1.6
+    assert "ort_int8" in report_table(report)

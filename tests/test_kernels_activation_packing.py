@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _isa import isas_under_test, require_isa
 from apb import kernels
 from apb.nn.act_quantizers import UniformActivation
 from oracles.activation_packing import (
@@ -41,8 +42,7 @@ SPECIAL = np.array(
 
 
 def _require(isa: str) -> None:
-    if isa not in kernels.available_isas():
-        pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
+    require_isa(isa)  # a skip, or a failure under APB_REQUIRE_ISA
 
 
 def _activations(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -280,7 +280,7 @@ def test_padding_mask_from_an_all_negative_input(isa: str) -> None:
 def test_quantize_pack_codes_hand_computed() -> None:
     # s = 1, 2 bits (L = 3): x*3 = 0, 0.75, 1.5 (tie -> 2), 2.25, 4.5 (clipped 3), NaN -> 0.
     x = np.array([[-2.0, 0.25, 0.5, 0.75, 1.5, np.nan]], dtype=np.float32)
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         with kernels.use_isa(isa):
             packed = kernels.quantize_pack_codes(x, 1.0, 2)
         np.testing.assert_array_equal(_codes_from_planes(packed, 6), [[0, 1, 2, 2, 3, 0]])

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _isa import require_isa
 from apb import kernels
 from oracles.bgemm import (
     bgemm_1x1_ref,
@@ -33,8 +34,7 @@ ISAS = [pytest.param(isa, id=isa) for isa in kernels.ISA_NAMES]
 
 
 def _require(isa: str) -> None:
-    if isa not in kernels.available_isas():
-        pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
+    require_isa(isa)  # a skip, or a failure under APB_REQUIRE_ISA
 
 
 def _words(k: int) -> int:

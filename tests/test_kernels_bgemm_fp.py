@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _isa import isas_under_test, require_isa
 from apb import kernels
 from oracles.bgemm_fp import bgemm_1xf_ref
 from oracles.sign_packing import pack_signs_ref
@@ -17,8 +18,7 @@ EDGE_K = [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200]
 
 
 def _require(isa: str) -> None:
-    if isa not in kernels.available_isas():
-        pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
+    require_isa(isa)  # a skip, or a failure under APB_REQUIRE_ISA
 
 
 def _random_weights(rng: np.random.Generator, m: int, k: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_bgemm_1xf_hand_computed() -> None:
     # Row 0: weights +1 -1 +1 (bits 0b010); row 1: -1 -1 -1 (0b111).
     w = np.array([[0b010], [0b111]], dtype=np.uint64)
     x = np.array([[1.0, 2.0, 4.0], [0.5, -1.0, 0.0]], dtype=np.float32)
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         with kernels.use_isa(isa):
             out = kernels.bgemm_1xf(w, x)
         np.testing.assert_array_equal(out, [[3.0, 1.5], [-7.0, 0.5]])
@@ -106,7 +106,7 @@ def test_bgemm_1xf_hand_computed() -> None:
 def test_bgemm_1xf_special_values_propagate() -> None:
     w = np.zeros((2, 1), dtype=np.uint64)
     x = np.array([[np.inf, 1.0], [np.nan, 0.0]], dtype=np.float32)
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         with kernels.use_isa(isa):
             out = kernels.bgemm_1xf(w, x)
         assert out[0, 0] == np.inf and np.isnan(out[0, 1])

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import apb
+from _isa import require_isa
 from apb import kernels
 from oracles.sign_packing import pack_signs_ref, unpack_signs_ref
 
@@ -46,8 +47,7 @@ EDGE_K = [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200,
 
 
 def _require(isa: str) -> None:
-    if isa not in kernels.available_isas():
-        pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
+    require_isa(isa)  # a skip, or a failure under APB_REQUIRE_ISA
 
 
 float_bits = st.one_of(

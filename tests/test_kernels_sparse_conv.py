@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _csr import random_csr
+from _isa import isas_under_test, require_isa
 from apb import kernels
 from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
 from oracles.activation_packing import conv2d_output_size
@@ -19,8 +20,7 @@ from oracles.sparse_conv import quantized_input_ref, sparse_conv2d_ref
 
 
 def _require(isa: str) -> None:
-    if isa not in kernels.available_isas():
-        pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
+    require_isa(isa)  # a skip, or a failure under APB_REQUIRE_ISA
 
 
 @st.composite
@@ -97,7 +97,7 @@ def test_matches_reference_and_is_identical_across_isas(problem: dict) -> None:
                                  dot=problem["dot"], dot_scale=problem["dot_scale"],
                                  sparse_scale=problem["sparse_scale"], shift=problem["shift"])
     results = {}
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         with kernels.use_isa(isa):
             results[isa] = _run(problem)
         assert results[isa].dtype == np.float32 and results[isa].shape == expected.shape
@@ -114,7 +114,7 @@ def test_hand_computed() -> None:
     indices = np.array([0, 3], np.uint8)
     values = np.array([2.0, -1.0], np.float16)
     dot = np.array([[1, 2, 3, 4], [0, 0, 0, 0]], np.int32)
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         with kernels.use_isa(isa):
             out = kernels.sparse_conv2d(x, indptr, indices, values, 2, stride=2, padding=1,
                                         act_bits=2, scale=3.0, dot=dot,
@@ -139,6 +139,13 @@ def test_threaded_large_and_torch_tensors(isa: str, threads: int) -> None:
     scale = torch.from_numpy(rng.random(70, dtype=np.float32))
     args = (x, indptr, indices, values, 3, (2, 1), 1)
     kwargs = {"act_bits": 2, "scale": torch.tensor([0.7]), "dot": dot, "dot_scale": scale}
+    problem = {"x": x.numpy(), "csr": tuple(a.numpy() for a in (indptr, indices, values)),
+               "geometry": ((3, 3), (2, 1), (1, 1), (1, 1)), "act_bits": 2, "scale": 0.7,
+               "dot": dot.numpy(), "dot_scale": scale.numpy(), "sparse_scale": None,
+               "shift": None}
+    reference = sparse_conv2d_ref(problem["x"], *problem["csr"], *problem["geometry"],
+                                  act_bits=2, scale=0.7, dot=problem["dot"],
+                                  dot_scale=problem["dot_scale"])
     with kernels.use_isa("scalar"):
         expected = kernels.sparse_conv2d(*args, **kwargs)
     previous = kernels.get_num_threads()
@@ -149,7 +156,8 @@ def test_threaded_large_and_torch_tensors(isa: str, threads: int) -> None:
     finally:
         kernels.set_num_threads(previous)
     assert isinstance(out, torch.Tensor) and out.shape == (70, 900)
-    assert torch.equal(out, expected)
+    assert np.all(np.abs(out.numpy() - reference) <= _bound(problem))  # the numpy oracle
+    assert torch.equal(out, expected)  # and bit for bit the single-threaded scalar kernel
 
 
 def test_special_inputs_quantize_as_documented() -> None:
@@ -159,7 +167,7 @@ def test_special_inputs_quantize_as_documented() -> None:
                  np.float32).reshape(1, 1, 1, 8)
     indptr = np.array([0, 1], np.int32)
     one = (np.zeros(1, np.int32), np.ones(1, np.float32))
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         with kernels.use_isa(isa):
             signs = kernels.sparse_conv2d(x, indptr, *one, 1, act_bits=1)
             codes = kernels.sparse_conv2d(x, indptr, *one, 1, act_bits=2, scale=1.0)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _csr import random_csr
+from _isa import isas_under_test, require_isa
 from apb import kernels
 from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
 from oracles.spmm import spmm_csr_ref
@@ -19,8 +20,7 @@ EDGE_N = [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300]
 
 
 def _require(isa: str) -> None:
-    if isa not in kernels.available_isas():
-        pytest.skip(f"this CPU lacks {isa} (has {kernels.available_isas()})")
+    require_isa(isa)  # a skip, or a failure under APB_REQUIRE_ISA
 
 
 @st.composite
@@ -47,7 +47,7 @@ def csr_problems(draw: st.DrawFn) -> dict:
 def test_spmm_csr_matches_reference_and_is_identical_across_isas(problem: dict) -> None:
     expected = spmm_csr_ref(**problem)
     results = {}
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         out = problem["out"].copy()
         with kernels.use_isa(isa):
             assert kernels.spmm_csr(problem["indptr"], problem["indices"], problem["values"],
@@ -94,13 +94,19 @@ def test_spmm_csr_converts_every_float16_exactly(isa: str) -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_spmm_csr_threaded_large(isa: str, threads: int) -> None:
     _require(isa)
+    """Large enough to split rows over threads: the float64 numpy reference within the
+    FMA-chain rounding bound, and bit for bit the single-threaded scalar result."""
     rng = np.random.default_rng(3)
     indptr, indices, values = random_csr(rng, 130, 577, 0.05, "int64", "uint16", "float16")
     x = rng.standard_normal((577, 700)).astype(np.float32)
-    out = rng.standard_normal((130, 700)).astype(np.float32)
-    expected = out.copy()
+    start = rng.standard_normal((130, 700)).astype(np.float32)
+    reference = spmm_csr_ref(indptr, indices, values, x, start)
+    terms = spmm_csr_ref(indptr, indices, np.abs(values), np.abs(x), np.abs(start))
+    bound = (np.diff(indptr.astype(np.int64))[:, None] + 1) * 2.0**-24 * terms
+    scalar = start.copy()
     with kernels.use_isa("scalar"):
-        kernels.spmm_csr(indptr, indices, values, x, expected)
+        kernels.spmm_csr(indptr, indices, values, x, scalar)
+    out = start.copy()
     previous = kernels.get_num_threads()
     kernels.set_num_threads(threads)
     try:
@@ -108,7 +114,28 @@ def test_spmm_csr_threaded_large(isa: str, threads: int) -> None:
             kernels.spmm_csr(indptr, indices, values, x, out)
     finally:
         kernels.set_num_threads(previous)
-    np.testing.assert_array_equal(out, expected)
+    assert np.all(np.abs(out - reference) <= bound)
+    assert np.count_nonzero(out != start) > 0.5 * out.size  # the product was added
+    np.testing.assert_array_equal(out, scalar)
+
+
+def test_spmm_csr_refuses_an_out_that_aliases_an_input() -> None:
+    """out == x (or a view of any input) would read values already overwritten."""
+    indptr = np.array([0, 1, 2], dtype=np.int32)
+    indices = np.array([1, 0], dtype=np.int32)
+    values = np.ones(2, dtype=np.float32)
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    for out, name in ((x, "x"), (x[:], "x"), (values.reshape(1, 2), "values")):
+        before = out.copy()
+        with pytest.raises(ValueError, match=f"out shares memory with {name}"):
+            kernels.spmm_csr(indptr, indices, values, x, out)
+        np.testing.assert_array_equal(out, before)
+    t = torch.from_numpy(x)
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        kernels.spmm_csr(indptr, indices, values, t, t)
+    out = np.zeros((2, 2), dtype=np.float32)
+    kernels.spmm_csr(indptr, indices, values, x, out)  # separate memory: fine
+    np.testing.assert_array_equal(out, [[2.0, 3.0], [0.0, 1.0]])
 
 
 def test_spmm_csr_hand_computed() -> None:
@@ -117,7 +144,7 @@ def test_spmm_csr_hand_computed() -> None:
     indices = np.array([1, 0, 2, 0], dtype=np.uint8)
     values = np.array([2.0, 0.5, -1.0, 0.5], dtype=np.float16)
     x = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]], dtype=np.float32)
-    for isa in kernels.available_isas():
+    for isa in isas_under_test():
         out = np.ones((3, 2), dtype=np.float32)
         with kernels.use_isa(isa):
             kernels.spmm_csr(indptr, indices, values, x, out)

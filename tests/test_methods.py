@@ -57,7 +57,7 @@ def test_registry_errors():
         apb.methods.create("apb", bits_per_weight=0.9)
     with pytest.raises(ValueError, match="fp_fraction"):
         apb.methods.create("apb", fp_fraction=-0.01)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="'apb' takes a APBConfig, got DoReFaConfig"):
         apb.methods.create("apb").__class__(DoReFaConfig())
 
 

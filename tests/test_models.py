@@ -84,19 +84,20 @@ def test_unexpected_keyword_names_accepted_ones():
 
 
 @pytest.mark.parametrize(
-    "name, kwargs",
+    "name, kwargs, message",
     [
-        ("resnet20", {"num_classes": 0}),
-        ("resnet18", {"num_classes": 2.5}),
-        ("vgg_small", {"in_channels": -1}),
-        ("lenet5", {"input_size": 3}),
-        ("lenet5", {"num_classes": True}),
-        ("mlp", {"hidden": (256, 0)}),
-        ("mlp", {"in_features": 784, "input_shape": (1, 28, 27)}),
+        ("resnet20", {"num_classes": 0}, "num_classes must be a positive integer, got 0"),
+        ("resnet18", {"num_classes": 2.5}, "num_classes must be a positive integer, got 2.5"),
+        ("vgg_small", {"in_channels": -1}, "in_channels must be a positive integer, got -1"),
+        ("lenet5", {"input_size": 3}, "needs input_size >= 4"),
+        ("lenet5", {"num_classes": True}, "num_classes must be a positive integer, got True"),
+        ("mlp", {"hidden": (256, 0)}, "every hidden width must be a positive integer, got 0"),
+        ("mlp", {"in_features": 784, "input_shape": (1, 28, 27)},
+         r"C\*H\*W == in_features=784, got \(1, 28, 27\)"),
     ],
 )
-def test_invalid_values_raise_value_error(name, kwargs):
-    with pytest.raises(ValueError):
+def test_invalid_values_raise_value_error(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
         create(name, **kwargs)
 
 

@@ -214,7 +214,7 @@ def test_a_shared_module_is_stored_once_and_shared_again(tmp_path):
                                               nn.LayerNorm(8), nn.Linear(8, 8)))
     model2 = shared_mlp()
     model2[3] = model2[0]  # ties a LayerNorm slot to the Linear: another grouping
-    with pytest.raises(PackedFormatError):
+    with pytest.raises(PackedFormatError, match="the model ties '0.weight' and '3.weight'"):
         load_packed(path, model=model2)
 
 

@@ -25,6 +25,7 @@ from apb.methods import PruneQuantConfig
 from apb.nn import compressed_layers
 from apb.pack import PackedFormatError, PackedPrunedConv2d, PackedPrunedLinear, PackError
 from apb.pack.bits import pack_bits, unpack_bits
+from apb.pack.header import content_digest
 
 
 def quantizing(model):
@@ -126,6 +127,10 @@ def test_damaged_pruned_file_is_refused(tmp_path):
     name = next(k for k in tensors if k.endswith("keep_bits"))
     bad = dict(tensors)
     bad[name] = np.zeros_like(tensors[name])  # nnz no longer matches
+    with pytest.raises(PackedFormatError, match="sha256"):
+        (tmp_path / "bad.safetensors").write_bytes(save(bad, metadata=metadata))
+        apb.pack.load_packed(tmp_path / "bad.safetensors")
+    metadata["sha256"] = content_digest(metadata, bad)  # re-signed: the check behind it
     (tmp_path / "bad.safetensors").write_bytes(save(bad, metadata=metadata))
     with pytest.raises(PackedFormatError, match="kept weights"):
         apb.pack.load_packed(tmp_path / "bad.safetensors")

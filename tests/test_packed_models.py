@@ -27,6 +27,7 @@ from _packing import (
 )
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig
 from apb.pack import PackedFormatError, load_packed, read_packed_info, save_packed
+from apb.pack.header import FORMAT_VERSION, content_digest
 
 
 def lenet(activation: str, **kwargs):
@@ -147,8 +148,10 @@ def join(header: dict, body: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + body
 
 
-def rewrite(src, dst, tensors=None, metadata=None):
-    """Write ``src``'s tensors and metadata after applying the edit functions."""
+def rewrite(src, dst, tensors=None, metadata=None, sign=True):
+    """Write ``src``'s tensors and metadata after applying the edit functions; ``sign``:
+    recompute the file's sha256, as a forger would (so that the checks behind the checksum
+    are what is tested)."""
     header, _ = split(src)
     meta = dict(header["__metadata__"])
     arrays = dict(st_load(src.read_bytes()))
@@ -156,6 +159,8 @@ def rewrite(src, dst, tensors=None, metadata=None):
         tensors(arrays)
     if metadata:
         metadata(meta)
+    if sign:
+        meta["sha256"] = content_digest(meta, arrays)
     dst.write_bytes(st_save(arrays, metadata=meta))
     return dst
 
@@ -201,7 +206,7 @@ def test_loader_names_what_is_wrong(packed_file, tmp_path):
                                                          metadata={"format": "pt"})),
                          "format 'pt'"),
         "newer version": (lambda p: rewrite(packed_file, p, metadata=lambda m: m.update(
-            format_version="2")), "upgrade apb"),
+            format_version=str(FORMAT_VERSION + 1))), "upgrade apb"),
         "bad version": (lambda p: rewrite(packed_file, p, metadata=lambda m: m.update(
             format_version="1.0")), "invalid format_version"),
         "truncated": (lambda p: p.write_bytes(packed_file.read_bytes()[:-7]), "truncated"),
@@ -239,7 +244,9 @@ def test_loader_names_what_is_wrong(packed_file, tmp_path):
         "unknown model": (lambda p: rewrite(packed_file, p, metadata=edit_arch(
             lambda a: a.update(name="gpt5"))), "unknown model 'gpt5'"),
         "huge model": (lambda p: rewrite(packed_file, p, metadata=edit_arch(
-            lambda a: a["kwargs"].update(num_classes=10**12))), "'fc3.weight' is float32"),
+            lambda a: a["kwargs"].update(num_classes=10**12))), "larger than"),
+        "wider model": (lambda p: rewrite(packed_file, p, metadata=edit_arch(
+            lambda a: a["kwargs"].update(num_classes=11))), "'fc3.weight' is float32"),
         "bad kwargs": (lambda p: rewrite(packed_file, p, metadata=edit_arch(
             lambda a: a["kwargs"].update(depth=3))), "cannot build the architecture"),
     }

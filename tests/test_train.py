@@ -432,7 +432,7 @@ def test_damaged_or_alien_checkpoints_raise_checkpoint_error(damage, tmp_path,
                 "pickled_object": "weights_only"}.get(damage, "cannot read|not a file")
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=expected):
         build_model_from_checkpoint(path)
     assert issubclass(CheckpointError, ValueError)
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 import apb
 import apb.models
+from _isa import isas_under_test
 from _packing import one_thread  # noqa: F401  (autouse fixture)
-from apb.kernels import available_isas, set_num_threads, use_isa
+from apb.kernels import set_num_threads, use_isa
 from apb.kernels.xor_gate import (
     offset_bits,
     xor_gate_decode,
@@ -97,7 +98,7 @@ def test_decoder_matches_the_reference_on_every_isa(shape, n_bits, patch_density
     assert np.array_equal(
         patch_positions_ref(counts, offsets, int(flips.sum()), n_out, n_bits),
         np.flatnonzero(flips))
-    for isa in available_isas():
+    for isa in isas_under_test():
         with use_isa(isa):
             out = xor_gate_decode(net.table, n_out, n_in, stream(x.reshape(-1)), n_bits,
                                   counts, offsets, int(flips.sum()))
@@ -116,7 +117,7 @@ def test_decoder_threads_split_blocks_exactly():
     want = decode_ref(net.matrix(), x, n_bits) ^ flips
     set_num_threads(2)
     try:
-        for isa in available_isas():
+        for isa in isas_under_test():
             with use_isa(isa):
                 out = xor_gate_decode(net.table, 200, 40, stream(x.reshape(-1)), n_bits, counts,
                                       offsets, int(flips.sum()))
@@ -167,11 +168,11 @@ def test_damaged_streams_are_refused_before_anything_is_written():
         decode(o=offsets[:-1])
     with pytest.raises(ValueError, match="inputs stream has"):
         decode(inputs=x[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="xor_gate_decode: nonzero padding after the patch"):
         decode(n=3)  # the counts hold more patches than recorded
     bad_counts = counts.copy()
     bad_counts[-1] |= 0x80  # a 1 in the padding
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nonzero padding after the patch counts"):
         decode(c=bad_counts)
     late = np.zeros(n_bits, dtype=np.uint8)
     late[999] = 1
@@ -394,12 +395,18 @@ def read_safetensors(path):
     return json.loads(data[8:8 + n])["__metadata__"], load(data)
 
 
-def rewrite(src, dst, metadata=None, tensors=None):
+def rewrite(src, dst, metadata=None, tensors=None, sign=True):
+    """``src`` with some metadata entries and tensors replaced; ``sign``: its sha256
+    recomputed, as a forger would (the checks behind the checksum are what is tested)."""
     from safetensors.numpy import save
+
+    from apb.pack.header import content_digest
 
     md, ts = read_safetensors(src)
     md.update(metadata or {})
     ts.update(tensors or {})
+    if sign:
+        md["sha256"] = content_digest(md, ts)
     dst.write_bytes(save(ts, metadata=md))
     return dst
 

@@ -1,8 +1,14 @@
-"""Atomic file writes: a file users keep is either the old one or the whole new one."""
+"""Atomic file writes: a file users keep is either the old one or the whole new one.
+
+The temporary file is ``.<name>.<pid>.<random>.tmp`` beside the target. A process killed
+while writing leaves its temporary behind; the next write of the same target removes the
+temporaries of processes that no longer run (those of a live writer are left alone).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +17,13 @@ from typing import IO
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    ``path``. On any error the temporary file is removed and ``path`` is untouched. Missing
+    parent directories are created; a parent that is a file raises NotADirectoryError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _make_parents(path)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -32,6 +41,48 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries an interrupted :func:`atomic_write` of ``path`` left (their
+    process is gone); returns what was removed."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of ours may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _make_parents(path: Path) -> None:
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a "
+                                     "directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _umask() -> int:

@@ -127,6 +127,16 @@ def sparse_storage(
     return csr if csr.total_bits <= bitmap.total_bits else bitmap
 
 
+def group_count(cols: int, group_size: int | None) -> int:
+    """Scales per row of a quantization grid with one scale per ``group_size`` consecutive
+    weights of a row (the last group may be narrower), or one per row (``None``)."""
+    if group_size is None:
+        return 1
+    if group_size < 1:
+        raise ValueError(f"group_size must be positive, got {group_size}")
+    return -(-cols // group_size)
+
+
 def xor_bits(n_bits: int, n_planes: int, n_in: int, n_out: int,
              n_patches: float) -> tuple[float, float]:
     """(encrypted, patch) bits of ``n_planes`` bit-planes of ``n_bits`` bits each under an

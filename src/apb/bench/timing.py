@@ -29,6 +29,33 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return statistics.median(samples)
 
 
+def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 3,
+                   warmup: int = 2) -> dict[str, list[float]]:
+    """Per implementation, its median wall time (ms) in each of ``rounds`` rounds; within a
+    round every implementation runs ``per_round`` times in turn, so a machine whose speed
+    drifts slows them alike and ratios are taken round by round (:func:`median_ratio`)."""
+    if rounds < 1 or per_round < 1:
+        raise ValueError(f"need rounds >= 1 and per_round >= 1, got {rounds}, {per_round}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples = []
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t0) * 1e3)
+            times[name].append(statistics.median(samples))
+    return times
+
+
+def median_ratio(slow: list[float], fast: list[float]) -> float:
+    """The median over rounds of ``slow / fast`` (how many times faster ``fast`` is)."""
+    return statistics.median(s / f for s, f in zip(slow, fast))
+
+
 @contextlib.contextmanager
 def thread_count(threads: int) -> Iterator[None]:
     """Run the block with ``threads`` threads in torch and in apb's kernels."""

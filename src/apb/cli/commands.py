@@ -10,7 +10,7 @@ import sys
 import typing
 
 from ..compare import CompareConfig, run_compare
-from ..jobs.common import write_json
+from ..jobs.common import check_output_dir, check_outputs, write_json
 from ..jobs.demo import DemoConfig, run_demo
 from ..jobs.evaluate import evaluate_file, is_packed_file
 from ..jobs.plot_weights import plot_weights
@@ -53,6 +53,7 @@ def _train(args) -> int:
                            if k.startswith("method__") and v is not None})
     config = from_args(TrainConfig, args, method_options=method_options)
     create(config.method, **method_options)  # validate before any file is touched
+    check_output_dir(config.out_dir)
     result = train(config)
     print(f"best test acc {result.best_test_acc:.4f}, final {result.final_test_acc:.4f}; "
           f"bits/weight {result.stats['bits_per_weight']:.3f}; checkpoints in {result.out_dir}")
@@ -120,6 +121,7 @@ def _summary_arguments(parser) -> None:
 
 
 def _summary(args) -> int:
+    check_outputs(args.json)
     s = summary(_load_any(args.checkpoint, args.hf))
     print(s.table())
     if args.json:
@@ -134,6 +136,7 @@ def _pack_arguments(parser) -> None:
 
 
 def _pack(args) -> int:
+    check_outputs(args.output)
     if is_packed_file(args.checkpoint):
         raise CLIError(f"{args.checkpoint} is already a packed model; apb pack takes a "
                        "training checkpoint (last.pt / best.pt)")
@@ -162,6 +165,7 @@ def _xor_encode_arguments(parser) -> None:
 
 
 def _xor_encode(args) -> int:
+    check_outputs(args.output, args.json)
     if is_xor_file(args.packed):
         raise CLIError(f"{args.packed} is already XOR-encoded; apb xor-encode takes a packed "
                        "model (from apb pack)")
@@ -181,6 +185,7 @@ def _xor_decode_arguments(parser) -> None:
 
 
 def _xor_decode(args) -> int:
+    check_outputs(args.output)
     info = decode_file(args.encoded, args.output)
     print(f"decoded {args.encoded} -> {args.output}: {info.file_bytes:,} bytes "
           f"({info.model_bytes:,} model bytes + {info.header_bytes:,} header), every layer "
@@ -213,6 +218,7 @@ def _eval_arguments(parser) -> None:
 def _eval(args) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_outputs(args.json)
     if args.hf:
         result = evaluate_transformer(args.hf, args.model, args.texts, skip=args.skip,
                                       limit=args.limit, batch_size=min(args.batch_size, 64))
@@ -255,6 +261,7 @@ def _plot_weights_arguments(parser) -> None:
 
 
 def _plot_weights(args) -> int:
+    check_outputs(args.output)
     layers = plot_weights(args.checkpoint, args.output, layer=args.layer)
     print(f"wrote {args.output}: {', '.join(layers)}")
     return 0

@@ -17,11 +17,12 @@ test accuracy); bits per weight and model bytes follow :mod:`apb.memory`.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -99,6 +100,11 @@ class CompareConfig:
 
     def validate(self) -> list[MethodSpec]:
         """Check every field; returns the parsed methods."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, "
+                                 f"got {value}")
         for name in ("seeds", "epochs", "jobs", "batch_size", "trials", "calib",
                      "latency_repeats"):
             if getattr(self, name) < 1:

@@ -126,6 +126,10 @@ def _validated_labels(labels: object, count: int, path: Path) -> np.ndarray:
     elif isinstance(labels, list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in labels
     ):
+        bad = next((v for v in labels if not 0 <= v < len(CIFAR10_CLASSES)), None)
+        if bad is not None:  # before int64 conversion, which overflows on huge values
+            raise DataError(f"{path}: labels must lie in [0, {len(CIFAR10_CLASSES) - 1}], "
+                            f"found {bad}")
         values = np.array(labels, dtype=np.int64)
     else:
         raise DataError(f"{path}: b'labels' must be a list of ints, found {type(labels).__name__}")
@@ -151,7 +155,11 @@ def read_cifar10_classes(folder: Path) -> tuple[str, ...]:
         or not all(isinstance(n, (bytes, str)) for n in names)
     ):
         raise DataError(f"{path}: b'label_names' must be a list of {len(CIFAR10_CLASSES)} names")
-    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    try:
+        return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: b'label_names' holds a name that is not UTF-8 text "
+                        f"({err.reason} at byte {err.start})") from None
 
 
 def _images_dataset(paths: list[Path], augment: bool) -> CIFAR10Images:

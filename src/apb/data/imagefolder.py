@@ -6,12 +6,15 @@ Expected layout (class index = position of the folder name in the sorted train c
     <data_dir>/val/<class>/*.jpg|*.jpeg|*.png
 
 Every val class must also be a train class; extensions match case-insensitively; other files
-are ignored. Only the file lists are read up front; images are decoded on access.
+are ignored. Only the file lists are read up front; images are decoded on access. Symbolic
+links are followed only when they resolve inside ``data_dir``; one pointing out of it (to a
+file or a class folder) raises DataError.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,19 +116,41 @@ class ImageFolderImages(Dataset):
         return normalize(tensor, self.mean, self.std), torch.tensor(label, dtype=torch.int64)
 
 
-def _class_folders(split_dir: Path) -> list[Path]:
+def _inside(path: Path, root: Path) -> Path:
+    """``path`` itself, after checking that it resolves inside ``root`` (a symbolic link out
+    of the data directory is refused, not followed)."""
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"cannot resolve {path}: {err}") from None
+    if not resolved.is_relative_to(root):
+        raise DataError(
+            f"{path} resolves to {resolved}, outside the data directory {root}; apb reads "
+            "image folders only from files inside it: copy (or bind-mount) them in"
+        )
+    return path
+
+
+def _class_folders(split_dir: Path, root: Path) -> list[Path]:
     if not split_dir.is_dir():
         raise DataError(f"missing folder {split_dir}; {LAYOUT}")
-    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    _inside(split_dir, root)
+    folders = sorted(_inside(p, root) for p in split_dir.iterdir()
+                     if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"no class folders in {split_dir}; {LAYOUT}")
     return folders
 
 
-def _image_files(class_dir: Path) -> list[str]:
-    files = sorted(
-        str(p) for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+def _image_files(class_dir: Path, root: Path) -> list[str]:
+    files = []
+    with os.scandir(class_dir) as entries:  # the folder resolved inside root already
+        for entry in entries:
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                if entry.is_symlink():
+                    _inside(Path(entry.path), root)
+                files.append(entry.path)
+    files.sort()
     if not files:
         raise DataError(
             f"class folder {class_dir} holds no {'/'.join(IMAGE_EXTENSIONS)} images; {LAYOUT}"
@@ -134,11 +159,14 @@ def _image_files(class_dir: Path) -> list[str]:
 
 
 def scan_image_folders(data_dir: Path) -> tuple[tuple[str, ...], list, list]:
-    """``(classes, train_samples, val_samples)``; classes are the sorted train folder names."""
+    """``(classes, train_samples, val_samples)``; classes are the sorted train folder names.
+    Every folder and image must resolve inside ``data_dir`` (itself may be a link): a
+    symbolic link pointing out of it raises DataError."""
     if not data_dir.is_dir():
         raise DataError(f"image folder {data_dir} does not exist; {LAYOUT}")
-    train_folders = _class_folders(data_dir / "train")
-    val_folders = _class_folders(data_dir / "val")
+    root = data_dir.resolve()
+    train_folders = _class_folders(data_dir / "train", root)
+    val_folders = _class_folders(data_dir / "val", root)
     classes = tuple(folder.name for folder in train_folders)
     index = {name: k for k, name in enumerate(classes)}
     unknown = [folder.name for folder in val_folders if folder.name not in index]
@@ -147,8 +175,8 @@ def scan_image_folders(data_dir: Path) -> tuple[tuple[str, ...], list, list]:
             f"val classes {unknown} have no folder in {data_dir / 'train'}; every val class "
             f"must be a train class (train classes: {list(classes)})"
         )
-    train = [(f, index[d.name]) for d in train_folders for f in _image_files(d)]
-    val = [(f, index[d.name]) for d in val_folders for f in _image_files(d)]
+    train = [(f, index[d.name]) for d in train_folders for f in _image_files(d, root)]
+    val = [(f, index[d.name]) for d in val_folders for f in _image_files(d, root)]
     return classes, train, val
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +17,44 @@ from ..train import build_model_from_checkpoint
 
 
 def check_outputs(*paths: str | os.PathLike | None) -> None:
-    """Raise before any work is done when an output cannot be written: it is a directory,
-    or something on its way is a file."""
+    """Raise before any work is done when an output file cannot be written: it is a
+    directory, something on its way is a file, or its directory is not writable (the
+    message names the path and says what to do)."""
     for path in paths:
-        if not path:
-            continue
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory; give a file name")
+        if path:
+            _check_writable(Path(path), directory=False)
+
+
+def check_output_dir(path: str | os.PathLike | None) -> None:
+    """:func:`check_outputs` for an output directory (e.g. ``train --out-dir``): it may
+    exist as a directory, nothing on its way may be a file, and it must be writable."""
+    if path:
+        _check_writable(Path(path), directory=True)
+
+
+def _check_writable(path: Path, directory: bool) -> None:
+    if path.exists() and path.is_dir() != directory:
+        if directory:
+            raise NotADirectoryError(f"cannot write into {path}: it is a file, not a directory")
+        raise IsADirectoryError(f"{path} is a directory; give a file name")
+    folder = path if directory and path.is_dir() else None
+    if folder is None:
         for parent in path.parents:
             if parent.exists():
                 if not parent.is_dir():
                     raise NotADirectoryError(f"cannot write {path}: {parent} is a file, "
                                              "not a directory")
+                folder = parent
                 break
+    if folder is None:
+        return
+    try:  # a real probe: permissions, read-only file systems, /proc alike
+        fd, probe = tempfile.mkstemp(prefix=".apb-write-check.", dir=folder)
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {folder} is not writable "
+                              f"({err.strerror or err}); choose another output") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def load_trained(

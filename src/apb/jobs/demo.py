@@ -9,10 +9,11 @@ the inputs of the compressed layers of BNN and APB too (the fp row stays full pr
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from rich.table import Table
@@ -49,6 +50,11 @@ class DemoConfig:
     methods: tuple[str, ...] = field(default=DEMO_METHODS)
 
     def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, "
+                                 f"got {value}")
         if self.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
         if self.epochs < 1:

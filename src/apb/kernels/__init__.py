@@ -14,6 +14,8 @@ Kernels:
     pack_planes: k-bit codes as bit-planes; bgemm_1x1, bgemm_1x2, bgemm_2x2: integer
     GEMMs of packed operands by XOR/AND + popcount (see :mod:`apb.kernels.bgemm`).
     bgemm_1xf: binary weights x float activations (:mod:`apb.kernels.bgemm_fp`).
+    linear_1xf_pack, linear_1xf: a whole binary Linear layer (``α·B + S`` and bias) on
+    float inputs, fast, by table lookup over int8 codes of each row (:mod:`apb.kernels.linear_fp`).
     spmm_csr: CSR sparse x dense, in place (:mod:`apb.kernels.spmm`).
     sparse_conv2d: direct sparse convolution of a CSR weight matrix with a layer's
     quantized input, plus the layer's epilogue (:mod:`apb.kernels.sparse_conv`).
@@ -34,6 +36,7 @@ Run time:
 Measurement:
     xor_popcount_roofline: one core's XOR+popcount throughput on L1 data (the limit the
     bitwise GEMMs are quoted against), the best of xor_popcount_rooflines (each loop).
+    linear_1xf_lookup_rate: one core's table-lookup rate of linear_1xf on L1 data.
 """
 
 from apb.kernels.activation_packing import (
@@ -43,6 +46,12 @@ from apb.kernels.activation_packing import (
 )
 from apb.kernels.bgemm import MAX_PLANES, bgemm_1x1, bgemm_1x2, bgemm_2x2, pack_planes
 from apb.kernels.bgemm_fp import bgemm_1xf
+from apb.kernels.linear_fp import (
+    linear_1xf,
+    linear_1xf_kernel,
+    linear_1xf_lookup_rate,
+    linear_1xf_pack,
+)
 from apb.kernels.roofline import roofline_methods, xor_popcount_roofline, xor_popcount_rooflines
 from apb.kernels.runtime import (
     ISA_NAMES,
@@ -70,6 +79,10 @@ __all__ = [
     "get_num_threads",
     "im2col_pack_codes",
     "im2col_pack_signs",
+    "linear_1xf",
+    "linear_1xf_kernel",
+    "linear_1xf_lookup_rate",
+    "linear_1xf_pack",
     "pack_planes",
     "pack_signs",
     "quantize_pack_codes",

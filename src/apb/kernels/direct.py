@@ -82,6 +82,20 @@ def bgemm_1xf(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return extension().bgemm_1xf(w, x)
 
 
+def linear_1xf_pack(sign_bits: np.ndarray, in_features: int) -> np.ndarray:
+    """:func:`apb.kernels.linear_1xf_pack`: uint8 ``[ceil(M/64), ceil(K/4), 32]``."""
+    return extension().linear_1xf_pack(sign_bits, in_features)
+
+
+def linear_1xf(x: np.ndarray, panel: np.ndarray, alpha: np.ndarray, out_features: int,
+               indptr: np.ndarray | None, indices: np.ndarray | None,
+               values: np.ndarray | None, bias: np.ndarray | None,
+               table_bits: int = 16) -> np.ndarray:
+    """:func:`apb.kernels.linear_1xf`, every argument positional: float32 ``[N, M]``."""
+    return extension().linear_1xf(x, panel, out_features, alpha, indptr, indices, values, bias,
+                                  table_bits)
+
+
 def spmm_csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, x: np.ndarray,
              out: np.ndarray) -> None:
     """:func:`apb.kernels.spmm_csr`: adds into ``out`` in place."""

@@ -16,6 +16,8 @@ from apb.kernels._ext import extension
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 """Every instruction set apb has kernels for, least to most capable."""
+MAX_THREADS = 1 << 16
+"""The most threads :func:`set_num_threads` accepts."""
 
 
 def active_isa() -> str:
@@ -58,8 +60,9 @@ def use_isa(name: str) -> Iterator[None]:
 
 
 def set_num_threads(n: int) -> None:
-    """Let apb's kernels use ``n >= 1`` threads (process-wide; torch's own thread pool
-    is not touched). Without OpenMP in the build the kernels stay single-threaded."""
+    """Let apb's kernels use ``1 <= n <= MAX_THREADS`` threads (process-wide; torch's own
+    thread pool is not touched). Without OpenMP in the build the kernels stay
+    single-threaded."""
     if isinstance(n, bool):
         raise TypeError("set_num_threads: n must be an int >= 1, got bool")
     try:
@@ -68,6 +71,9 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"set_num_threads: n must be an int >= 1, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be at most {MAX_THREADS} (a thread count), "
+                         f"got {n}")
     extension().set_num_threads(n)
 
 

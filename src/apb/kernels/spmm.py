@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apb.kernels._arrays import check_array, check_matrix
+from apb.kernels._arrays import check_array, check_matrix, is_torch_tensor
 from apb.kernels._ext import extension
 
 INDPTR_DTYPES = ("uint8", "uint16", "int32", "int64")
@@ -35,13 +35,14 @@ def spmm_csr(indptr: Any, indices: Any, values: Any, x: Any, out: Any) -> None:
         out: float32 ``[M, N]``, written in place (a writable numpy array or CPU tensor).
 
     All arguments are numpy arrays or CPU torch tensors (they may be mixed), 1-D or 2-D
-    as stated, C-contiguous. The whole CSR structure is checked before ``out`` is
+    as stated, C-contiguous. ``out`` may not share memory with any input (the kernel reads
+    ``x`` while it writes ``out``). The whole CSR structure is checked before ``out`` is
     touched; on any error ``out`` is unchanged.
 
     Raises:
         TypeError: wrong type or dtype. ValueError: wrong rank or shape, not contiguous,
-        not on CPU, read-only ``out``, or an invalid CSR structure (the message names
-        the first offending entry).
+        not on CPU, read-only ``out``, ``out`` overlapping an input, or an invalid CSR
+        structure (the message names the first offending entry).
     """
     fn = "spmm_csr"
     indptr = check_array(indptr, fn=fn, arg="indptr", dtypes=INDPTR_DTYPES, shape="[M + 1]")
@@ -49,6 +50,7 @@ def spmm_csr(indptr: Any, indices: Any, values: Any, x: Any, out: Any) -> None:
     values = check_array(values, fn=fn, arg="values", dtypes=VALUE_DTYPES, shape="[nnz]")
     x = check_matrix(x, fn=fn, arg="x", dtype="float32")
     out = check_array(out, fn=fn, arg="out", dtypes="float32", shape="[M, N]", writable=True)
+    reject_overlap(fn, out, indptr=indptr, indices=indices, values=values, x=x)
     rows, columns = out.shape
     if indptr.shape[0] != rows + 1:
         raise ValueError(
@@ -76,3 +78,25 @@ def spmm_csr(indptr: Any, indices: Any, values: Any, x: Any, out: Any) -> None:
     # Monotonicity and the index range are O(nnz) checks: the extension makes them in
     # one pass before it writes anything, raising ValueError.
     extension().spmm_csr(indptr, indices, values, x, out)
+
+
+def _memory(a: Any) -> tuple[int, int]:
+    """``[start, end)`` addresses of a C-contiguous numpy array or CPU tensor's elements."""
+    if is_torch_tensor(a):
+        return a.data_ptr(), a.data_ptr() + a.numel() * a.element_size()
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+def reject_overlap(fn: str, out: Any, **inputs: Any) -> None:
+    """ValueError when the memory of ``out`` overlaps that of an input (an aliased output
+    would be read after it is written: a silently wrong result)."""
+    lo, hi = _memory(out)
+    if lo == hi:
+        return
+    for name, a in inputs.items():
+        start, end = _memory(a)
+        if start < hi and lo < end:
+            raise ValueError(f"{fn}: out shares memory with {name}; the kernel reads {name} "
+                             f"while it writes out: pass a separate output array "
+                             f"(e.g. {name}.copy() as the input)")

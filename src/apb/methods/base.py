@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from torch import nn
 
@@ -33,6 +34,12 @@ class CompressionConfig:
     keep_last: bool = True
 
     def validate(self) -> None:
+        """Raise ValueError naming the first field out of range. Every float field must be
+        finite (checked first: NaN passes any comparison-based range check)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         if self.act_bits not in (1, 2, 32):
             raise ValueError(f"act_bits must be 1, 2 or 32, got {self.act_bits}")
 

@@ -6,6 +6,12 @@ element is the input (what a classification ``DataLoader`` yields), or a dict of
 arguments (a tokenizer's ``{"input_ids", "attention_mask", ...}``); tensors anywhere in it are
 moved to the calibration device. Anything else needs ``forward(model, batch)``, which runs the
 model on a batch in whatever way it takes it (its return value is ignored).
+
+Padding: a dict batch with a 2-D ``attention_mask`` (a tokenizer's, ``(batch, tokens)``, 1 for
+real tokens) says which token positions are padding. With ``mask_padding`` (the default),
+:meth:`CalibrationSet.token_mask` gives that mask, and the Hessian collectors leave the
+padded positions of ``(batch, tokens, features)`` inputs out: they are not part of any
+text, and in a short sentence padded to a long batch they would outnumber its tokens.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class CalibrationSet:
     they run on and the ``forward`` that feeds one to a model."""
 
     def __init__(self, batches: Iterable, device: torch.device | str = "cpu",
-                 forward: Forward | None = None):
+                 forward: Forward | None = None, mask_padding: bool = True):
         self.batches = list(batches)
         if not self.batches:
             raise OBCError("the calibration set is empty")
@@ -60,6 +66,7 @@ class CalibrationSet:
                             f"{type(forward).__name__}")
         self.device = torch.device(device)
         self.forward = forward or default_forward
+        self.mask_padding = mask_padding
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -72,6 +79,16 @@ class CalibrationSet:
     def run(self, model: nn.Module, batch: Any) -> None:
         """Feed one batch (from iterating this set) to ``model``."""
         self.forward(model, batch)
+
+    def token_mask(self, batch: Any) -> torch.Tensor | None:
+        """(batch, tokens) bool mask of the real tokens of a dict batch with a 2-D
+        ``attention_mask`` (None otherwise, or without ``mask_padding``)."""
+        if not self.mask_padding or not isinstance(batch, Mapping):
+            return None
+        mask = batch.get("attention_mask")
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            return None
+        return mask.to(self.device) != 0
 
 
 def as_calibration(batches: Iterable | CalibrationSet, device: torch.device | str = "cpu",

@@ -59,6 +59,10 @@ class OBCConfig(PTQConfig):
         bits: quantization grid of 2 to 8 bits (per output channel), every layer.
         symmetric: symmetric grids (a scale per channel) rather than asymmetric (a scale and
             a zero point per channel).
+        group_size: one grid (scale, and zero point when asymmetric) per group of this many
+            consecutive weights of a row instead of one per row (GPTQ's groups; 32 bits per
+            scalar, so 4-bit symmetric groups of 128 cost 4.25 bits per weight). Needs the
+            lazy-batch solver; such layers do not pack (apb.pack_ raises PackError).
         mse_grid: shrink each channel's grid range to the least squared rounding error.
         scope: layer (every layer meets the sparsity) or model (the model as a whole does).
         bits_per_weight: model-wide budget: bits per weight of the compressed layers (the
@@ -74,6 +78,7 @@ class OBCConfig(PTQConfig):
     nm: str | None = None
     bits: int | None = None
     symmetric: bool = True
+    group_size: int | None = None
     mse_grid: bool = True
     scope: str = "layer"
     bits_per_weight: float | None = None
@@ -90,6 +95,16 @@ class OBCConfig(PTQConfig):
             raise ValueError(f"sparsity must lie in [0, 1), got {self.sparsity}")
         if self.nm is not None:
             parse_nm(self.nm)
+        if self.group_size is not None:
+            if self.group_size < 1:
+                raise ValueError(f"group_size must be positive, got {self.group_size}")
+            if self.solver == "exact":
+                raise ValueError("group_size needs the lazy-batch solver: solver='lazy' or "
+                                 "'auto' (the exact greedy loop reorders a row's weights)")
+            if self.mode == "prune" and self.bits_per_weight is None \
+                    and self.model_bytes is None and self.bops_reduction is None:
+                raise ValueError("group_size applies to quantization grids: mode quant or "
+                                 "compound")
         if self.bits is not None and not 2 <= self.bits <= 8:
             raise ValueError(f"bits must lie in 2..8 (binary weights: use apb-ptq), "
                              f"got {self.bits}")
@@ -139,7 +154,7 @@ class OBCMethod(PostTrainingMethod):
     config_class = OBCConfig
 
     def make_weight_quantizer(self, weight):
-        return OBCWeightQuantizer(weight)
+        return OBCWeightQuantizer(weight, self.config.group_size)
 
     def budget(self):
         return self.config.budget()
@@ -147,19 +162,24 @@ class OBCMethod(PostTrainingMethod):
     def uniform_level(self, name: str, weight: torch.Tensor) -> LayerLevel:
         c = self.config
         return LayerLevel(sparsity=c.sparsity or 0.0, nm=parse_nm(c.nm) if c.nm else None,
-                          bits=c.bits, symmetric=c.symmetric)
+                          bits=c.bits, symmetric=c.symmetric,
+                          group_size=c.group_size if c.bits else None)
 
     def level_grid(self, name: str, weight: torch.Tensor) -> list[LayerLevel]:
         c = self.config
         if c.scope == "model" and c.sparsity is not None:  # a sparsity spread over layers
             levels = sorted(set(SPARSITY_LEVELS) | {c.sparsity})
-            return [LayerLevel(sparsity=s, bits=c.bits, symmetric=c.symmetric) for s in levels]
+            g = c.group_size if c.bits else None
+            return [LayerLevel(sparsity=s, bits=c.bits, symmetric=c.symmetric, group_size=g)
+                    for s in levels]
         dense = [LayerLevel()]
         if c.mode == "prune":
             return [LayerLevel(sparsity=s) for s in SPARSITY_LEVELS]
+        g = c.group_size
         if c.mode == "quant":
-            return dense + [LayerLevel(bits=b, symmetric=c.symmetric) for b in BIT_LEVELS]
-        return dense + [LayerLevel(sparsity=s, bits=b, symmetric=c.symmetric)
+            return dense + [LayerLevel(bits=b, symmetric=c.symmetric, group_size=g)
+                            for b in BIT_LEVELS]
+        return dense + [LayerLevel(sparsity=s, bits=b, symmetric=c.symmetric, group_size=g)
                         for s in COMPOUND_SPARSITY_LEVELS for b in BIT_LEVELS]
 
     def level_cost(self, kind, level, rows, cols, positions):
@@ -171,7 +191,8 @@ class OBCMethod(PostTrainingMethod):
         if kind == "kept":
             return kept
         if kind in ("bits", "bytes"):
-            st = obc_storage(rows, cols, kept, level.bits or 0, level.symmetric)
+            st = obc_storage(rows, cols, kept, level.bits or 0, level.symmetric,
+                             level.group_size if level.bits else None)
             return st.total_bits if kind == "bits" else st.total_bytes
         if kind == "bops":
             return positions * kept * (level.bits or 32) * ACT_BITS
@@ -180,7 +201,8 @@ class OBCMethod(PostTrainingMethod):
     def fit(self, W, level):
         if level.bits is None:
             return {}
-        return {"grid": fit_grid(W, level.bits, level.symmetric, self.config.mse_grid)}
+        return {"grid": fit_grid(W, level.bits, level.symmetric, self.config.mse_grid,
+                                 level.group_size)}
 
     @torch.no_grad()
     def make_layer(self, module: nn.Module, solution: LayerSolution,

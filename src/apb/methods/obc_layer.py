@@ -35,6 +35,7 @@ from .obc_greedy import (
     prefix_counts,
     prefix_fix,
     refit_alpha,
+    single_thread,
 )
 from .obc_targets import QuantGrid, SignTarget, apb_sign, zero_target
 
@@ -61,6 +62,8 @@ class LayerLevel:
             (post-training APB); excludes the other fields.
         per_channel: one ``α`` per row instead of one for the layer (binarization; the
             ``alpha`` given to :func:`solve_layer` must be fitted the same way).
+        group_size: quantization grid per group of this many columns of a row instead of
+            per row (lazy-batch solver only, :mod:`apb.methods.lazy_batch`).
     """
 
     sparsity: float = 0.0
@@ -69,6 +72,7 @@ class LayerLevel:
     symmetric: bool = True
     fp_count: int | None = None
     per_channel: bool = False
+    group_size: int | None = None
 
     @property
     def kind(self) -> str:
@@ -86,7 +90,8 @@ class LayerLevel:
         elif self.sparsity:
             parts.append(f"sparsity {self.sparsity:g}")
         if self.bits is not None:
-            parts.append(f"{self.bits}-bit")
+            parts.append(f"{self.bits}-bit" + (f" g{self.group_size}" if self.group_size
+                                                else ""))
         if self.fp_count is not None:
             parts.append(f"binary, {self.fp_count} fp")
         return ", ".join(parts) or "dense"
@@ -140,14 +145,15 @@ class LayerProblem:
             raise OBCError(f"layer {name!r} saw only zero (or non-finite) inputs during "
                            "calibration; its Hessian is singular")
         diag += dampening * mean
-        L, info = torch.linalg.cholesky_ex(H)
-        if int(info) != 0:
-            raise OBCError(
-                f"the Hessian of layer {name!r} is singular (not positive definite at "
-                f"column {int(info) - 1}); use dampening > 0 (now {dampening}) or more "
-                "calibration samples"
-            )
-        hinv = torch.cholesky_inverse(L)
+        with single_thread():  # LAPACK's inverse: 10x slower on 2 threads of a busy machine
+            L, info = torch.linalg.cholesky_ex(H)
+            if int(info) != 0:
+                raise OBCError(
+                    f"the Hessian of layer {name!r} is singular (not positive definite at "
+                    f"column {int(info) - 1}); use dampening > 0 (now {dampening}) or more "
+                    "calibration samples"
+                )
+            hinv = torch.cholesky_inverse(L)
         W = W.double()
         if cross is not None:
             W = W + W @ (cross.double() - H0) @ hinv
@@ -200,7 +206,7 @@ def solve_layer(
     name = problem.name
     W = problem.W.to(dtype).clone()
     R, d = W.shape
-    _check_level(name, level, R, d, grid, alpha)
+    check_level(name, level, R, d, grid, alpha)
     if level.nm is not None and d > exact_columns and block_size % level.nm[1]:
         raise OBCError(f"block_size {block_size} must be a multiple of m={level.nm[1]} "
                        f"for {level.nm[0]}:{level.nm[1]} sparsity")
@@ -233,7 +239,7 @@ def solve_layer(
 
 
 def _binarize_refit(problem, level, alpha, rounds, dtype) -> LayerSolution:
-    _check_level(problem.name, level, *problem.W.shape, None, alpha)
+    check_level(problem.name, level, *problem.W.shape, None, alpha)
     W0, hinv = problem.W.to(dtype), problem.hinv.to(dtype)
     best, best_err = None, float("inf")
     for _ in range(rounds):
@@ -290,7 +296,7 @@ def solve_levels(
             for i in unstructured:
                 lv = levels[i]
                 if lv.sparsity not in pruned:
-                    _check_level(problem.name, lv, R, d, fits[i].get("grid"), None)
+                    check_level(problem.name, lv, R, d, fits[i].get("grid"), None)
                     counts = prefix_counts(trace.losses, round(lv.sparsity * R * d))
                     pruned[lv.sparsity] = (prefix_fix(W0, hinv, trace, counts),
                                            ~_prefix_mask(trace, counts))
@@ -304,7 +310,7 @@ def solve_levels(
             alpha = fits[binarize[len(binarize) // 2]]["alpha"]
             trace = greedy_obs(W0, hinv, SignTarget(alpha), d)
             for i in binarize:
-                _check_level(problem.name, levels[i], R, d, None, alpha)
+                check_level(problem.name, levels[i], R, d, None, alpha)
                 refit = fits[i].get("alpha_rounds", 1) > 0
                 out[i] = _binary_fix(W0, hinv, trace, levels[i], alpha, refit)
     for i, lv in enumerate(levels):
@@ -314,7 +320,8 @@ def solve_levels(
     return out
 
 
-def _check_level(name, level, R, d, grid, alpha):
+def check_level(name, level, R, d, grid, alpha, lazy: bool = False):
+    """Raise :class:`OBCError` naming the layer when ``level`` cannot be applied to it."""
     if level.nm is not None:
         n_, m_ = level.nm
         if not 0 < n_ < m_:
@@ -326,6 +333,9 @@ def _check_level(name, level, R, d, grid, alpha):
         raise OBCError(f"sparsity must lie in [0, 1), got {level.sparsity}")
     if level.bits is not None and (grid is None or grid.scale.shape[0] != R):
         raise OBCError(f"layer {name!r}: quantization needs a grid fitted to its {R} rows")
+    if grid is not None and grid.group_size is not None and not lazy:
+        raise OBCError(f"layer {name!r}: group-wise grids (group_size={grid.group_size}) "
+                       "need the lazy-batch solver (solver='lazy')")
     if level.fp_count is not None:
         if not 0 <= level.fp_count <= R * d:
             raise OBCError(f"layer {name!r} has {R * d} weights, cannot keep "

@@ -35,10 +35,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..memory import FP32_BITS, dense_storage
 from ..nn.attention import split_attention_
 from ..nn.layers import QuantConv2d, QuantLinear
-from ..summary import summary
 from .base import CompressionConfig, FilterFn, Method, select_layers
 from .calibration import CalibrationSet, Forward
 from .obc_calib import (
@@ -48,21 +46,20 @@ from .obc_calib import (
     PairedCollector,
     check_supported,
     collect_hessians,
-    collect_paired,
 )
-from .obc_global import choose_levels
-from .obc_layer import (
-    LayerLevel,
-    LayerProblem,
-    LayerSolution,
-    OBCError,
-    solve_layer,
-    solve_levels,
+from .obc_layer import LayerLevel, LayerProblem, LayerSolution, OBCError
+from .obc_stages import Sequential
+from .ptq_solve import (
+    PRECISIONS,
+    SOLVERS,
+    budget_total,
+    global_step,
+    relative_error,
+    solve,
 )
 
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
-BUDGET_UNITS = {"kept": " kept weights", "fp": " full-precision weights", "bits": " bits",
-                "bytes": " bytes", "bops": " bit-operations"}
+__all__ = ["PRECISIONS", "PTQConfig", "PTQReport", "PostTrainingMethod", "ptq_",
+           "relative_error"]
 
 
 @dataclass
@@ -72,12 +69,26 @@ class PTQConfig(CompressionConfig):
     Attributes:
         dampening: λ of the dampened Hessian ``H + λ·mean(diag H)·I``, which keeps it
             invertible (0: none; a singular H is then an error).
-        exact_columns: rows with up to this many weights are solved exactly, one greedy
-            loop over the whole row (OBC); wider rows in column blocks.
-        block_size: columns per block for wider rows (exact OBS compensation between blocks).
+        solver: exact (OBC's greedy loop, the reference), lazy (GPTQ-style lazy batches,
+            :mod:`apb.methods.lazy_batch`) or auto: exact for layers of at most
+            exact_weights weights, lazy above (:mod:`apb.methods.ptq_solve`).
+        exact_weights: the auto solver's limit.
+        exact_columns: exact solver: rows with up to this many weights are solved exactly,
+            one greedy loop over the whole row (OBC); wider rows in column blocks.
+        block_size: columns per block (exact solver: for wider rows, with exact OBS
+            compensation between blocks; lazy solver: the lazy batches).
+        act_order: lazy solver: visit the columns by descending Hessian diagonal (GPTQ's
+            activation order; not for N:M sparsity) rather than left to right.
         sequential: compress the layers in module order, each fitted to the full-precision
             output from the inputs it gets from the layers already compressed
-            (min ||W X_f - W^ X_q||^2), rather than all from the full-precision model's inputs.
+            (min ||W X_f - W^ X_q||^2), rather than all from the full-precision model's inputs
+            (in stages, :mod:`apb.methods.obc_stages`).
+        mask_padding: leave the padded token positions of dict batches with an
+            attention_mask out of the Hessians (:mod:`apb.methods.calibration`).
+        bias_correction: layers with a bias: solve with the centered Hessian
+            2/n sum (x - mu)(x - mu)^T and move the bias by the mean output change,
+            b' = b + W mu_f - W^ mu_q, which minimises the output error over the bias too
+            (bias correction, Nagel et al. 2019, here inside the OBS objective).
         batchnorm: what happens to BatchNorm statistics afterwards: shift (the trained
             statistics moved by the change compression makes on the calibration data),
             reestimate (re-estimated on the calibration data) or keep.
@@ -85,9 +96,14 @@ class PTQConfig(CompressionConfig):
     """
 
     dampening: float = 0.01
+    solver: str = "auto"
+    exact_weights: int = 65_536
     exact_columns: int = 512
     block_size: int = 128
+    act_order: bool = True
     sequential: bool = False
+    mask_padding: bool = True
+    bias_correction: bool = False
     batchnorm: str = "shift"
     precision: str = "float64"
 
@@ -100,6 +116,8 @@ class PTQConfig(CompressionConfig):
             raise ValueError(f"dampening must be >= 0, got {self.dampening}")
         if self.exact_columns < 1 or self.block_size < 1:
             raise ValueError("exact_columns and block_size must be positive")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, "
                              f"got {self.batchnorm!r}")
@@ -184,12 +202,6 @@ class PTQReport:
         }
 
 
-def relative_error(problem: LayerProblem, W_hat: torch.Tensor, H: torch.Tensor) -> float:
-    """:math:`\\|\\Delta W X\\|^2 / \\|W X\\|^2` with ``H`` the undampened :math:`2XX^\\top/n`."""
-    base = problem.error(torch.zeros_like(problem.W), H)
-    return problem.error(W_hat, H) / base if base > 0 else 0.0
-
-
 def post_training_method(config: PTQConfig) -> PostTrainingMethod:
     """The post-training method a configuration belongs to."""
     cls = PostTrainingMethod.by_config.get(type(config))
@@ -228,7 +240,7 @@ def ptq_(
     started = time.perf_counter()
     method = post_training_method(config)
     report = PTQReport(method.name)
-    calib = CalibrationSet(calibration, device, forward)
+    calib = CalibrationSet(calibration, device, forward, config.mask_padding)
     split_attention_(model)  # attention projections become layers that hooks can see
     batchnorm = BatchNormCorrection(config.batchnorm, model, calib)
     done = method.compress_without_calibration(model, filter_fn)
@@ -241,17 +253,18 @@ def ptq_(
         if report.budget is not None:
             chosen = _choose_independent(model, method, names, calib, report.budget,
                                          progress)
-            levels = {name: level for name, (level, *_) in chosen.items()}
+            levels = {name: chosen[name][0] for name in names}
         report.bn_layers = _compress_sequential(model, method, names, calib, report,
                                                 progress, batchnorm, levels)
     else:
         names = _checked_targets(model, config, filter_fn)
         report.budget = method.budget()
         chosen = _choose_independent(model, method, names, calib, report.budget, progress)
+        biases = chosen.pop("", {})
         for name in names:
             level, solution, err, secs = chosen[name]
             shape = tuple(model.get_submodule(name).weight.shape)
-            _write(model, method, name, solution, level)
+            _write(model, method, name, solution, level, biases.get(name))
             report.layers.append(LayerReport(name, shape, level.describe(), err,
                                              round(secs, 3)))
         report.bn_layers = batchnorm(model)
@@ -283,15 +296,19 @@ def _targets(model: nn.Module, config: PTQConfig, filter_fn: FilterFn | None) ->
     ]
 
 
-def paired_relative_error(W: torch.Tensor, W_hat: torch.Tensor,
-                          collector: PairedCollector) -> float:
-    r""":math:`\|W X_f - \hat W X_q\|^2 / \|W X_f\|^2` from the sums of a
+def paired_relative_error(name: str, W: torch.Tensor, W_hat: torch.Tensor,
+                          collector: PairedCollector, centered: bool = False) -> float:
+    r""":math:`\|W X_f - \hat W X_q\|^2 / \|W X_f\|^2` of layer ``name`` from the sums of a
     :class:`~.obc_calib.PairedCollector`: per row
     :math:`\tfrac12(\hat w H \hat w^\top - 2\,w K^\top \hat w^\top + w H_f w^\top)`."""
     W, W_hat = W.double(), W_hat.double()
-    base = float(((W @ collector.reference_hessian) * W).sum())
-    err = (float(((W_hat @ collector.hessian) * W_hat).sum())
-           - 2 * float(((W @ collector.cross) * W_hat).sum()) + base)
+    base = collector.reference_norm(name)
+    if centered:  # the error once the bias takes up the mean difference
+        H, K = collector.centered_hessian, collector.centered_cross
+        ref = base - 2.0 * float((W @ collector.reference_mean).square().sum())
+    else:
+        H, K, ref = collector.hessian, collector.cross, base
+    err = (float(((W_hat @ H) * W_hat).sum()) - 2 * float(((W @ K) * W_hat).sum()) + ref)
     return max(err, 0.0) / base if base > 0 else 0.0
 
 
@@ -299,21 +316,33 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().reshape(module.weight.shape[0], -1).cpu()
 
 
+def _centered(config: PTQConfig, module: nn.Module) -> bool:
+    """Whether the layer's bias takes part (``bias_correction``)."""
+    return config.bias_correction and getattr(module, "bias", None) is not None
+
+
+def _hessian(config: PTQConfig, module: nn.Module, collector: HessianCollector) -> torch.Tensor:
+    """The layer's undampened Hessian: centered when its bias absorbs the mean error."""
+    return collector.centered_hessian if _centered(config, module) else collector.hessian
+
+
 def _problem(name: str, module: nn.Module, collector: HessianCollector,
              config: PTQConfig) -> LayerProblem:
-    return LayerProblem.build(name, _weight(module), collector.hessian, collector.n_inputs,
-                              config.dampening)
+    return LayerProblem.build(name, _weight(module), _hessian(config, module, collector),
+                              collector.n_inputs, config.dampening)
+
+
+def _bias(module: nn.Module, W_hat: torch.Tensor, mean_q: torch.Tensor,
+          mean_f: torch.Tensor) -> torch.Tensor:
+    r""":math:`b + W\mu_f - \hat W\mu_q`: the bias that removes the mean output error."""
+    W = _weight(module).double()
+    b = module.bias.detach().cpu().double()
+    return (b + W @ mean_f - W_hat.double() @ mean_q).float()
 
 
 def _solve(method: PostTrainingMethod, problem: LayerProblem,
            level: LayerLevel) -> tuple[LayerSolution, float]:
-    c = method.config
-    started = time.perf_counter()
-    solution = solve_layer(
-        problem, level, **method.fit(problem.W, level), exact_columns=c.exact_columns,
-        block_size=c.block_size, dtype=PRECISIONS[c.precision],
-    )
-    return solution, time.perf_counter() - started
+    return solve(method.config, problem, level, method.fit(problem.W, level))
 
 
 def _bar(items, progress: bool, desc: str):
@@ -321,121 +350,99 @@ def _bar(items, progress: bool, desc: str):
 
 
 def _write(model: nn.Module, method: PostTrainingMethod, name: str, solution: LayerSolution,
-           level: LayerLevel) -> None:
+           level: LayerLevel, bias: torch.Tensor | None = None) -> nn.Module:
     module = model.get_submodule(name)
-    model.set_submodule(name, method.make_layer(module, solution, level))
+    layer = method.make_layer(module, solution, level)
+    if bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(bias.to(layer.bias))
+    model.set_submodule(name, layer)
+    return layer
 
 
 def _compress_sequential(model, method, names, calib, report, progress, batchnorm,
                          levels) -> int:
-    """Layers in order, each fitted to the full-precision output from the inputs it sees once
-    the layers before it are compressed and the BatchNorm statistics corrected, as they will
-    be in the end (the correction of a BatchNorm depends only on the layers before it).
-    Returns the number of BatchNorm layers the last correction changed."""
+    """Layers in stages (:class:`~.obc_stages.Sequential`), each fitted to the
+    full-precision output from the inputs it sees once the layers before it are compressed
+    and the BatchNorm statistics corrected, as they will be in the end (the correction of a
+    BatchNorm depends only on the layers before it). Returns the number of BatchNorm layers
+    the last correction changed."""
     c = method.config
-    reference = copy.deepcopy(model)
-    for i, name in enumerate(bar := _bar(names, progress, "ptq")):
-        bar.set_postfix_str(name)
-        module = model.get_submodule(name)
-        W = _weight(module)
-        level = method.uniform_level(name, module.weight) if levels is None else levels[name]
-        if i == 0:  # nothing compressed yet: X_q = X_f, so K = H and W* = W; one pass
-            collector = collect_hessians(model, [name], calib)[name]
-            problem = _problem(name, module, collector, c)
+    seq = Sequential(model, names, calib)
+    bn_layers = 0
+    compressed = {}
+    for stage in (bar := _bar(seq.stages, progress, "ptq")):
+        bar.set_postfix_str(stage[0])
+        collector = seq.collect(stage)
+        paired = isinstance(collector, PairedCollector)
+        for name in stage:
+            module = model.get_submodule(name)
+            W = _weight(module)
+            level = method.uniform_level(name, module.weight) if levels is None \
+                else levels[name]
+            centered = _centered(c, module)
+            H = _hessian(c, module, collector)
+            cross = None
+            if paired:
+                cross = collector.centered_cross if centered else collector.cross
+            problem = LayerProblem.build(name, W, H, collector.n_inputs, c.dampening,
+                                         cross=cross)
             solution, secs = _solve(method, problem, level)
-            err = relative_error(problem, solution.weight, collector.hessian)
-        else:
-            collector = collect_paired(reference, model, name, calib)
-            problem = LayerProblem.build(name, W, collector.hessian, collector.n_inputs,
-                                         c.dampening, cross=collector.cross)
-            solution, secs = _solve(method, problem, level)
-            err = paired_relative_error(W, solution.weight, collector)
-        _write(model, method, name, solution, level)
+            if paired:
+                err = paired_relative_error(name, W, solution.weight, collector, centered)
+            else:  # nothing compressed yet: X_q = X_f, so K = H and W* = W
+                err = relative_error(problem, solution.weight, H)
+            bias = None
+            if centered:
+                mean_f = collector.reference_mean if paired else collector.mean
+                bias = _bias(module, solution.weight, collector.mean, mean_f)
+            compressed[name] = _write(model, method, name, solution, level, bias)
+            model.set_submodule(name, _stand_in(module, compressed[name]))
+            report.layers.append(LayerReport(name, tuple(module.weight.shape),
+                                             level.describe(), err, round(secs, 3)))
         bn_layers = batchnorm(model)
-        report.layers.append(LayerReport(name, tuple(module.weight.shape), level.describe(),
-                                         err, round(secs, 3)))
+    for name, layer in compressed.items():
+        model.set_submodule(name, layer)
     return bn_layers
+
+
+@torch.no_grad()
+def _stand_in(module: nn.Module, layer: nn.Module) -> nn.Module:
+    """A plain copy of ``module`` computing with ``layer``'s effective weights: what the
+    later calibration passes run instead of the compressed layer, whose forward would
+    re-derive its weights from the quantizer on every call."""
+    plain = copy.deepcopy(module)
+    plain.weight.copy_(layer.quantized_weight().detach().reshape(plain.weight.shape))
+    if plain.bias is not None:
+        plain.bias.copy_(layer.bias.detach())
+    return plain
 
 
 def _choose_independent(model, method, names, calib, budget, progress) -> dict:
     """Every layer calibrated on the full-precision model's inputs and solved at its level
     (uniform, or from the global step for a model-wide ``budget``):
-    ``{name: (level, solution, relative error, seconds)}``."""
+    ``{name: (level, solution, relative error, seconds)}``, and under the key ``""`` the
+    corrected biases (``bias_correction``) by layer name."""
+    c = method.config
     collectors = collect_hessians(model, names, calib)
     modules = {name: model.get_submodule(name) for name in names}
-    problems = {name: _problem(name, modules[name], collectors[name], method.config)
-                for name in names}
+    hessians = {name: _hessian(c, modules[name], collectors[name]) for name in names}
+    problems = {name: _problem(name, modules[name], collectors[name], c) for name in names}
     if budget is not None:
-        total = _budget_total(model, names, problems, collectors, budget)
-        return _global_step(method, names, modules, problems, collectors,
-                            (budget[0], total), progress)
-    chosen = {}
-    for name in (bar := _bar(names, progress, "ptq")):
-        bar.set_postfix_str(name)
-        level = method.uniform_level(name, modules[name].weight)
-        solution, secs = _solve(method, problems[name], level)
-        err = relative_error(problems[name], solution.weight, collectors[name].hessian)
-        chosen[name] = (level, solution, err, secs)
-    return chosen
-
-
-def _budget_total(model, names, problems, collectors, budget) -> float:
-    """The model-wide budget in the units of the layers' level costs."""
-    kind, value = budget
-    sizes = [problems[n].W.numel() for n in names]
-    total = sum(sizes)
-    if kind == "kept":
-        return total - round(value * total)
-    if kind == "fp":
-        return round(value * total)
-    if kind == "bits":
-        return value * total
-    if kind == "bytes":
-        fixed = summary(model).model_bytes - sum(dense_storage(n).total_bytes for n in sizes)
-        if value <= fixed:
-            raise OBCError(f"model_bytes={value:,} cannot be met: the layers left "
-                           f"uncompressed, biases and BatchNorm alone take {fixed:,} bytes")
-        return value - fixed
-    if kind == "bops":
-        full = sum(collectors[n].positions * s * FP32_BITS * FP32_BITS
-                   for n, s in zip(names, sizes))
-        return full / value
-    raise ValueError(f"unknown budget kind {kind!r}")
-
-
-def _global_step(method, names, modules, problems, collectors, budget, progress) -> dict:
-    """Error tables at every level of every layer, then the DP (:mod:`~.obc_global`); the
-    chosen level of each layer is solved again in full when the table used a shortcut
-    (:func:`~.obc_layer.solve_levels`)."""
-    c = method.config
-    kind, value = budget
-    tables = {}
-    for name in (bar := _bar(names, progress, "ptq levels")):
-        bar.set_postfix_str(name)
-        problem, H = problems[name], collectors[name].hessian
-        rows, cols = problem.W.shape
-        levels = method.level_grid(name, modules[name].weight)
-        started = time.perf_counter()
-        fits = [method.fit(problem.W, level) for level in levels]
-        solutions = solve_levels(problem, levels, fits, exact_columns=c.exact_columns,
-                                 block_size=c.block_size, dtype=PRECISIONS[c.precision])
-        secs = (time.perf_counter() - started) / len(levels)
-        tables[name] = [
-            (level, solution, relative_error(problem, solution.weight, H), secs,
-             method.level_cost(kind, level, rows, cols, collectors[name].positions))
-            for level, solution in zip(levels, solutions)
-        ]
-    picks = choose_levels(
-        [[e[4] for e in tables[n]] for n in names], [[e[2] for e in tables[n]] for n in names],
-        value, names=names, unit=BUDGET_UNITS[kind],
-    )
-    chosen = {}
-    for name, j in zip(names, picks):
-        level, solution, err, secs, _ = tables[name][j]
-        if level.kind == "binarize" and getattr(c, "alpha_rounds", 0) > 1:
+        total = budget_total(model, names, problems, collectors, budget)
+        chosen = global_step(method, names, modules, problems, hessians, collectors,
+                             (budget[0], total), progress)
+    else:
+        chosen = {}
+        for name in (bar := _bar(names, progress, "ptq")):
+            bar.set_postfix_str(name)
+            level = method.uniform_level(name, modules[name].weight)
             solution, secs = _solve(method, problems[name], level)
-            err = relative_error(problems[name], solution.weight, collectors[name].hessian)
-        chosen[name] = (level, solution, err, secs)
+            err = relative_error(problems[name], solution.weight, hessians[name])
+            chosen[name] = (level, solution, err, secs)
+    chosen[""] = {name: _bias(modules[name], chosen[name][1].weight, collectors[name].mean,
+                              collectors[name].mean)
+                  for name in names if _centered(c, modules[name])}
     return chosen
 
 

@@ -38,13 +38,18 @@ JSON document ``layers`` (per packed layer: kind, method, shapes, ``K``, activat
 convolution geometry, ``nnz`` and the dtype of every tensor) and two optional ones:
 ``architecture`` (``{"name", "kwargs"}`` for :func:`apb.models.create`, written when the
 model came from the registry) and ``tied`` (``{alias: stored name}``, written when some
-tensor has several names). Nothing in the file is executed or imported.
+tensor has several names), and ``sha256`` over all of it and every tensor
+(:func:`apb.pack.header.content_digest`; format version 2). Nothing in the file is executed
+or imported.
 
 Loading fills a model: the one passed as ``model=`` (any architecture, built on the CPU or
-the meta device), else the registry's ``architecture`` built on the meta device (so a
-damaged header cannot allocate anything). Packed modules go to the recorded positions and
-everything else is filled from the file, after checking every name, shape, dtype, value
-and CSR structure against the metadata and the model (:mod:`apb.pack.skeleton`).
+the meta device), else the registry's ``architecture`` built on the meta device. Before
+anything is allocated, the header's sizes and the architecture kwargs are checked against
+the limits of :mod:`apb.pack.limits` (a damaged or hostile header cannot make the load
+allocate more than its budget); then the checksum is compared, packed modules go to the
+recorded positions and everything else is filled from the file, after checking every
+name, shape, dtype, value and CSR structure against the metadata and the model
+(:mod:`apb.pack.skeleton`).
 """
 
 from __future__ import annotations
@@ -64,11 +69,14 @@ from .._version import __version__
 from ..io import atomic_write
 from ..nn.layers import COMPRESSED_TYPES
 from .header import (
+    DIGEST_KEY,
     FORMAT,
     FORMAT_VERSION,
     HEADER_PREFIX_BYTES,
     PackedFileInfo,
     PackedFormatError,
+    check_format,
+    content_digest,
     file_arrays,
     first_line,
     header_length,
@@ -76,9 +84,18 @@ from .header import (
     parse_metadata,
     parse_tied,
     read_file,
+    verify_digest,
 )
 from .layer import PackedLayer
-from .layer_tensors import build_layer, expected_tensors, layer_config, layer_tensors
+from .layer_tensors import (
+    build_layer,
+    check_values,
+    expected_tensors,
+    layer_config,
+    layer_tensors,
+    load_bytes,
+)
+from .limits import LoadLimitError, check_budget, check_kwargs
 from .skeleton import check_position, fit
 from .state import STORED_DTYPES, as_array, plain_tensors, stored_dtype, value_problem
 
@@ -121,7 +138,12 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
                                  "(fold_affine_), which the packed format does not describe; "
                                  "save it before folding")
             layers[name] = layer_config(module)
-            tensors.update({f"{name}.{k}": v for k, v in layer_tensors(module).items()})
+            own = layer_tensors(module)
+            try:
+                check_values(layers[name], own)
+            except ValueError as err:
+                raise ValueError(f"layer {name!r}: {err}; such a model cannot be saved") from None
+            tensors.update({f"{name}.{k}": v for k, v in own.items()})
     if not layers:
         raise ValueError("the model has no packed layers; call apb.pack_(model) first")
     tied: dict[str, str] = {}
@@ -135,6 +157,7 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
     metadata["layers"] = json.dumps(layers, separators=(",", ":"))
     if tied:
         metadata["tied"] = json.dumps(tied, separators=(",", ":"))
+    metadata[DIGEST_KEY] = content_digest(metadata, tensors)
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
     return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
@@ -176,7 +199,7 @@ def read_packed_info(path: str | os.PathLike) -> PackedFileInfo:
 
 
 def load_packed(path: str | os.PathLike, *, model: nn.Module | None = None,
-                backend: str | None = None) -> nn.Module:
+                backend: str | None = None, max_bytes: int | None = None) -> nn.Module:
     """The packed model saved at ``path``, in eval mode, on the CPU.
 
     ``model``: the model to fill, built as it was before :func:`apb.compress_` or after
@@ -187,35 +210,76 @@ def load_packed(path: str | os.PathLike, *, model: nn.Module | None = None,
     built from the model registry (``apb.models.create``); a file that records none asks
     for ``model=``.
 
-    Raises :class:`PackedFormatError` when the file is missing, damaged, not an apb packed
-    model, written by a newer format version, inconsistent with its own metadata, or does
-    not fit ``model`` (a packed layer where the model has no matching Conv2d / Linear, a
-    shape, a missing or unexpected tensor: the message names it and both shapes). The model
-    is left unchanged then.
+    ``max_bytes``: the most memory the load may allocate (default: the ``APB_MAX_LOAD_BYTES``
+    environment variable, else 64 times the file's size, at least 64 MiB; see
+    :mod:`apb.pack.limits`). It is checked from the header, before anything is allocated.
+
+    Raises :class:`PackedFormatError` when the file is missing, damaged (its sha256 does not
+    match), not an apb packed model, written by a newer format version, inconsistent with
+    its own metadata, would need more than ``max_bytes``, or does not fit ``model`` (a
+    packed layer where the model has no matching Conv2d / Linear, a shape, a missing or
+    unexpected tensor: the message names it and both shapes). The model is left unchanged
+    then. A file of format version 1 (no checksum) loads with an
+    :class:`~apb.pack.header.UncheckedFileWarning`.
     """
     path = Path(path)
-    return load_packed_bytes(read_file(path), where=str(path), model=model, backend=backend)
+    return load_packed_bytes(read_file(path), where=str(path), model=model, backend=backend,
+                             max_bytes=max_bytes)
 
 
 def load_packed_bytes(data: bytes, *, where: str = "packed model", model: nn.Module | None = None,
-                      backend: str | None = None) -> nn.Module:
+                      backend: str | None = None, max_bytes: int | None = None,
+                      warn_unchecked: bool = True) -> nn.Module:
     """:func:`load_packed` of a packed file's bytes (``where`` names them in errors)."""
     path = Path(where)
     metadata = packed_header(data, path)
-    arrays = file_arrays(data, path)
-    arch, layer_cfgs = parse_metadata(metadata, path)
-    tied = parse_tied(metadata, path, set(arrays))
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module to fill, got {type(model).__name__}")
-    net = model if model is not None else _registry_model(arch, where)
-    for name, cfg in layer_cfgs.items():
-        check_position(net, name, cfg, where)
+    arch, layer_cfgs = parse_metadata(metadata, path)
+    plan_load(arch, layer_cfgs, where, len(data), max_bytes)  # before the tensors are read
+    arrays = file_arrays(data, path)
+    verify_digest(metadata, arrays, check_format(metadata, path), where, PackedFormatError,
+                  warn=warn_unchecked)
+    tied = parse_tied(metadata, path, set(arrays))
+    net = skeleton_for(arch, layer_cfgs, model, where)
     used: set[str] = set()
     packed = _build_layers(arrays, layer_cfgs, used, where, backend)
     return fit(net, packed, arrays, tied, used, where)
 
 
-def check_packed_bytes(data: bytes, *, where: str = "packed model") -> None:
+def skeleton_for(arch: dict | None, layer_cfgs: dict[str, dict], model: nn.Module | None,
+                 where: str) -> nn.Module:
+    """``model``, or the registry's ``arch`` built on the meta device, after checking that
+    every packed layer has its place in it (:func:`~apb.pack.skeleton.check_position`)."""
+    net = model if model is not None else _registry_model(arch, where)
+    for name, cfg in layer_cfgs.items():
+        check_position(net, name, cfg, where)
+    return net
+
+
+def plan_load(arch: dict | None, layer_cfgs: dict[str, dict], where: str, file_bytes: int,
+              max_bytes: int | None, extra: int = 0, decoding: bool = False) -> None:
+    """The checks made before anything is allocated: the architecture's kwargs are within
+    :mod:`apb.pack.limits`, and the memory the layers imply (``extra`` bytes more; twice
+    the transient bytes when ``decoding`` an XOR file first) fits the budget of a file of
+    ``file_bytes`` bytes. PackedFormatError naming ``where`` otherwise."""
+    resident, transient = 0, 0
+    for cfg in layer_cfgs.values():
+        r, t = load_bytes(cfg)
+        resident += r
+        transient = max(transient, t)
+    need = 3 * file_bytes + extra + resident + transient * (2 if decoding else 1)
+    try:
+        if arch is not None:
+            check_kwargs(arch["kwargs"], f"the architecture kwargs of {arch['name']!r}")
+        check_budget(need, f"loading its {len(layer_cfgs)} packed layers", file_bytes,
+                     max_bytes)
+    except LoadLimitError as err:
+        raise PackedFormatError(f"{where}: {err}") from None
+
+
+def check_packed_bytes(data: bytes, *, where: str = "packed model",
+                       max_bytes: int | None = None, warn_unchecked: bool = True) -> None:
     """Check a packed file's bytes as far as they can be without the model: with a recorded
     architecture, by loading it; without one, every packed layer is built from its tensors
     and every other tensor has a stored dtype, no NaN, and a consistent ``tied`` entry."""
@@ -223,9 +287,12 @@ def check_packed_bytes(data: bytes, *, where: str = "packed model") -> None:
     metadata = packed_header(data, path)
     arch, layer_cfgs = parse_metadata(metadata, path)
     if arch is not None:
-        load_packed_bytes(data, where=where)
+        load_packed_bytes(data, where=where, max_bytes=max_bytes, warn_unchecked=warn_unchecked)
         return
+    plan_load(arch, layer_cfgs, where, len(data), max_bytes)
     arrays = file_arrays(data, path)
+    verify_digest(metadata, arrays, check_format(metadata, path), where, PackedFormatError,
+                  warn=warn_unchecked)
     tied = parse_tied(metadata, path, set(arrays))
     used: set[str] = set()
     _build_layers(arrays, layer_cfgs, used, where, None)
@@ -244,13 +311,18 @@ def check_packed_bytes(data: bytes, *, where: str = "packed model") -> None:
 
 
 def _registry_model(arch: dict | None, where: str) -> nn.Module:
-    """The registry's model a file records, built on the meta device."""
+    """The registry's model a file records, built on the meta device (its kwargs checked
+    against :mod:`apb.pack.limits` first)."""
     if arch is None:
         raise PackedFormatError(
             f"{where} was saved from a model that apb.models does not build (it records no "
             "architecture): pass the model to fill, apb.pack.load_packed(path, "
             "model=MyNet()); it may be built on the meta device"
         )
+    try:
+        check_kwargs(arch["kwargs"], f"the architecture kwargs of {arch['name']!r}")
+    except LoadLimitError as err:
+        raise PackedFormatError(f"{where}: {err}") from None
     try:
         with torch.device("meta"):
             return models.create(arch["name"], **arch["kwargs"])

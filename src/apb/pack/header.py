@@ -10,8 +10,10 @@ and the layer in every error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +21,24 @@ import numpy as np
 from safetensors.numpy import load
 
 from .layer_tensors import validate_layer_config
+from .limits import LoadLimitError, check_header_length
 
 FORMAT = "apb-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the metadata's ``sha256`` entry covers every other metadata entry and every tensor
+(:func:`content_digest`); 1 (still read, unchecked): no checksum."""
 HEADER_PREFIX_BYTES = 8
+DIGEST_KEY = "sha256"
 
 
 class PackedFormatError(ValueError):
     """A packed model file is missing, truncated, corrupt, not ours, or does not fit the
     architecture it names; the message says which and what was expected."""
+
+
+class UncheckedFileWarning(UserWarning):
+    """A model file of a format version without a checksum (1) was read: its integrity
+    could not be checked."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,10 @@ def packed_header(data: bytes, path: Path) -> dict[str, str]:
             f"{len(data)} bytes (truncated, or not safetensors)"
         )
     try:
+        check_header_length(n)
+    except LoadLimitError as err:
+        raise PackedFormatError(f"{path}: {err}") from None
+    try:
         header = json.loads(data[HEADER_PREFIX_BYTES:HEADER_PREFIX_BYTES + n].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise PackedFormatError(f"{not_ours}: its header is not JSON ({first_line(err)})") from None
@@ -79,6 +94,14 @@ def packed_header(data: bytes, path: Path) -> dict[str, str]:
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or "format" not in metadata:
         raise PackedFormatError(f"{not_ours}: it carries no apb metadata")
+    check_format(metadata, path)
+    return metadata
+
+
+def check_format(metadata: dict, path: Path | str) -> int:
+    """The format version of packed metadata (``format`` and ``format_version`` checked:
+    ours, an ASCII integer, not newer than this apb reads); PackedFormatError otherwise."""
+    not_ours = f"{path} is not an apb packed model (a safetensors file with apb metadata)"
     if metadata.get("format") != FORMAT:
         hint = ("; it is XOR-encoded: decode it with apb xor-decode (or apb.pack.xor.load_xor)"
                 if metadata.get("format") == "apb-xor" else "")
@@ -86,15 +109,64 @@ def packed_header(data: bytes, path: Path) -> dict[str, str]:
             f"{not_ours}: its metadata says format {metadata.get('format')!r}, not "
             f"{FORMAT!r}{hint}"
         )
-    version = metadata.get("format_version")
-    if not isinstance(version, str) or not version.isdigit() or int(version) < 1:
-        raise PackedFormatError(f"{path}: invalid format_version {version!r} (damaged file)")
-    if int(version) > FORMAT_VERSION:
-        raise PackedFormatError(
-            f"{path} has packed format version {version}; this apb reads versions up to "
-            f"{FORMAT_VERSION}: upgrade apb to read it"
-        )
-    return metadata
+    return check_version(metadata.get("format_version"), FORMAT_VERSION, "packed", path,
+                         PackedFormatError)
+
+
+def check_version(version, newest: int, what: str, path: Path | str,
+                  error: type[Exception]) -> int:
+    """A ``format_version`` entry as an int: ASCII digits, 1 to ``newest``."""
+    if (not isinstance(version, str) or not version.isascii() or not version.isdigit()
+            or len(version) > 6 or int(version) < 1):
+        raise error(f"{path}: invalid format_version {version!r}, expected a small ASCII "
+                    "integer (damaged file)")
+    if int(version) > newest:
+        raise error(f"{path} has {what} format version {version}; this apb reads versions up "
+                    f"to {newest}: upgrade apb to read it")
+    return int(version)
+
+
+def content_digest(metadata: dict[str, str], arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every metadata entry but ``sha256`` itself (in key order) and every
+    tensor's name, dtype, shape and bytes (in name order), each field length-prefixed."""
+    h = hashlib.sha256()
+
+    def field(b: bytes) -> None:
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    for key in sorted(metadata):
+        if key != DIGEST_KEY:
+            field(key.encode("utf-8"))
+            field(str(metadata[key]).encode("utf-8"))
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        field(name.encode("utf-8"))
+        field(f"{a.dtype.str}{list(a.shape)}".encode())
+        h.update(a.nbytes.to_bytes(8, "little"))
+        h.update(a.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def verify_digest(metadata: dict[str, str], arrays: dict[str, np.ndarray], version: int,
+                  path: Path | str, error: type[Exception], what: str = "packed",
+                  warn: bool = True) -> None:
+    """Compare the metadata's ``sha256`` with :func:`content_digest` (format version 2 and
+    later); a version-1 file has none: a :class:`UncheckedFileWarning` says so."""
+    if version < 2:
+        if warn:
+            warnings.warn(f"{path} is a {what} file of format version 1, which carries no "
+                          "checksum: its integrity is not checked (write it again with this "
+                          "apb to add one)", UncheckedFileWarning, stacklevel=3)
+        return
+    recorded = metadata.get(DIGEST_KEY)
+    if not isinstance(recorded, str):
+        raise error(f"{path}: the metadata lacks its {DIGEST_KEY!r} checksum entry, which "
+                    f"{what} format version {version} requires (damaged file)")
+    if content_digest(metadata, arrays) != recorded:
+        raise error(f"{path}: its contents do not match their sha256 checksum: the metadata "
+                    "or a tensor was changed or damaged after it was written; write the file "
+                    "again from its source")
 
 
 def file_arrays(data: bytes, path: Path) -> dict[str, np.ndarray]:

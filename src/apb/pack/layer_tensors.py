@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..kernels import words_for
 from ..memory import FP16_BITS, FP32_BITS, index_bits, sparse_storage
 from .apb_layers import PackedAPBConv2d, PackedAPBLinear
 from .bits import pack_bits, unpack_bits
@@ -194,16 +195,54 @@ def validate_layer_config(name: str, cfg: Any) -> None:
     elif len(shape) != 2:
         raise ValueError(f"a linear layer's weight_shape has 2 entries, got {shape}")
     if kind.startswith("apb"):
-        integer("nnz", 0, rows * k)
+        nnz = integer("nnz", 0, rows * k)
         if cfg.get("alpha_count") not in (1, rows):
             raise ValueError(f"alpha_count must be 1 or {rows}, got {cfg.get('alpha_count')!r}")
         if cfg.get("value_bits") not in (FP32_BITS, FP16_BITS):
             raise ValueError(f"value_bits must be 32 or 16, got {cfg.get('value_bits')!r}")
+        if cfg["method"] != "apb" and nnz:
+            raise ValueError(f"a {cfg['method']} layer is binary: it has no full-precision "
+                             f"weights, but the entry says nnz={nnz} (only method 'apb' has)")
+        if cfg["method"] == "dorefa" and cfg["alpha_count"] != 1:
+            raise ValueError("a 1-bit dorefa layer has one scale, but the entry says "
+                             f"alpha_count={cfg['alpha_count']}")
     elif kind.startswith("pruned"):
         integer("weight_bits", 1, 8)
         integer("nnz", 0, rows * k)
     else:
         integer("weight_bits", 2, 8)
+
+
+def load_bytes(cfg: dict[str, Any]) -> tuple[int, int]:
+    """``(resident, transient)``: an upper bound on the bytes loading a (validated) layer
+    entry allocates, what the built layer keeps (its bit-planes, their input-order copies
+    and derived planes, CSR arrays, stored tensors) and what unpacking its tensors needs at
+    once (the bits one byte each, padded, shifted)."""
+    rows, k = cfg["rows"], cfg["K"]
+    padded = rows * 64 * words_for(k)  # bits of one padded plane
+    family = cfg["kind"].split("_")[0]
+    q = 1 if family == "apb" else cfg["weight_bits"]
+    nnz = cfg.get("nnz", 0)
+    stored = sum(math.prod(shape) * np.dtype(dtype).itemsize
+                 for shape, dtype in expected_tensors(cfg).values())
+    resident = (2 + 5 * q) * padded // 8 + 24 * nnz + 16 * (rows + 1) + 2 * stored
+    transient = 4 * (q + 1) * padded + 48 * nnz + 16 * (rows + 1)
+    return resident, transient
+
+
+def check_values(cfg: dict[str, Any], t: dict[str, np.ndarray]) -> None:
+    """ValueError when a layer's stored floats are not what a writer produces: every float
+    finite, ``alpha > 0`` (``≥ 0`` for binary methods, whose scale is the mean ``|w|``)."""
+    for key, arr in t.items():
+        if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+            raise ValueError(f"{key} holds NaN or Inf values")
+    alpha = t.get("alpha")
+    if alpha is not None:
+        positive = cfg["method"] in ("apb", "prune_quant")
+        bad = (alpha <= 0) if positive else (alpha < 0)
+        if bool(bad.any()):
+            raise ValueError(f"alpha holds {float(alpha[bad][0])}; a {cfg['method']} layer's "
+                             f"scales are {'> 0' if positive else '>= 0'}")
 
 
 def _bits_from_stream(stream: np.ndarray, planes: int, rows: int, cols: int) -> torch.Tensor:
@@ -227,6 +266,7 @@ def build_layer(cfg: dict, t: dict[str, np.ndarray], backend: str | None = None)
     when the tensors do not fit together."""
     cls = KINDS[cfg["kind"]]
     rows, k = cfg["rows"], cfg["K"]
+    check_values(cfg, t)
     kwargs: dict[str, Any] = {"act_bits": cfg["act_bits"], "backend": backend}
     if "bias" in t:
         kwargs["bias"] = torch.from_numpy(t["bias"])

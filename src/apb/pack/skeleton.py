@@ -97,6 +97,7 @@ def fit(model: nn.Module, packed: dict[str, PackedLayer], arrays: dict[str, np.n
     for entry in plain_tensors(model, stop):
         values[id(entry.tensor)] = _value(entry, arrays, groups, where)
         used.update(entry.names)
+    _check_batchnorms(model, stop, values, where)
     extra = sorted(set(groups) - used)
     if extra:
         shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
@@ -150,6 +151,28 @@ def _value(entry: PlainTensor, arrays: dict[str, np.ndarray], groups: dict[str, 
     if problem:
         raise PackedFormatError(f"{where}: tensor {source!r} {problem}")
     return torch.from_numpy(np.ascontiguousarray(arr).copy())
+
+
+def _check_batchnorms(model: nn.Module, stop, values: dict[int, torch.Tensor],
+                      where: str) -> None:
+    """A BatchNorm's running statistics must be finite, its variance ``>= 0`` (a negative
+    one makes every output NaN): what training produces."""
+    for name, module in walk(model, stop):
+        if stop(module) or not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        for key in ("running_mean", "running_var"):
+            t = module._buffers.get(key)
+            v = values.get(id(t)) if t is not None else None
+            if v is None or not v.is_floating_point():
+                continue
+            label = f"{name}.{key}" if name else key
+            if not bool(torch.isfinite(v).all()):
+                raise PackedFormatError(f"{where}: tensor {label!r} holds NaN or Inf values; "
+                                        "BatchNorm statistics are finite")
+            if key == "running_var" and bool((v < 0).any()):
+                raise PackedFormatError(
+                    f"{where}: tensor {label!r} holds the negative variance "
+                    f"{float(v[v < 0][0])}; a variance is >= 0 (damaged file)")
 
 
 def _describe(t: torch.Tensor) -> str:

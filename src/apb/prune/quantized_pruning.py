@@ -109,6 +109,10 @@ class QuantizedPruningConfig:
         self.validate()
 
     def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         if self.budget_bytes is None and self.budget_ratio is None:
             raise ValueError("give a budget: budget_ratio (e.g. 0.25) or budget_bytes")
         if self.budget_bytes is None and not 0.0 < self.budget_ratio < 1.0:

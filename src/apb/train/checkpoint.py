@@ -36,18 +36,24 @@ the pruned widths.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import models
 from ..io import atomic_write
+from ..pack.limits import LoadLimitError, check_budget, check_kwargs
 from .build import FREEZES, build_model, freezes_due
 from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "apb.train.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -70,18 +76,25 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, on CPU).
 
+    Before anything is unpickled, the file must be a zip archive (as ``torch.save`` writes)
+    whose entries, uncompressed, fit the load's memory budget (``max_bytes``, default as for
+    :func:`apb.pack.load_packed`: 64 times the file's size, at least 64 MiB, or
+    ``APB_MAX_LOAD_BYTES``).
+
     Raises :class:`CheckpointError` when the file is missing, cannot be read as a PyTorch
-    file (truncated, corrupt, a text file), holds objects a ``weights_only`` load refuses,
-    is another program's ``.pt``, or was written by a newer format version.
+    file (truncated, corrupt, a text file), would need more memory than its budget, holds
+    objects a ``weights_only`` load refuses, is another program's ``.pt``, or was written by
+    a newer format version.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path {path} is not a file")
+    _check_archive(path, max_bytes)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -119,7 +132,60 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         isinstance(v, torch.Tensor) for v in ckpt["model_state"].values()
     ):
         raise CheckpointError(f"{path}: 'model_state' is not a state dict of tensors")
+    model = ckpt["model"]
+    if (not isinstance(model, dict) or not isinstance(model.get("name"), str)
+            or not isinstance(model.get("kwargs"), dict)):
+        raise CheckpointError(f"{path}: 'model' must be {{'name': str, 'kwargs': {{...}}}}")
+    try:
+        check_kwargs(model["kwargs"], f"the model kwargs of {model['name']!r}")
+    except LoadLimitError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     return ckpt
+
+
+def _check_archive(path: Path, max_bytes: int | None) -> None:
+    """The zip archive ``torch.save`` writes, whose entries fit the memory budget (checked
+    from its directory, before ``torch.load`` allocates anything)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise CheckpointError(
+            f"cannot read {path} as a checkpoint: it is truncated, corrupt or not a PyTorch "
+            f"file (not the zip archive torch.save writes: {err})"
+        ) from None
+    try:
+        check_budget(sum(e.file_size for e in entries), f"reading {path}",
+                     path.stat().st_size, max_bytes)
+    except LoadLimitError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def repair_best(last_path: Path, best_path: Path, last: dict[str, Any]) -> bool:
+    """Make ``best.pt`` the checkpoint ``last.pt`` records as the best, after a crash.
+
+    The trainer writes ``last.pt`` first, then ``best.pt`` when the epoch just finished is
+    the best. A crash between the two leaves a ``last.pt`` whose best epoch is its own and
+    an older ``best.pt``; then ``last.pt`` is copied over ``best.pt`` (atomically). Returns
+    whether it was; a mismatch it cannot repair (the best state is lost) is logged."""
+    want = (last["best_epoch"], last["best_test_acc"])
+    try:
+        best = load_checkpoint(best_path) if best_path.exists() else None
+    except CheckpointError:
+        best = None
+    if best is not None and (best["best_epoch"], best["best_test_acc"]) == want \
+            and best["epoch"] == last["best_epoch"] + 1:
+        return False
+    if last["best_epoch"] == last["epoch"] - 1:
+        data = last_path.read_bytes()
+        atomic_write(best_path, lambda f: f.write(data))
+        logger.warning("%s was not the best checkpoint %s records (epoch %d): repaired from it",
+                       best_path, last_path, last["best_epoch"])
+        return True
+    if last["best_epoch"] >= 0:
+        logger.warning("%s does not hold the best epoch (%d) that %s records, and that state "
+                       "is gone: it cannot be repaired", best_path, last["best_epoch"], last_path)
+    return False
 
 
 def post_training_state(
@@ -195,6 +261,7 @@ def build_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dic
     **ckpt["method"]["config"])`` gives the method again (for ``stats``).
     """
     ckpt = load_checkpoint(path)
+    check_model_size(ckpt, str(path))
     try:
         config = TrainConfig.from_dict(ckpt["train_config"])
         model, _ = build_model(
@@ -208,6 +275,26 @@ def build_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dic
     for name in freezes_due(config, done):
         FREEZES[name](model)
     return model.eval(), ckpt
+
+
+def check_model_size(ckpt: dict[str, Any], source: str) -> None:
+    """CheckpointError unless the model ``ckpt["model"]`` describes, built on the meta device
+    (nothing allocated), has no more values than ``model_state`` holds: its kwargs cannot
+    ask for a model larger than the file."""
+    name, kwargs = ckpt["model"]["name"], ckpt["model"]["kwargs"]
+    try:
+        with torch.device("meta"):
+            skeleton = models.create(name, **kwargs)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"cannot rebuild the model described in {source}: {err}") from err
+    need = sum(t.numel() for t in skeleton.state_dict().values())
+    have = sum(t.numel() for t in ckpt["model_state"].values())
+    if need > have:
+        raise CheckpointError(
+            f"{source}: its model kwargs describe a {name} of {need:,} values, but its "
+            f"model_state holds only {have:,}: the description does not match the weights "
+            "(damaged file)"
+        )
 
 
 def _refused_global(err: Exception) -> str:

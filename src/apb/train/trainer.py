@@ -44,8 +44,10 @@ from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     CheckpointError,
+    check_model_size,
     load_checkpoint,
     load_model_state,
+    repair_best,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -201,7 +203,10 @@ class _Run:
                 + (" (resume=True continues from out_dir/last.pt)" if c.resume is True else "")
             )
         ckpt = load_checkpoint(path)
+        check_model_size(ckpt, str(path))
         self._check_resumable(ckpt, path)
+        if path == self.last_path and self.ctx.is_main:
+            repair_best(self.last_path, self.best_path, ckpt)
         return ckpt
 
     def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -406,6 +411,8 @@ class _Run:
         rngs = distributed.all_gather_objects(ctx, rng_state())
         if ctx.is_main:
             state = self._checkpoint_state(finished, rngs)
+            # last.pt first: it records whether this epoch is the best, so a crash before
+            # best.pt is written is repaired on resume (repair_best) from last.pt itself.
             save_checkpoint(state, self.last_path)
             if self.best_epoch == epoch:
                 save_checkpoint(state, self.best_path)

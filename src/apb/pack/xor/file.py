@@ -20,7 +20,10 @@ packed layer ``L``:
 Metadata: ``format = "apb-xor"``, ``format_version``, ``packed_metadata`` (the packed
 file's whole metadata, so decoding writes it back unchanged), ``layers`` (per layer: the
 scheme, the planes, the network's seed, shape and fingerprint, the patch counts, the mask
-and the sha256 of the packed layer's tensors) and ``other_sha256`` (of everything else).
+and the sha256 of the packed layer's tensors), ``other_sha256`` (of everything else) and
+``sha256`` (format version 2: over every other metadata entry and every stored tensor,
+checked before anything is decoded, with the embedded packed metadata and the memory
+budget of :mod:`apb.pack.limits`).
 Decoding checks every name, shape and dtype, regenerates the network and compares its
 fingerprint, checks every stream (lengths, padding, patch positions), and compares each
 layer's rebuilt tensors with their sha256: a damaged file raises :class:`XorFormatError`,
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +44,24 @@ from torch import nn
 from ..._version import __version__
 from ...io import atomic_write
 from ...kernels.xor_gate import n_blocks
-from ..format import check_packed_bytes, load_packed_bytes
+from ..format import check_packed_bytes, load_packed_bytes, plan_load, skeleton_for
 from ..header import (
+    DIGEST_KEY,
     HEADER_PREFIX_BYTES,
     PackedFileInfo,
     PackedFormatError,
+    check_format,
+    check_version,
+    content_digest,
     file_arrays,
     header_length,
     packed_header,
     parse_metadata,
     read_file,
+    verify_digest,
 )
 from ..layer_tensors import expected_tensors
+from ..limits import MAX_HEADER_BYTES, LoadLimitError, budget, check_header_length
 from .codec import (
     REPLACED,
     EncodedLayer,
@@ -66,102 +74,12 @@ from .codec import (
 from .mask import MaskCode, stream_bytes
 from .network import DEFAULT_SEED, XorNetwork
 from .planes import SCHEMES, EncodedPlanes
+from .report import XorLayerRow, XorReport, layer_row
 
 FORMAT = "apb-xor"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class XorLayerRow:
-    """One layer of an encoding report; bits are of the layer's weight matrix."""
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-    weights: int
-    care: int
-    planes: int
-    scheme: str
-    n_in: int | None
-    n_out: int | None
-    patches: int
-    mask_coding: str
-    bits: dict[str, int]
-
-    def per_weight(self, key: str) -> float:
-        return self.bits[key] / self.weights
-
-
-@dataclass
-class XorReport:
-    """What :func:`encode_file` wrote: per-layer bits and the two files' sizes."""
-
-    rows: list[XorLayerRow]
-    packed: PackedFileInfo
-    encoded: PackedFileInfo
-    seed: int
-    notes: list[str] = field(default_factory=list)
-
-    def totals(self) -> dict[str, int]:
-        keys = self.rows[0].bits.keys() if self.rows else ()
-        return {k: sum(r.bits[k] for r in self.rows) for k in keys}
-
-    @property
-    def weights(self) -> int:
-        return sum(r.weights for r in self.rows)
-
-    def to_dict(self) -> dict:
-        n = max(self.weights, 1)
-        return {
-            "seed": self.seed,
-            "layers": [{
-                "name": r.name, "kind": r.kind, "shape": list(r.shape), "weights": r.weights,
-                "care": r.care, "planes": r.planes, "scheme": r.scheme, "n_in": r.n_in,
-                "n_out": r.n_out, "patches": r.patches, "mask_coding": r.mask_coding,
-                "bits": r.bits,
-                "bits_per_weight": {k: v / r.weights for k, v in r.bits.items()},
-            } for r in self.rows],
-            "bits_per_weight": {k: v / n for k, v in self.totals().items()},
-            "packed_model_bytes": self.packed.model_bytes,
-            "xor_model_bytes": self.encoded.model_bytes,
-            "xor_header_bytes": self.encoded.header_bytes,
-        }
-
-    def table(self) -> str:
-        import io
-
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title="apb xor-encode (bits per weight of each layer's weight matrix)",
-                  show_footer=True)
-        n = max(self.weights, 1)
-        tot = self.totals()
-        cols = ["layer", "kind", "weights", "kept", "Q", "network", "encrypted", "patches",
-                "mask", "total", "CSR", "bitmap", "dense"]
-        footer = {"layer": "all", "weights": f"{self.weights:,}",
-                  "kept": f"{sum(r.care for r in self.rows) / n:.3f}"}
-        for key, col in (("encrypted", "encrypted"), ("patches", "patches"), ("mask", "mask"),
-                         ("total", "total"), ("csr", "CSR"), ("bitmap", "bitmap"),
-                         ("dense", "dense")):
-            footer[col] = f"{tot.get(key, 0) / n:.3f}"
-        for c in cols:
-            t.add_column(c, footer=footer.get(c, ""), justify="left" if c == "layer" else "right")
-        for r in self.rows:
-            net = f"{r.n_in}x{r.n_out}" if r.scheme == "xor" else r.scheme
-            t.add_row(r.name, r.kind, f"{r.weights:,}", f"{r.care / r.weights:.3f}",
-                      str(r.planes), net, *(f"{r.per_weight(k):.3f}" for k in (
-                          "encrypted", "patches", "mask", "total", "csr", "bitmap", "dense")))
-        buf = io.StringIO()
-        Console(file=buf, width=140, force_terminal=False).print(t)
-        lines = [buf.getvalue().rstrip("\n"),
-                 "kept: fraction of care bits (kept weights; APB: signs not inferable from S); "
-                 "CSR / bitmap: those care bits' codes in the two sparse formats "
-                 "(apb.memory); dense: every bit.",
-                 f"packed model {self.packed.model_bytes:,} bytes -> XOR-encoded "
-                 f"{self.encoded.model_bytes:,} bytes (+ {self.encoded.header_bytes:,} header)",
-                 *self.notes]
-        return "\n".join(lines) + "\n"
+FORMAT_VERSION = 2
+"""2: the metadata's ``sha256`` covers every other metadata entry (the embedded packed
+metadata included) and every stored tensor; 1 (still read, unchecked before decoding): none."""
 
 
 def _layer_meta(e: EncodedLayer) -> dict[str, Any]:
@@ -213,7 +131,7 @@ def encode_bytes(data: bytes, *, where: str = "packed model", seed: int = DEFAUL
         decoded_tensors(encoded, f"layer {name!r}")  # never write what does not decode
         layers[name] = _layer_meta(encoded)
         tensors.update({f"{name}.{k}": v for k, v in _layer_arrays(encoded).items()})
-        rows.append(_row(name, cfg, encoded))
+        rows.append(layer_row(name, cfg, encoded))
     other = {k: v for k, v in arrays.items() if k not in owned}
     tensors.update(other)
     out_meta = {
@@ -222,6 +140,7 @@ def encode_bytes(data: bytes, *, where: str = "packed model", seed: int = DEFAUL
         "layers": json.dumps(layers, separators=(",", ":")),
         "other_sha256": tensor_digest(other),
     }
+    out_meta[DIGEST_KEY] = content_digest(out_meta, tensors)
     out = save(tensors, metadata=out_meta)
     report = XorReport(rows, _info(data), _info(out), seed)
     return out, report
@@ -229,18 +148,6 @@ def encode_bytes(data: bytes, *, where: str = "packed model", seed: int = DEFAUL
 
 def _info(data: bytes) -> PackedFileInfo:
     return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
-
-
-def _row(name: str, cfg: dict, e: EncodedLayer) -> XorLayerRow:
-    p = e.planes
-    xor = p.scheme == "xor"
-    if e.mask is not None:
-        mask = e.mask.coding
-    else:
-        mask = "from CSR" if e.inferred_signs else "none"
-    return XorLayerRow(name, cfg["kind"], tuple(cfg["weight_shape"]), e.n_weights, p.care_count,
-                       p.n_planes, p.scheme, p.network.n_in if xor else None,
-                       p.network.n_out if xor else None, sum(p.n_patches), mask, e.bits())
 
 
 def encode_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = DEFAULT_SEED,
@@ -264,22 +171,34 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = D
 
 
 # -- decoding ------------------------------------------------------------------------------
-def decode_bytes(data: bytes, *, where: str = "XOR-encoded model") -> bytes:
-    """The packed model file an XOR-encoded file's bytes were made from."""
+def decode_bytes(data: bytes, *, where: str = "XOR-encoded model", max_bytes: int | None = None,
+                 model: nn.Module | None = None) -> bytes:
+    """The packed model file an XOR-encoded file's bytes were made from.
+
+    Before anything is decoded: the embedded packed metadata is checked, the memory that
+    decoding and loading need is compared with the budget (``max_bytes``,
+    :mod:`apb.pack.limits`), the packed layers are placed in ``model`` or in the recorded
+    architecture built on the meta device, and the file's sha256 (format version 2) is
+    compared."""
     path = Path(where)
     metadata = _xor_header(data, path)
-    try:
-        arrays = file_arrays(data, path)
-    except PackedFormatError as err:
-        raise XorFormatError(str(err)) from None
+    version = int(metadata["format_version"])
     packed_md = _json(metadata, "packed_metadata", where)
     if not isinstance(packed_md, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in packed_md.items()):
         raise XorFormatError(f"{where}: packed_metadata must map strings to strings")
     try:
-        _, cfgs = parse_metadata(packed_md, path)
+        check_format(packed_md, f"{where} (its packed metadata)")
+        arch, cfgs = parse_metadata(packed_md, path)
+        decoded_bytes = sum(_stored_bytes(cfg) for cfg in cfgs.values()) + len(data)
+        plan_load(arch, cfgs, where, len(data), max_bytes, extra=2 * decoded_bytes,
+                  decoding=True)
+        arrays = file_arrays(data, path)
     except PackedFormatError as err:
-        raise XorFormatError(f"{where}: its packed metadata is invalid: {err}") from None
+        raise XorFormatError(str(err)) from None
+    if arch is not None or model is not None:  # the model's own errors: PackedFormatError
+        skeleton_for(arch, cfgs, model, where)
+    verify_digest(metadata, arrays, version, where, XorFormatError, what="XOR-encoded")
     metas = _json(metadata, "layers", where)
     if not isinstance(metas, dict) or set(metas) != set(cfgs):
         raise XorFormatError(f"{where}: the XOR layers do not match the packed layers "
@@ -299,25 +218,54 @@ def decode_bytes(data: bytes, *, where: str = "XOR-encoded model") -> bytes:
     return save(tensors, metadata=packed_md)
 
 
-def decode_file(src: str | os.PathLike, dst: str | os.PathLike) -> PackedFileInfo:
+def _stored_bytes(cfg: dict) -> int:
+    """Bytes of a layer's tensors in the packed file (what decoding it produces)."""
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+               for shape, dtype in expected_tensors(cfg).values())
+
+
+def decode_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+                max_bytes: int | None = None) -> PackedFileInfo:
     """Decode the XOR-encoded file ``src`` back into the packed model file ``dst`` (the
-    packed model it was encoded from, tensor for tensor), atomically."""
+    packed model it was encoded from, tensor for tensor), atomically. ``max_bytes``: the
+    memory budget, as for :func:`apb.pack.load_packed`."""
     src = Path(src)
-    out = decode_bytes(_read_xor(src), where=str(src))
-    check_packed_bytes(out, where=str(src))  # a file that loads, or an error here
+    data = _read_xor(src)
+    out = decode_bytes(data, where=str(src), max_bytes=max_bytes)
+    _check_decoded(out, str(src), len(data), max_bytes)
     atomic_write(dst, lambda f: f.write(out))
     return _info(out)
 
 
 def load_xor(path: str | os.PathLike, *, model: nn.Module | None = None,
-             backend: str | None = None) -> nn.Module:
+             backend: str | None = None, max_bytes: int | None = None) -> nn.Module:
     """The packed model an XOR-encoded file holds, decoded, in eval mode on the CPU.
 
     ``model``: the model to fill, as for :func:`apb.pack.load_packed` (needed when the
-    packed file was saved from a model outside :mod:`apb.models`)."""
+    packed file was saved from a model outside :mod:`apb.models`); ``max_bytes``: the memory
+    budget, as there."""
     path = Path(path)
-    return load_packed_bytes(decode_bytes(_read_xor(path), where=str(path)), where=str(path),
-                             model=model, backend=backend)
+    data = _read_xor(path)
+    out = decode_bytes(data, where=str(path), max_bytes=max_bytes, model=model)
+    return load_packed_bytes(out, where=str(path), model=model, backend=backend,
+                             max_bytes=_decoded_budget(len(data), max_bytes, len(out)),
+                             warn_unchecked=False)
+
+
+def _decoded_budget(xor_bytes: int, max_bytes: int | None, decoded: int) -> int | None:
+    """The packed load after decoding gets the XOR file's budget (its own relative one
+    would grow with the decoded size)."""
+    if max_bytes is not None:
+        return max_bytes
+    from_xor, _ = budget(xor_bytes)
+    from_packed, _ = budget(decoded)
+    return None if from_xor >= from_packed else from_xor
+
+
+def _check_decoded(out: bytes, where: str, xor_bytes: int, max_bytes: int | None) -> None:
+    check_packed_bytes(out, where=where, max_bytes=_decoded_budget(xor_bytes, max_bytes,
+                                                                   len(out)),
+                       warn_unchecked=False)
 
 
 def is_xor_file(path: str | os.PathLike) -> bool:
@@ -328,7 +276,7 @@ def is_xor_file(path: str | os.PathLike) -> bool:
             if len(head) < 8:
                 return False
             n = int.from_bytes(head, "little")
-            if n > 100_000_000:
+            if n > MAX_HEADER_BYTES:
                 return False
             header = json.loads(f.read(n))
     except (OSError, ValueError):
@@ -350,7 +298,10 @@ def _xor_header(data: bytes, path: Path) -> dict[str, str]:
         n = header_length(data) if len(data) >= HEADER_PREFIX_BYTES else None
         if n is None or n > len(data) - HEADER_PREFIX_BYTES:
             raise ValueError("truncated")
+        check_header_length(n)
         header = json.loads(data[HEADER_PREFIX_BYTES:HEADER_PREFIX_BYTES + n].decode("utf-8"))
+    except LoadLimitError as err:
+        raise XorFormatError(f"{path}: {err}") from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise XorFormatError(f"{not_ours}: it is not a safetensors file") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
@@ -359,12 +310,7 @@ def _xor_header(data: bytes, path: Path) -> dict[str, str]:
         hint = "; it is a packed model: encode it with apb xor-encode" if said == "apb-packed" \
             else ""
         raise XorFormatError(f"{not_ours}: its metadata says format {said!r}{hint}")
-    version = metadata.get("format_version")
-    if not isinstance(version, str) or not version.isdigit() or int(version) < 1:
-        raise XorFormatError(f"{path}: invalid format_version {version!r} (damaged file)")
-    if int(version) > FORMAT_VERSION:
-        raise XorFormatError(f"{path} has XOR format version {version}; this apb reads "
-                             f"versions up to {FORMAT_VERSION}: upgrade apb to read it")
+    check_version(metadata.get("format_version"), FORMAT_VERSION, "XOR", path, XorFormatError)
     return metadata
 
 

@@ -1,0 +1,180 @@
+"""``apb bench transformer``: the whole encoder forward of a local Hugging Face model, packed
+apb against the same model in torch fp32, torch dynamic int8 and ONNX Runtime int8.
+
+The four implementations, built from one local directory (:func:`apb.hf.load_local`):
+
+- ``torch_fp32``: the model as it loads, eval mode;
+- ``torch_int8_dynamic``: ``torch.ao.quantization.quantize_dynamic`` of its ``nn.Linear``
+  layers (int8 weights, activations quantized per call);
+- ``ort_int8``: the fp32 model exported to ONNX and dynamically quantized
+  (``onnxruntime.quantization.quantize_dynamic``, int8 weights), run by ONNX Runtime;
+- ``apb``: post-training compressed (:func:`apb.methods.ptq_`, default post-training APB at
+  1.6 bits per weight, calibrated on real text) and packed (:func:`apb.pack_`).
+
+Inputs are ``batch`` real sentences (Python's documentation) tokenized to exactly ``seq``
+tokens. Each sequence length is timed in interleaved rounds (the machine's speed drifts);
+the report gives each implementation's median time and the median over rounds of each
+speed-up. The packed model's embeddings are checked against the compressed, unpacked
+model's (``apb_max_rel_error``): the packed kernels compute what was compressed.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.table import Table
+from torch import nn
+
+from ..console import table_text
+from ..data.texts import python_docs_sentences
+from ..hf import load_local, text_batches
+from ..kernels import active_isa
+from ..methods import APBPTQConfig, ptq_
+from ..pack import pack_
+from ..summary import summary
+from .timing import interleaved_ms, median_ratio, thread_count
+
+IMPLS = ("torch_fp32", "torch_int8_dynamic", "ort_int8", "apb")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def fixed_length_batch(tokenizer, texts: list[str], seq: int) -> dict[str, torch.Tensor]:
+    """``texts`` tokenized to exactly ``seq`` tokens (long texts joined, then cut; a
+    tokenizer cannot truncate below its two special tokens, so the ids are cut after)."""
+    batch = tokenizer([" ".join(texts)], truncation=True, max_length=max(seq, 2),
+                      return_tensors="pt")
+    if batch["input_ids"].shape[1] < seq:
+        raise ValueError(f"the benchmark texts give fewer than {seq} tokens")
+    return {k: v[:, :seq].contiguous() for k, v in batch.items() if k in INPUTS}
+
+
+class _Hidden(nn.Module):
+    """The encoder as a function of tensors only (for export), returning the last hidden
+    states."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors):
+        return self.model(**dict(zip(self.names, tensors))).last_hidden_state
+
+
+def ort_int8_session(model: nn.Module, example: dict[str, torch.Tensor], threads: int,
+                     folder: Path):
+    """An ONNX Runtime session of ``model`` exported and dynamically quantized to int8."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    names = tuple(example)
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's tracer warnings
+        torch.onnx.export(_Hidden(model, names), tuple(example.values()), str(fp32),
+                          input_names=list(names), output_names=["hidden"],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
+                          dynamo=False, opset_version=17)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+
+
+def build_impls(directory: str, threads: int, config: APBPTQConfig, calib: int,
+                folder: Path, progress: Callable[[str], None]):
+    """``(callables by impl name taking a batch, the compressed unpacked model, the packed
+    one, the local model)``."""
+    local = load_local(directory)
+    fp32 = local.model
+    progress("torch dynamic int8")
+    int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear},
+                                                  dtype=torch.qint8)
+    progress("apb: post-training compression")
+    compressed = copy.deepcopy(fp32)
+    texts = python_docs_sentences()
+    ptq_(compressed, config, text_batches(local.tokenizer, texts[:calib], 32),
+         filter_fn=lambda m, name: type(m) is nn.Linear and name.startswith("encoder."))
+    packed = pack_(copy.deepcopy(compressed).eval())
+    progress("ONNX Runtime int8: export and quantize")
+    example = fixed_length_batch(local.tokenizer, texts[:64], 16)
+    session = ort_int8_session(fp32, example, threads, folder)
+
+    def torch_call(model):
+        def run(batch):
+            with torch.inference_mode():
+                return model(**batch).last_hidden_state
+        return run
+
+    def ort_call(batch):
+        return session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+
+    impls = {"torch_fp32": torch_call(fp32), "torch_int8_dynamic": torch_call(int8),
+             "ort_int8": ort_call, "apb": torch_call(packed)}
+    return impls, compressed, packed, local
+
+
+def run_transformer_benchmark(directory: str, seqs: tuple[int, ...] = (1, 16, 128),
+                              batch: int = 1, threads: int = 1, rounds: int = 10,
+                              config: APBPTQConfig | None = None, calib: int = 128,
+                              progress: Callable[[str], None] | None = None) -> dict:
+    """Build the four implementations and time them; the JSON report as a dict::
+
+        {"model", "threads", "batch", "isa", "bits_per_weight", "apb_max_rel_error",
+         "results": [{"impl", "seq", "ms"}], "speedups": [{"seq", "vs", "apb_speedup"}]}
+    """
+    if batch != 1:
+        raise ValueError(f"the benchmark runs batch 1 (one sequence); got batch={batch}")
+    if not seqs or any(s < 1 for s in seqs) or threads < 1 or rounds < 1:
+        raise ValueError("seqs, threads and rounds must be positive")
+    config = config or APBPTQConfig(bits_per_weight=1.6)
+    progress = progress or (lambda _: None)
+    results, speedups, worst = [], [], 0.0
+    with tempfile.TemporaryDirectory() as tmp, thread_count(threads):
+        impls, compressed, packed, local = build_impls(directory, threads, config, calib,
+                                                       Path(tmp), progress)
+        texts = python_docs_sentences()[:200]
+        for seq in seqs:
+            progress(f"timing seq {seq}")
+            inputs = fixed_length_batch(local.tokenizer, texts, seq)
+            with torch.inference_mode():
+                want = compressed(**inputs).last_hidden_state
+                got = packed(**inputs).last_hidden_state
+            worst = max(worst, float((got - want).abs().max() / want.abs().max()))
+            times = interleaved_ms({n: (lambda f=f, x=inputs: f(x)) for n, f in impls.items()},
+                                   rounds)
+            for name, ms in times.items():
+                results.append({"impl": name, "seq": seq, "ms": sorted(ms)[len(ms) // 2]})
+            for peer in IMPLS[:-1]:
+                speedups.append({"seq": seq, "vs": peer,
+                                 "apb_speedup": median_ratio(times[peer], times["apb"])})
+    return {"model": str(directory), "threads": threads, "batch": batch, "isa": active_isa(),
+            "bits_per_weight": summary(packed).bits_per_weight, "apb_max_rel_error": worst,
+            "results": results, "speedups": speedups}
+
+
+def report_table(report: dict) -> str:
+    """Median milliseconds per implementation and sequence length, with apb's speed-ups."""
+    seqs = sorted({r["seq"] for r in report["results"]})
+    ms = {(r["impl"], r["seq"]): r["ms"] for r in report["results"]}
+    up = {(s["vs"], s["seq"]): s["apb_speedup"] for s in report["speedups"]}
+    t = Table(title=f"{Path(report['model']).name}: encoder forward, batch 1, "
+                    f"{report['threads']} thread(s), apb at {report['bits_per_weight']:.2f} "
+                    f"bits/weight (isa {report['isa']})")
+    t.add_column("impl")
+    for seq in seqs:
+        t.add_column(f"seq {seq} ms", justify="right")
+        t.add_column("apb speed-up", justify="right")
+    for impl in IMPLS:
+        cells = []
+        for seq in seqs:
+            cells += [f"{ms[impl, seq]:.2f}",
+                      "" if impl == "apb" else f"{up[impl, seq]:.2f}x"]
+        t.add_row(impl, *cells)
+    return table_text(t, width=160) + (f"apb packed vs compressed model: max relative error "
+                                       f"{report['apb_max_rel_error']:.2e}\n")
