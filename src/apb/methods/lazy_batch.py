@@ -293,7 +293,7 @@ def _binarize(problem, level, alpha, U, perm, block_size, dtype, rounds) -> Laye
 
 
 def _free_systems(H, free, rhs):
-    """Per row ``r``, solve :math:`H_{F_rF_r} x = \text{rhs}_{r,F_r}` (``F_r``: the
+    r"""Per row ``r``, solve :math:`H_{F_rF_r} x = \text{rhs}_{r,F_r}` (``F_r``: the
     ``free`` columns of row ``r``); returns ``x`` scattered into an (R, d) tensor, 0 off
     ``F_r``. Rows go in order of their count, each chunk padded to its own largest count
     (a few rows with many free weights do not make every row's system that large)."""

@@ -9,16 +9,21 @@ without retraining (OBC pruning / quantization, post-training APB). In order:
    Hessian :math:`H = \frac2n XX^\top` (:mod:`apb.methods.obc_calib`);
 3. pick each layer's level: the same target for every layer, or, for a model-wide budget,
    the levels with the least summed relative error that fit it (:mod:`~.obc_global`);
-4. solve each layer with the greedy OBS loop (:mod:`~.obc_layer`) and replace it, in place,
-   by a ``QuantConv2d`` / ``QuantLinear`` whose weight quantizer holds the result;
+4. solve each layer, with OBC's exact greedy OBS loop (:mod:`~.obc_layer`) or the
+   lazy-batch solver (:mod:`~.lazy_batch`) as ``solver`` says (:mod:`~.ptq_solve`), and
+   replace it, in place, by a ``QuantConv2d`` / ``QuantLinear`` whose weight quantizer
+   holds the result;
 5. correct the BatchNorm statistics (:class:`~.obc_calib.BatchNormCorrection`).
 
-With ``sequential``, steps 2, 4 and 5 run one layer at a time, in module order: each layer
-is fitted to the full-precision model's output from the inputs it sees with the layers
-before it already compressed (and their BatchNorms corrected), minimising
-:math:`\|W X_f - \hat W X_q\|^2` (:meth:`~.obc_layer.LayerProblem.build`), so errors do not
-compound. A model-wide budget's levels then come from the global step on independent
-calibration.
+With ``sequential``, steps 2, 4 and 5 run one stage at a time, in module order (a stage:
+the layers fed the same input tensor, :mod:`~.obc_stages`): each layer is fitted to the
+full-precision model's output from the inputs it sees with the layers before it already
+compressed (and their BatchNorms corrected), minimising :math:`\|W X_f - \hat W X_q\|^2`
+(:meth:`~.obc_layer.LayerProblem.build`), so errors do not compound. A model-wide budget's
+levels then come from the global step on independent calibration.
+
+With ``bias_correction``, a layer's bias joins the objective: the Hessian is centered and
+the bias moved by the mean output change (:func:`_bias`).
 
 The error of a layer is relative, :math:`\|\Delta W X\|^2 / \|W X\|^2`: a BatchNorm (or the
 next layer) rescales each layer's output, so absolute errors would not compare across layers.
@@ -118,6 +123,8 @@ class PTQConfig(CompressionConfig):
             raise ValueError("exact_columns and block_size must be positive")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.exact_weights < 0:
+            raise ValueError(f"exact_weights must be >= 0, got {self.exact_weights}")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, "
                              f"got {self.batchnorm!r}")
