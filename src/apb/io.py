@@ -77,11 +77,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def existing_parent(path: str | os.PathLike) -> Path | None:
+    """The nearest ancestor of ``path`` that exists (None if none does); raises
+    NotADirectoryError, naming both, when it is a file, as nothing could be written below it."""
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a "
+                                         "directory")
+            return parent
+    return None
+
+
 def _make_parents(path: Path) -> None:
-    for parent in reversed(path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a "
-                                     "directory")
+    existing_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
 

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from rich.table import Table
 
+from ..console import table_text
 from ..io import atomic_write
 from ..kernels import active_isa, bgemm_1x1, bgemm_1x2, bgemm_2x2, xor_popcount_rooflines
 from ..pack import PackedAPBConv2d
@@ -252,11 +254,6 @@ def run_gemm_benchmark(
 def report_table(report: dict) -> str:
     """Milliseconds per shape and in total, with ratios to ONNX Runtime int8 and torch
     fp32, and each apb kernel's share of the popcount roofline."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-
     rows = {r["impl"]: r for r in report["results"]}
     shapes = [tuple(s) for s in report["shapes"]]
     base = {k: rows[k]["total_ms"] for k in ("ort_int8", "torch_fp32")
@@ -283,15 +280,11 @@ def report_table(report: dict) -> str:
             share = f"{100 * rate / report['roofline_gbitops']:.0f}%"
         t.add_row(impl, *[f"{ms:.3f}" for ms in r["per_shape_ms"]], f"{r['total_ms']:.3f}",
                   *ratios, share)
-    buf = io.StringIO()
-    Console(file=buf, width=200, force_terminal=False).print(t)
-    return buf.getvalue()
+    return table_text(t, width=200)
 
 
 def plot_report(report: dict, path: str) -> None:
     """Bar chart of total milliseconds per implementation (log scale), written atomically."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,7 +299,7 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_title(f"GEMM time, {report['threads']} thread(s), {report['isa']}")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)

@@ -31,7 +31,6 @@ apb's share for large N is its lookups, ``M·ceil(K/4)·N``, per second and thre
 
 from __future__ import annotations
 
-import io
 import os
 import statistics
 import tempfile
@@ -41,9 +40,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from rich.table import Table
 
+from ..console import table_text
 from ..io import atomic_write
 from ..kernels import active_isa, direct, linear_1xf_kernel, linear_1xf_lookup_rate, pack_signs
+from .ort import dynamic_int8_session
 from .timing import thread_count
 
 LAYERS = [(384, 384), (384, 1536), (1536, 384), (768, 768), (768, 3072), (3072, 768),
@@ -87,12 +89,8 @@ def _torch_int8_dynamic(N, K, M, rng, threads):
 
 
 def _ort_int8(N, K, M, rng, threads):
-    import logging
-
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     w = rng.standard_normal((K, M), dtype=np.float32)
     b = rng.standard_normal(M, dtype=np.float32)
@@ -106,19 +104,9 @@ def _ort_int8(N, K, M, rng, threads):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        src = os.path.join(tmp, "fp32.onnx")
         onnx.save(model, src)
-        level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice
-        try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-        finally:
-            logging.getLogger().setLevel(level)
-        quantized = onnx.load(dst).SerializeToString()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(quantized, options, providers=["CPUExecutionProvider"])
+        session = dynamic_int8_session(src, threads)  # the session holds the model in memory
     x = rng.standard_normal((N, K), dtype=np.float32)
     return lambda: session.run(None, {"X": x})
 
@@ -275,9 +263,6 @@ def _sum_over(report: dict, impl: str, n: int) -> float | None:
 def report_table(report: dict) -> str:
     """Per shape: ms of each implementation, each apb row's speed-up over each peer (median
     of the per-round ratios) and its share of the relevant limit; then sums per token count."""
-    from rich.console import Console
-    from rich.table import Table
-
     rows = {r["impl"]: r for r in report["results"]}
     mine = list(report["apb_speedup"])
     peers = [i for i in rows if i not in APB_IMPLS]
@@ -310,9 +295,7 @@ def report_table(report: dict) -> str:
                  for a in mine for p in peers]
         t.add_row(str(n), "sum", *[f"{v:.3f}" if v is not None else "n/a" for v in sums.values()],
                   *ratio, *[""] * len(mine), style="bold")
-    buf = io.StringIO()
-    Console(file=buf, width=260, force_terminal=False).print(t)
-    return buf.getvalue()
+    return table_text(t, width=260)
 
 
 def plot_report(report: dict, path: str) -> None:
@@ -337,7 +320,7 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_title(f"apb linear_1xf, {report['threads']} thread(s), {report['isa']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)

@@ -37,6 +37,7 @@ from ..kernels import active_isa
 from ..methods import APBPTQConfig, ptq_
 from ..pack import pack_
 from ..summary import summary
+from .ort import dynamic_int8_session
 from .timing import interleaved_ms, median_ratio, thread_count
 
 IMPLS = ("torch_fp32", "torch_int8_dynamic", "ort_int8", "apb")
@@ -68,22 +69,15 @@ class _Hidden(nn.Module):
 def ort_int8_session(model: nn.Module, example: dict[str, torch.Tensor], threads: int,
                      folder: Path):
     """An ONNX Runtime session of ``model`` exported and dynamically quantized to int8."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     names = tuple(example)
-    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    fp32 = folder / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's tracer warnings
         torch.onnx.export(_Hidden(model, names), tuple(example.values()), str(fp32),
                           input_names=list(names), output_names=["hidden"],
                           dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
                           dynamo=False, opset_version=17)
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    return dynamic_int8_session(fp32, threads)
 
 
 def build_impls(directory: str, threads: int, config: APBPTQConfig, calib: int,

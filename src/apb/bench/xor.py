@@ -24,8 +24,10 @@ import statistics
 import time
 
 import numpy as np
+from rich.table import Table
 
 from .. import kernels
+from ..console import table_text
 from ..memory import bitmap_bits, csr_bits
 from ..pack.xor import decode_plane, decode_planes, encode_mask, encode_planes
 
@@ -137,11 +139,6 @@ def run_xor_benchmark(weights: int = 1_000_000, prune: float = 0.91, bits: int =
 
 def report_table(r: dict) -> str:
     """The benchmark as a small table with the same-run comparisons."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"XOR-gate encryption: {r['weights']:,} weights, {r['bits']}-bit, "
                     f"{r['prune']:.0%} pruned, network {r['n_in']}x{r['n_out']}, "
                     f"isa {r['isa']}, 1 thread")
@@ -166,6 +163,4 @@ def report_table(r: dict) -> str:
     ]
     for k, v in rows:
         t.add_row(k, v)
-    buf = io.StringIO()
-    Console(file=buf, width=120, force_terminal=False).print(t)
-    return buf.getvalue()
+    return table_text(t)

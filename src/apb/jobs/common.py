@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from .. import data
-from ..io import atomic_write_text
+from ..io import atomic_write_text, existing_parent
 from ..train import build_model_from_checkpoint
 
 
@@ -37,15 +37,7 @@ def _check_writable(path: Path, directory: bool) -> None:
         if directory:
             raise NotADirectoryError(f"cannot write into {path}: it is a file, not a directory")
         raise IsADirectoryError(f"{path} is a directory; give a file name")
-    folder = path if directory and path.is_dir() else None
-    if folder is None:
-        for parent in path.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise NotADirectoryError(f"cannot write {path}: {parent} is a file, "
-                                             "not a directory")
-                folder = parent
-                break
+    folder = path if directory and path.is_dir() else existing_parent(path)
     if folder is None:
         return
     try:  # a real probe: permissions, read-only file systems, /proc alike

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rich.table import Table
+
+from ...console import table_text
 from ..header import PackedFileInfo
 from .codec import EncodedLayer
 
@@ -66,11 +69,6 @@ class XorReport:
         }
 
     def table(self) -> str:
-        import io
-
-        from rich.console import Console
-        from rich.table import Table
-
         t = Table(title="apb xor-encode (bits per weight of each layer's weight matrix)",
                   show_footer=True)
         n = max(self.weights, 1)
@@ -90,9 +88,7 @@ class XorReport:
             t.add_row(r.name, r.kind, f"{r.weights:,}", f"{r.care / r.weights:.3f}",
                       str(r.planes), net, *(f"{r.per_weight(k):.3f}" for k in (
                           "encrypted", "patches", "mask", "total", "csr", "bitmap", "dense")))
-        buf = io.StringIO()
-        Console(file=buf, width=140, force_terminal=False).print(t)
-        lines = [buf.getvalue().rstrip("\n"),
+        lines = [table_text(t, width=140).rstrip("\n"),
                  "kept: fraction of care bits (kept weights; APB: signs not inferable from S); "
                  "CSR / bitmap: those care bits' codes in the two sparse formats "
                  "(apb.memory); dense: every bit.",
