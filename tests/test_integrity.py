@@ -1,7 +1,7 @@
 """Integrity of packed and XOR-encoded files: a sha256 over every metadata entry and every
 tensor, checked on load, so that no edit that would change the model loads silently; the
-value checks behind it; old (version 1) files still load, with a warning; the memory
-budget of a load (issue 19)."""
+value checks behind it; old (version 1) files, and checked files relabelled version 1,
+refused unless the caller trusts them; the memory budget of a load (issue 19)."""
 
 from __future__ import annotations
 
@@ -156,19 +156,75 @@ def test_a_bnn_layer_with_a_zero_scale_still_loads(tmp_path):
         assert torch.isfinite(model(X)).all()
 
 
-def test_version_1_files_load_with_a_warning():
-    with pytest.warns(UncheckedFileWarning, match="no checksum"):
+REFUSED = "was written by an older apb without a checksum"
+
+
+def test_version_1_files_are_refused_unless_trusted():
+    with pytest.raises(PackedFormatError, match=REFUSED):
         load_packed(LEGACY / "apb.safetensors")
-    with pytest.warns(UncheckedFileWarning, match="no checksum"):
+    with pytest.raises(XorFormatError, match=REFUSED):
         load_xor(LEGACY / "apb.xor.safetensors")
+    with pytest.warns(UncheckedFileWarning, match="without a checksum"):
+        load_packed(LEGACY / "apb.safetensors", allow_unverified=True)
+    with pytest.warns(UncheckedFileWarning, match="without a checksum"):
+        load_xor(LEGACY / "apb.xor.safetensors", allow_unverified=True)
 
 
-def test_version_1_warning_is_one_line_in_the_cli(capsys):
+def test_version_1_refusal_is_one_line_in_the_cli(capsys):
     from apb import cli
 
     code = cli.main(["summary", str(LEGACY / "apb.safetensors")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 0 and len(err) == 1 and err[0].startswith("apb summary: warning: ")
+    assert code == 2 and len(err) == 1 and err[0].startswith("apb summary: error: ")
+    assert REFUSED in err[0] and "apb repack IN OUT" in err[0]
+
+
+def _downgraded(md: dict) -> dict:
+    """What stripping the checksum and relabelling a file version 1 does to its metadata."""
+    md = dict(md)
+    del md["sha256"]
+    md["format_version"] = "1"
+    return md
+
+
+@pytest.mark.parametrize("edit", ["none", "tensor value", "activation"])
+def test_a_checked_file_relabelled_version_1_is_refused(files, tmp_path, edit):
+    """The downgrade: strip a version-2 file's sha256, say version 1, then edit the model.
+    Refused by default; only trusting it (allow_unverified) loads the edit, which does
+    change the model, so the refusal is what stops it."""
+    md, ts = read(files["apb"])
+    md = _downgraded(md)
+    if edit == "tensor value":
+        ts["bn1.running_mean"] = ts["bn1.running_mean"] + 1
+    elif edit == "activation":
+        edit_json(md, "architecture", lambda a: a["kwargs"].update(activation="hardtanh"))
+    path = write(tmp_path / "down.safetensors", md, ts, sign=False)
+    assert REFUSED in refused(path)
+    with pytest.warns(UncheckedFileWarning):
+        forged = load_packed(path, allow_unverified=True)
+    with torch.no_grad():
+        same = torch.equal(forged(X), load_packed(files["apb"])(X))
+    assert same == (edit == "none")
+
+
+@pytest.mark.parametrize("edit", ["none", "act_bits"])
+def test_a_checked_xor_file_relabelled_version_1_is_refused(files, tmp_path, edit):
+    md, ts = read(files["xor"])
+    md = _downgraded(md)
+    if edit == "act_bits":  # the embedded packed metadata has its own sha256: strip it too
+        packed_md = _downgraded(json.loads(md["packed_metadata"]))
+        edit_json(packed_md, "layers", lambda doc: doc["fc2"].update(act_bits=1))
+        md["packed_metadata"] = json.dumps(packed_md)
+    path = write(tmp_path / "down.safetensors", md, ts, sign=False)
+    assert REFUSED in refused(path, load_xor, XorFormatError)
+    with pytest.raises(XorFormatError, match=REFUSED):
+        decode_file(path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+    with pytest.warns(UncheckedFileWarning):
+        forged = load_xor(path, allow_unverified=True)
+    with torch.no_grad():
+        same = torch.equal(forged(X), load_xor(files["xor"])(X))
+    assert same == (edit == "none")
 
 
 def test_memory_budget_is_relative_to_the_file_and_settable(files, tmp_path, monkeypatch):

@@ -29,7 +29,13 @@ from .convert import PackError, pack_, pack_layer
 from .dorefa_layers import PackedDoReFaConv2d, PackedDoReFaLinear
 from .fold import fold_batchnorm_
 from .format import load_packed, read_packed_info, save_packed
-from .header import FORMAT, FORMAT_VERSION, PackedFileInfo, PackedFormatError
+from .header import (
+    FORMAT,
+    FORMAT_VERSION,
+    PackedFileInfo,
+    PackedFormatError,
+    UncheckedFileWarning,
+)
 from .layer import PackedLayer
 from .layer_tensors import PACKED_TYPES
 from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
@@ -38,8 +44,9 @@ __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
     "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
-    "PackedPrunedLinear", "fold_batchnorm_", "load_packed", "pack_", "pack_layer",
-    "packed_layers", "read_packed_info", "save_packed", "set_backend", "xor",
+    "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed", "pack_",
+    "pack_layer", "packed_layers", "read_packed_info", "save_packed",
+    "set_backend", "xor",
 ]
 
 

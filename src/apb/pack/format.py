@@ -84,6 +84,7 @@ from .header import (
     parse_metadata,
     parse_tied,
     read_file,
+    require_checksum,
     verify_digest,
 )
 from .layer import PackedLayer
@@ -199,7 +200,8 @@ def read_packed_info(path: str | os.PathLike) -> PackedFileInfo:
 
 
 def load_packed(path: str | os.PathLike, *, model: nn.Module | None = None,
-                backend: str | None = None, max_bytes: int | None = None) -> nn.Module:
+                backend: str | None = None, max_bytes: int | None = None,
+                allow_unverified: bool = False) -> nn.Module:
     """The packed model saved at ``path``, in eval mode, on the CPU.
 
     ``model``: the model to fill, built as it was before :func:`apb.compress_` or after
@@ -219,27 +221,37 @@ def load_packed(path: str | os.PathLike, *, model: nn.Module | None = None,
     its own metadata, would need more than ``max_bytes``, or does not fit ``model`` (a
     packed layer where the model has no matching Conv2d / Linear, a shape, a missing or
     unexpected tensor: the message names it and both shapes). The model is left unchanged
-    then. A file of format version 1 (no checksum) loads with an
-    :class:`~apb.pack.header.UncheckedFileWarning`.
+    then.
+
+    ``allow_unverified``: a file of format version 1 (written before files carried a
+    checksum) is refused with a message saying how to convert it (``apb repack IN OUT``),
+    since nothing tells it from a checked file whose checksum was stripped; with True it
+    loads, with an :class:`~apb.pack.header.UncheckedFileWarning`. Only for files you
+    trust; saving the model again writes a checked file.
     """
     path = Path(path)
     return load_packed_bytes(read_file(path), where=str(path), model=model, backend=backend,
-                             max_bytes=max_bytes)
+                             max_bytes=max_bytes, allow_unverified=allow_unverified)
 
 
 def load_packed_bytes(data: bytes, *, where: str = "packed model", model: nn.Module | None = None,
                       backend: str | None = None, max_bytes: int | None = None,
-                      warn_unchecked: bool = True) -> nn.Module:
-    """:func:`load_packed` of a packed file's bytes (``where`` names them in errors)."""
+                      allow_unverified: bool = False, covered: bool = False) -> nn.Module:
+    """:func:`load_packed` of a packed file's bytes (``where`` names them in errors).
+    ``covered``: the bytes were decoded from an XOR file whose own checks covered them
+    (:func:`apb.pack.xor.load_xor`), so they need no checksum of their own."""
     path = Path(where)
     metadata = packed_header(data, path)
+    version = check_format(metadata, path)
+    require_checksum(version, where, PackedFormatError,
+                     allow_unverified=allow_unverified or covered, warn=not covered)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module to fill, got {type(model).__name__}")
     arch, layer_cfgs = parse_metadata(metadata, path)
     plan_load(arch, layer_cfgs, where, len(data), max_bytes)  # before the tensors are read
     arrays = file_arrays(data, path)
-    verify_digest(metadata, arrays, check_format(metadata, path), where, PackedFormatError,
-                  warn=warn_unchecked)
+    verify_digest(metadata, arrays, version, where, PackedFormatError,
+                  allow_unverified=allow_unverified or covered)
     tied = parse_tied(metadata, path, set(arrays))
     net = skeleton_for(arch, layer_cfgs, model, where)
     used: set[str] = set()
@@ -279,20 +291,23 @@ def plan_load(arch: dict | None, layer_cfgs: dict[str, dict], where: str, file_b
 
 
 def check_packed_bytes(data: bytes, *, where: str = "packed model",
-                       max_bytes: int | None = None, warn_unchecked: bool = True) -> None:
+                       max_bytes: int | None = None, covered: bool = False) -> None:
     """Check a packed file's bytes as far as they can be without the model: with a recorded
     architecture, by loading it; without one, every packed layer is built from its tensors
-    and every other tensor has a stored dtype, no NaN, and a consistent ``tied`` entry."""
+    and every other tensor has a stored dtype, no NaN, and a consistent ``tied`` entry. A
+    file without a checksum is refused unless ``covered`` (:func:`load_packed_bytes`)."""
     path = Path(where)
     metadata = packed_header(data, path)
+    version = check_format(metadata, path)
+    require_checksum(version, where, PackedFormatError, allow_unverified=covered, warn=False)
     arch, layer_cfgs = parse_metadata(metadata, path)
     if arch is not None:
-        load_packed_bytes(data, where=where, max_bytes=max_bytes, warn_unchecked=warn_unchecked)
+        load_packed_bytes(data, where=where, max_bytes=max_bytes, covered=covered)
         return
     plan_load(arch, layer_cfgs, where, len(data), max_bytes)
     arrays = file_arrays(data, path)
-    verify_digest(metadata, arrays, check_format(metadata, path), where, PackedFormatError,
-                  warn=warn_unchecked)
+    verify_digest(metadata, arrays, version, where, PackedFormatError,
+                  allow_unverified=covered)
     tied = parse_tied(metadata, path, set(arrays))
     used: set[str] = set()
     _build_layers(arrays, layer_cfgs, used, where, None)

@@ -26,7 +26,8 @@ from .limits import LoadLimitError, check_header_length
 FORMAT = "apb-packed"
 FORMAT_VERSION = 2
 """2: the metadata's ``sha256`` entry covers every other metadata entry and every tensor
-(:func:`content_digest`); 1 (still read, unchecked): no checksum."""
+(:func:`content_digest`); 1: no checksum, refused unless the caller trusts the file
+(``allow_unverified=True``, or ``apb repack`` to convert it; :func:`require_checksum`)."""
 HEADER_PREFIX_BYTES = 8
 DIGEST_KEY = "sha256"
 
@@ -37,8 +38,8 @@ class PackedFormatError(ValueError):
 
 
 class UncheckedFileWarning(UserWarning):
-    """A model file of a format version without a checksum (1) was read: its integrity
-    could not be checked."""
+    """A model file of a format version without a checksum (1) was read because the caller
+    said to trust it (``allow_unverified=True``): its integrity was not checked."""
 
 
 @dataclass(frozen=True)
@@ -148,16 +149,37 @@ def content_digest(metadata: dict[str, str], arrays: dict[str, np.ndarray]) -> s
     return h.hexdigest()
 
 
+def require_checksum(version: int, path: Path | str, error: type[Exception],
+                     what: str = "packed", allow_unverified: bool = False,
+                     warn: bool = True) -> None:
+    """Refuse a file of a format version without a checksum (1) unless the caller trusts it
+    (``allow_unverified``), then with a :class:`UncheckedFileWarning` (unless not ``warn``).
+
+    Such a file cannot be told from a checked file relabelled version 1 after its checksum
+    was stripped and its contents edited, so it is never read silently: it is refused
+    before anything else is read, with a message saying how to convert it."""
+    if version >= 2:
+        return
+    if not allow_unverified:
+        raise error(f"{path} ({what} format version {version}) was written by an older apb "
+                    "without a checksum, so its integrity cannot be checked and it is refused; "
+                    "if you trust it, convert it with `apb repack IN OUT` (or pass "
+                    "allow_unverified=True)")
+    if warn:
+        warnings.warn(f"trusting {path} ({what} format version {version}) without a "
+                      "checksum, as allow_unverified asks: its integrity is not checked (a "
+                      "file this apb writes carries one)", UncheckedFileWarning,
+                      stacklevel=3)
+
+
 def verify_digest(metadata: dict[str, str], arrays: dict[str, np.ndarray], version: int,
                   path: Path | str, error: type[Exception], what: str = "packed",
-                  warn: bool = True) -> None:
+                  allow_unverified: bool = False) -> None:
     """Compare the metadata's ``sha256`` with :func:`content_digest` (format version 2 and
-    later); a version-1 file has none: a :class:`UncheckedFileWarning` says so."""
+    later); a version-1 file has none and passes only with ``allow_unverified``
+    (:func:`require_checksum`, which the loaders call first, warns)."""
     if version < 2:
-        if warn:
-            warnings.warn(f"{path} is a {what} file of format version 1, which carries no "
-                          "checksum: its integrity is not checked (write it again with this "
-                          "apb to add one)", UncheckedFileWarning, stacklevel=3)
+        require_checksum(version, path, error, what, allow_unverified, warn=False)
         return
     recorded = metadata.get(DIGEST_KEY)
     if not isinstance(recorded, str):

@@ -58,6 +58,7 @@ from ..header import (
     packed_header,
     parse_metadata,
     read_file,
+    require_checksum,
     verify_digest,
 )
 from ..layer_tensors import expected_tensors
@@ -79,7 +80,8 @@ from .report import XorLayerRow, XorReport, layer_row
 FORMAT = "apb-xor"
 FORMAT_VERSION = 2
 """2: the metadata's ``sha256`` covers every other metadata entry (the embedded packed
-metadata included) and every stored tensor; 1 (still read, unchecked before decoding): none."""
+metadata included) and every stored tensor; 1: none, refused unless the caller trusts the
+file (``allow_unverified=True``, or ``apb repack`` to convert it)."""
 
 
 def _layer_meta(e: EncodedLayer) -> dict[str, Any]:
@@ -172,17 +174,20 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = D
 
 # -- decoding ------------------------------------------------------------------------------
 def decode_bytes(data: bytes, *, where: str = "XOR-encoded model", max_bytes: int | None = None,
-                 model: nn.Module | None = None) -> bytes:
+                 model: nn.Module | None = None, allow_unverified: bool = False) -> bytes:
     """The packed model file an XOR-encoded file's bytes were made from.
 
-    Before anything is decoded: the embedded packed metadata is checked, the memory that
-    decoding and loading need is compared with the budget (``max_bytes``,
-    :mod:`apb.pack.limits`), the packed layers are placed in ``model`` or in the recorded
-    architecture built on the meta device, and the file's sha256 (format version 2) is
-    compared."""
+    Before anything is decoded: a file without a checksum (format version 1) is refused
+    unless ``allow_unverified`` (then decoded with an
+    :class:`~apb.pack.header.UncheckedFileWarning`; its layers are still compared with their
+    recorded digests), the embedded packed metadata is checked, the memory that decoding
+    and loading need is compared with the budget (``max_bytes``, :mod:`apb.pack.limits`),
+    the packed layers are placed in ``model`` or in the recorded architecture built on the
+    meta device, and the file's sha256 is compared."""
     path = Path(where)
     metadata = _xor_header(data, path)
     version = int(metadata["format_version"])
+    require_checksum(version, where, XorFormatError, "XOR-encoded", allow_unverified)
     packed_md = _json(metadata, "packed_metadata", where)
     if not isinstance(packed_md, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in packed_md.items()):
@@ -198,7 +203,8 @@ def decode_bytes(data: bytes, *, where: str = "XOR-encoded model", max_bytes: in
         raise XorFormatError(str(err)) from None
     if arch is not None or model is not None:  # the model's own errors: PackedFormatError
         skeleton_for(arch, cfgs, model, where)
-    verify_digest(metadata, arrays, version, where, XorFormatError, what="XOR-encoded")
+    verify_digest(metadata, arrays, version, where, XorFormatError, what="XOR-encoded",
+                  allow_unverified=allow_unverified)
     metas = _json(metadata, "layers", where)
     if not isinstance(metas, dict) or set(metas) != set(cfgs):
         raise XorFormatError(f"{where}: the XOR layers do not match the packed layers "
@@ -225,31 +231,36 @@ def _stored_bytes(cfg: dict) -> int:
 
 
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike, *,
-                max_bytes: int | None = None) -> PackedFileInfo:
+                max_bytes: int | None = None, allow_unverified: bool = False) -> PackedFileInfo:
     """Decode the XOR-encoded file ``src`` back into the packed model file ``dst`` (the
     packed model it was encoded from, tensor for tensor), atomically. ``max_bytes``: the
-    memory budget, as for :func:`apb.pack.load_packed`."""
+    memory budget, ``allow_unverified``: read a file of format version 1 (no checksum), as
+    for :func:`apb.pack.load_packed`; its decoded packed file is of version 1 too."""
     src = Path(src)
     data = _read_xor(src)
-    out = decode_bytes(data, where=str(src), max_bytes=max_bytes)
+    out = decode_bytes(data, where=str(src), max_bytes=max_bytes,
+                       allow_unverified=allow_unverified)
     _check_decoded(out, str(src), len(data), max_bytes)
     atomic_write(dst, lambda f: f.write(out))
     return _info(out)
 
 
 def load_xor(path: str | os.PathLike, *, model: nn.Module | None = None,
-             backend: str | None = None, max_bytes: int | None = None) -> nn.Module:
+             backend: str | None = None, max_bytes: int | None = None,
+             allow_unverified: bool = False) -> nn.Module:
     """The packed model an XOR-encoded file holds, decoded, in eval mode on the CPU.
 
     ``model``: the model to fill, as for :func:`apb.pack.load_packed` (needed when the
     packed file was saved from a model outside :mod:`apb.models`); ``max_bytes``: the memory
-    budget, as there."""
+    budget, and ``allow_unverified``: read a file of format version 1 (no checksum, refused
+    by default; ``apb repack`` converts it), as there."""
     path = Path(path)
     data = _read_xor(path)
-    out = decode_bytes(data, where=str(path), max_bytes=max_bytes, model=model)
+    out = decode_bytes(data, where=str(path), max_bytes=max_bytes, model=model,
+                       allow_unverified=allow_unverified)
     return load_packed_bytes(out, where=str(path), model=model, backend=backend,
                              max_bytes=_decoded_budget(len(data), max_bytes, len(out)),
-                             warn_unchecked=False)
+                             covered=True)
 
 
 def _decoded_budget(xor_bytes: int, max_bytes: int | None, decoded: int) -> int | None:
@@ -265,7 +276,7 @@ def _decoded_budget(xor_bytes: int, max_bytes: int | None, decoded: int) -> int 
 def _check_decoded(out: bytes, where: str, xor_bytes: int, max_bytes: int | None) -> None:
     check_packed_bytes(out, where=where, max_bytes=_decoded_budget(xor_bytes, max_bytes,
                                                                    len(out)),
-                       warn_unchecked=False)
+                       covered=True)
 
 
 def is_xor_file(path: str | os.PathLike) -> bool:
