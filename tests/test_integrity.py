@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from _hostile import LEGACY, bases, edit_json, read, write
+from apb.jobs.repack import repack_file
 from apb.pack import PackedFormatError, load_packed
 from apb.pack.header import FORMAT_VERSION, UncheckedFileWarning, content_digest
 from apb.pack.limits import MAX_BYTES_ENV, budget
 from apb.pack.xor import FORMAT_VERSION as XOR_VERSION
-from apb.pack.xor import XorFormatError, decode_file, load_xor
+from apb.pack.xor import XorFormatError, decode_file, encode_file, load_xor, recorded_encoding
 
 X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -257,3 +258,23 @@ def test_valid_files_load_as_before(files):
         a, b = load_packed(files["pruned"]), load_xor(files["xor"])
     with torch.no_grad():
         assert torch.equal(a(X), b(X))
+
+
+@pytest.mark.parametrize("kind", ["packed", "xor seed 7"])
+def test_repack_rewrites_a_current_file_unchanged(files, tmp_path, kind):
+    """Repacking goes through the ordinary writers: a file that is already current comes
+    back with the same metadata and tensors, an XOR file with its seed and scheme."""
+    src = files["pruned"]
+    if kind != "packed":
+        src = tmp_path / "seeded.xor.safetensors"
+        encode_file(files["pruned"], src, seed=7, scheme="xor")
+        assert recorded_encoding(src) == (7, "xor")
+    done = repack_file(src, tmp_path / "out.safetensors")
+    assert done.format_version == 2 and done.kind == ("packed" if kind == "packed"
+                                                      else "XOR-encoded")
+    (md, ts), (md2, ts2) = read(src), read(tmp_path / "out.safetensors")
+    if kind != "packed":  # the embedded packed metadata is JSON, its key order free
+        assert json.loads(md2.pop("packed_metadata")) == json.loads(md.pop("packed_metadata"))
+        md2.pop("sha256"), md.pop("sha256")
+    assert md2 == md and ts2.keys() == ts.keys()
+    assert all(np.array_equal(ts2[k], ts[k]) and ts2[k].dtype == ts[k].dtype for k in ts)

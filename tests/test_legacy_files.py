@@ -15,22 +15,24 @@ for each. The commands that made them::
         --finetune-epochs 1 --dataset digits --val-samples 200 -o pruned.pt
 
 The packed and XOR files are of format version 1, without a checksum: they are refused
-unless the caller trusts them (``allow_unverified=True``), and then compute the same
-predictions.
+unless the caller trusts them (``allow_unverified=True``), and ``apb repack`` converts them
+into checked files of the current version that compute the same predictions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 
 from apb import cli, data
 from apb.jobs.evaluate import evaluate_file
-from apb.pack import PackedFormatError, UncheckedFileWarning, load_packed
-from apb.pack.xor import XorFormatError, decode_file, load_xor
+from apb.pack import FORMAT_VERSION, PackedFormatError, UncheckedFileWarning, load_packed
+from apb.pack.xor import FORMAT_VERSION as XOR_VERSION
+from apb.pack.xor import XorFormatError, decode_file, load_xor, recorded_encoding
 from apb.train import build_model_from_checkpoint, load_checkpoint, predict
 
 LEGACY = Path(__file__).parent / "data" / "legacy-e22d813"
@@ -93,6 +95,38 @@ def test_old_files_load_when_trusted_and_predict_as_they_did(name, loader):
     with pytest.warns(UncheckedFileWarning, match="trusting .* without a checksum"):
         model = loader(LEGACY / name, allow_unverified=True)
     assert digits_predictions(model) == (PACKED["test_acc"], PACKED["predictions_sha256"])
+
+
+@pytest.mark.parametrize("name, version", [("apb.safetensors", FORMAT_VERSION),
+                                           ("apb.xor.safetensors", XOR_VERSION)])
+def test_repack_writes_a_checked_file_that_predicts_the_same(tmp_path, capsys, name, version):
+    out = tmp_path / name
+    code, stdout, err = run(["repack", LEGACY / name, out], capsys)
+    assert code == 0 and stdout.startswith(f"repacked {LEGACY / name} -> {out}: ")
+    assert len(err) == 1 and err[0].startswith("apb repack: warning: trusting ")
+    md = header(out)
+    assert md["format_version"] == str(version) == "2" and "sha256" in md
+    loader = load_xor if name.endswith(".xor.safetensors") else load_packed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no opt-in and no warning: the file is checked now
+        model = loader(out)
+    assert digits_predictions(model) == (PACKED["test_acc"], PACKED["predictions_sha256"])
+    if loader is load_packed:
+        assert evaluate_file(out, "digits") == PACKED
+    else:  # encoded again as it was: same seed, same scheme per layer
+        assert recorded_encoding(out) == recorded_encoding(LEGACY / name)
+
+
+@pytest.mark.parametrize("make_input, expected", [
+    (lambda d: d / "missing.safetensors", "no packed model at"),
+    (lambda d: LEGACY / "fp.pt", "is not an apb packed model"),
+])
+def test_repack_reports_bad_input_in_one_line(tmp_path, capsys, make_input, expected):
+    out = tmp_path / "out.safetensors"
+    code, stdout, err = run(["repack", make_input(tmp_path), out], capsys)
+    assert code == 2 and stdout == "" and len(err) == 1
+    assert err[0].startswith("apb repack: error: ") and expected in err[0]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("name, method", [("apb.pt", "apb"), ("bnn.pt", "bnn"), ("fp.pt", "fp"),

@@ -1,5 +1,5 @@
 """The ``apb`` command: ``apb train | ptq | prune-quantized | compare | plot-weights | summary |
-pack | xor-encode | xor-decode | eval | demo | bench gemm|model|xor``.
+pack | xor-encode | xor-decode | repack | eval | demo | bench gemm|model|xor``.
 
 Every subcommand is a :class:`~apb.cli.command.Command`, registered the same way. Flags of
 the commands that run a job are the fields of its dataclass (``apb train``:
@@ -27,7 +27,7 @@ USER_ERRORS = (ValueError, TypeError, OSError, MemoryError, OverflowError, CLIEr
 written, too little memory): one line on stderr, exit status 2. Anything else is a bug and
 keeps its traceback."""
 
-INPUTS = ("checkpoint", "model", "packed", "encoded", "hf", "data_dir")
+INPUTS = ("checkpoint", "model", "packed", "encoded", "input", "hf", "data_dir")
 """The argument names of a command's input files, named in an out-of-memory message."""
 
 

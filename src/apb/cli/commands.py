@@ -17,6 +17,7 @@ from ..jobs.plot_weights import plot_weights
 from ..jobs.prune_quantized import QuantizedPruningJob, run_quantized_pruning_job
 from ..jobs.ptq import METHODS as PTQ_METHODS
 from ..jobs.ptq import PTQJob, run_ptq_job
+from ..jobs.repack import repack_file
 from ..jobs.transformer import evaluate_transformer, load_packed_transformer, run_transformer_ptq
 from ..methods import available, config_class, create
 from ..pack import load_packed, pack_, save_packed
@@ -193,6 +194,22 @@ def _xor_decode(args) -> int:
     return 0
 
 
+def _repack_arguments(parser) -> None:
+    parser.add_argument("input", metavar="IN",
+                        help="a packed or XOR-encoded model file you trust, typically of "
+                             "format version 1 (written without a checksum)")
+    parser.add_argument("output", metavar="OUT",
+                        help="the file to write in the current format version (packed stays "
+                             "packed, XOR-encoded stays XOR-encoded); may be IN itself")
+
+
+def _repack(args) -> int:
+    done = repack_file(args.input, args.output)
+    print(f"repacked {args.input} -> {args.output}: {done.kind} format version "
+          f"{done.format_version} with its sha256, {done.info.file_bytes:,} bytes")
+    return 0
+
+
 def _eval_arguments(parser) -> None:
     parser.add_argument("model", metavar="CKPT_OR_FILE",
                         help="a checkpoint (.pt) or a packed model (.safetensors)")
@@ -319,6 +336,17 @@ COMMANDS = (
     Command("xor-decode", "decode an XOR-encoded file back into its packed model file",
             "Decode every layer (checked against its recorded sha256) and write the packed "
             "model the file was encoded from.", _xor_decode_arguments, _xor_decode),
+    Command("repack", "rewrite a trusted packed / XOR file of an older format version (no "
+            "checksum) in the current one",
+            "Files of format version 1 (written by an apb from before files carried a "
+            "sha256) are refused by every other command: nothing tells them from a checked "
+            "file whose checksum was stripped and whose contents were edited. If you trust "
+            "IN, this loads it anyway (saying so in a one-line warning), with every other "
+            "check of loading, and writes it to OUT atomically as a checked file of the "
+            "current format version; a packed file stays packed, an XOR-encoded one is "
+            "encoded again with its recorded seed and scheme. From Python: "
+            "apb.jobs.repack.repack_file, or load_packed / load_xor with "
+            "allow_unverified=True.", _repack_arguments, _repack),
     Command("eval", "test accuracy and size of a checkpoint or a packed model file",
             "Evaluate a checkpoint (fake-quantized training model) or a packed model file on a "
             "dataset's test split; prints and optionally writes test_acc, model_bytes, "

@@ -6,6 +6,8 @@
   checkpoint or a packed file;
 - :mod:`~apb.jobs.demo`: fp, bnn and apb LeNet-5 on the real MNIST-5k digits;
 - :mod:`~apb.jobs.plot_weights`: an APB layer's latent weights and its band;
+- :mod:`~apb.jobs.repack`: a packed or XOR-encoded file of an older format version (no
+  checksum) that the user trusts, written again in the current one;
 - :mod:`~apb.jobs.transformer`: post-training compression and fidelity of a local Hugging
   Face encoder.
 
@@ -13,6 +15,7 @@ A job is a dataclass of options (the command's flags) and a ``run_*`` function t
 every option and output path before it reads or writes a file.
 """
 
-from . import demo, evaluate, plot_weights, prune_quantized, ptq, transformer
+from . import demo, evaluate, plot_weights, prune_quantized, ptq, repack, transformer
 
-__all__ = ["demo", "evaluate", "plot_weights", "prune_quantized", "ptq", "transformer"]
+__all__ = ["demo", "evaluate", "plot_weights", "prune_quantized", "ptq", "repack",
+           "transformer"]

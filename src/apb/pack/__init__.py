@@ -28,7 +28,7 @@ from .backend import BACKENDS, DEFAULT_BACKEND
 from .convert import PackError, pack_, pack_layer
 from .dorefa_layers import PackedDoReFaConv2d, PackedDoReFaLinear
 from .fold import fold_batchnorm_
-from .format import load_packed, read_packed_info, save_packed
+from .format import load_packed, packed_bytes, read_packed_info, save_packed
 from .header import (
     FORMAT,
     FORMAT_VERSION,
@@ -45,7 +45,7 @@ __all__ = [
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
     "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
     "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed", "pack_",
-    "pack_layer", "packed_layers", "read_packed_info", "save_packed",
+    "pack_layer", "packed_bytes", "packed_layers", "read_packed_info", "save_packed",
     "set_backend", "xor",
 ]
 

@@ -106,7 +106,16 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
                 architecture: dict[str, Any] | None = None) -> PackedFileInfo:
     """Write a packed model (after :func:`apb.pack.pack_`) to ``path`` atomically; any
     ``nn.Module`` with packed layers. Returns the file's sizes, whose ``model_bytes`` is
-    ``apb.summary(model).model_bytes``.
+    ``apb.summary(model).model_bytes``. The bytes are :func:`packed_bytes`'s.
+    """
+    data = packed_bytes(model, architecture=architecture)
+    atomic_write(path, lambda f: f.write(data))
+    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
+
+
+def packed_bytes(model: nn.Module, *, architecture: dict[str, Any] | None = None) -> bytes:
+    """The packed file of ``model`` (after :func:`apb.pack.pack_`), as bytes, in the
+    current format version, its ``sha256`` computed.
 
     Stored: each packed layer's tensors and every other parameter and buffer of the model
     (module docstring). ``architecture`` is ``{"name": ..., "kwargs": {...}}`` for
@@ -159,9 +168,7 @@ def save_packed(model: nn.Module, path: str | os.PathLike, *,
     if tied:
         metadata["tied"] = json.dumps(tied, separators=(",", ":"))
     metadata[DIGEST_KEY] = content_digest(metadata, tensors)
-    data = save(tensors, metadata=metadata)
-    atomic_write(path, lambda f: f.write(data))
-    return PackedFileInfo(len(data), HEADER_PREFIX_BYTES + header_length(data))
+    return save(tensors, metadata=metadata)
 
 
 def _architecture_of(model: nn.Module, architecture: dict | None) -> dict | None:

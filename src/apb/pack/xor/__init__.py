@@ -40,6 +40,7 @@ from .file import (
     encode_file,
     is_xor_file,
     load_xor,
+    recorded_encoding,
 )
 from .mask import MaskCode, decode_mask, encode_mask
 from .network import DEFAULT_SEED, XorNetwork
@@ -60,5 +61,5 @@ __all__ = [
     "decode_bytes", "decode_file", "decode_layer", "decode_mask", "decode_plane",
     "decode_planes", "encode_bytes", "encode_file", "encode_layer", "encode_mask",
     "encode_planes", "expected_patches", "inferable_signs", "is_xor_file", "layer_planes",
-    "load_xor", "patch_streams", "tensor_digest",
+    "load_xor", "patch_streams", "recorded_encoding", "tensor_digest",
 ]

@@ -279,6 +279,21 @@ def _check_decoded(out: bytes, where: str, xor_bytes: int, max_bytes: int | None
                        covered=True)
 
 
+def recorded_encoding(path: str | os.PathLike) -> tuple[int, str]:
+    """``(seed, scheme)`` for :func:`encode_file` to encode the model of the XOR-encoded
+    file at ``path`` again as it is stored: the networks' seed (:data:`DEFAULT_SEED` when no
+    layer has one) and ``"xor"`` or ``"plain"`` when every layer is stored so, else
+    ``"auto"``. The file's header is checked, not its tensors."""
+    path = Path(path)
+    metas = _json(_xor_header(_read_xor(path), path), "layers", str(path))
+    metas = list(metas.values()) if isinstance(metas, dict) else []
+    schemes = {m.get("scheme") for m in metas if isinstance(m, dict)}
+    seeds = [m["seed"] for m in metas if isinstance(m, dict) and m.get("scheme") == "xor"
+             and isinstance(m.get("seed"), int) and 0 <= m["seed"] < 2**63]
+    scheme = schemes.pop() if len(schemes) == 1 and schemes <= set(SCHEMES) else "auto"
+    return (seeds[0] if seeds else DEFAULT_SEED), scheme
+
+
 def is_xor_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a safetensors file whose metadata says ``format = "apb-xor"``."""
     try:
