@@ -17,7 +17,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from apb.bench.transformer import IMPLS, report_table, run_transformer_benchmark  # noqa: E402
+from apb.bench.transformer import (  # noqa: E402
+    IMPLS,
+    ort_int8_session,
+    report_table,
+    run_transformer_benchmark,
+)
 from apb.data.texts import python_docs_sentences, read_texts  # noqa: E402
 from apb.hf import HFError, embed, fidelity, load_local, text_batches  # noqa: E402
 
@@ -189,3 +194,12 @@ def test_transformer_benchmark_report(bert_dir):
     assert report["apb_max_rel_error"] < 1e-4  # packed computes what was compressed
     assert report["bits_per_weight"] <= 1.6
     assert "ort_int8" in report_table(report)
+
+
+def test_exporting_for_onnx_runtime_leaves_the_model_in_eval_mode(bert_dir, tmp_path):
+    """The fp32 peer is timed after its ONNX export: the exporter must not switch its
+    dropout on (it restores the mode it found the exported wrapper in)."""
+    local = load_local(bert_dir)
+    batch = dict(local.tokenizer(["a short sentence"], return_tensors="pt"))
+    ort_int8_session(local.model, batch, 1, tmp_path)
+    assert not any(m.training for m in local.model.modules())

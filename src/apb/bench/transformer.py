@@ -71,9 +71,11 @@ def ort_int8_session(model: nn.Module, example: dict[str, torch.Tensor], threads
     """An ONNX Runtime session of ``model`` exported and dynamically quantized to int8."""
     names = tuple(example)
     fp32 = folder / "model.onnx"
+    # eval() first: the exporter puts a module back in the mode it found it in, and a new
+    # wrapper is in training mode, which would switch `model`'s dropout on for good
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's tracer warnings
-        torch.onnx.export(_Hidden(model, names), tuple(example.values()), str(fp32),
+        torch.onnx.export(_Hidden(model, names).eval(), tuple(example.values()), str(fp32),
                           input_names=list(names), output_names=["hidden"],
                           dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
                           dynamo=False, opset_version=17)
