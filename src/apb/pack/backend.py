@@ -27,6 +27,8 @@ REFERENCE: dict[str, Callable] = {
     "bgemm_1x2": reference.bgemm_1x2,
     "bgemm_2x2": reference.bgemm_2x2,
     "bgemm_1xf": reference.bgemm_1xf,
+    "linear_1xf_pack": reference.linear_1xf_pack,
+    "linear_1xf": reference.linear_1xf,
     "spmm_csr": reference.spmm_csr,
     "sparse_conv2d": reference.sparse_conv2d,
 }

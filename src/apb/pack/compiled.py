@@ -66,6 +66,19 @@ def bgemm_1xf(w: Tensor, x: Tensor) -> Tensor:
     return torch.from_numpy(direct.bgemm_1xf(_view(w), _view(x)))
 
 
+def linear_1xf_pack(sign_bits: Tensor, k: int) -> Tensor:
+    return torch.from_numpy(direct.linear_1xf_pack(_view(sign_bits), k))
+
+
+def linear_1xf(x: Tensor, panel: Tensor, alpha: Tensor, out_features: int,
+               indptr: Tensor | None, indices: Tensor | None, values: Tensor | None,
+               bias: Tensor | None) -> Tensor:
+    return torch.from_numpy(direct.linear_1xf(
+        _view(x), _view(panel), _view(alpha), out_features, _view(indptr), _view(indices),
+        _view(values), _view(bias),
+    ))
+
+
 def spmm_csr(indptr: Tensor, indices: Tensor, values: Tensor, x: Tensor, out: Tensor) -> None:
     direct.spmm_csr(_view(indptr), _view(indices), _view(values), _view(x), _view(out))
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..kernels.linear_fp import panel_shape
 from .backend import kernel
 from .bits import words_for
 
@@ -174,6 +175,39 @@ def bgemm_1xf(w: Tensor, x: Tensor, backend: str) -> Tensor:
 _define(
     "bgemm_1xf(Tensor w, Tensor x, str backend) -> Tensor", bgemm_1xf,
     lambda w, x, backend: x.new_empty((w.shape[0], x.shape[0]), dtype=torch.float32),
+)
+
+
+def linear_1xf_pack(sign_bits: Tensor, k: int, backend: str) -> Tensor:
+    """uint8 ``[ceil(M/64), ceil(k/4), 32]``: the weight panel of :func:`linear_1xf` from sign
+    rows ``[M, ceil(k/64)]`` (derived data, rebuilt from the sign bits, never stored)."""
+    return kernel("linear_1xf_pack", backend)(sign_bits, k)
+
+
+_define(
+    "linear_1xf_pack(Tensor sign_bits, int k, str backend) -> Tensor", linear_1xf_pack,
+    lambda sign_bits, k, backend: sign_bits.new_empty(panel_shape(sign_bits.shape[0], k),
+                                                      dtype=torch.uint8),
+)
+
+
+def linear_1xf(
+    x: Tensor, panel: Tensor, alpha: Tensor, out_features: int, indptr: Tensor | None,
+    indices: Tensor | None, values: Tensor | None, bias: Tensor | None, backend: str,
+) -> Tensor:
+    """float32 ``[N, M]``: ``α_m·s_n·(B ⊗ a_n) + (S ⊗ x_n) + bias_m`` for float32 ``x [N, K]``,
+    ``a_n`` the int8 codes of row ``n`` (scale ``s_n``), ``B`` the signs of ``panel``, ``S``
+    the optional CSR part; see :mod:`apb.kernels.linear_fp`."""
+    return kernel("linear_1xf", backend)(x, panel, alpha, out_features, indptr, indices,
+                                         values, bias)
+
+
+_define(
+    "linear_1xf(Tensor x, Tensor panel, Tensor alpha, int out_features, Tensor? indptr, "
+    "Tensor? indices, Tensor? values, Tensor? bias, str backend) -> Tensor",
+    linear_1xf,
+    lambda x, panel, alpha, out_features, indptr, indices, values, bias, backend: x.new_empty(
+        (x.shape[0], out_features), dtype=torch.float32),
 )
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .bits import activation_codes, pack_bits, unpack_bits
 
 _EXACT_FLOAT32 = 1 << 24  # integers up to here are exact in float32
+_PANEL_ROWS, _PANEL_GROUP, _PANEL_BYTES = 64, 4, 32  # linear_1xf's panel: see linear_1xf_pack
 
 
 def _signs(words: torch.Tensor, k: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -126,6 +127,78 @@ def bgemm_1xf(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``out[m, n] = Σ_j s_w(m, j)·x[n, j]``: binary weights ``[M, W]`` times float32
     activations ``[N, K]``, float32 ``[M, N]``."""
     return _signs(w, x.shape[1], torch.float32) @ x.T
+
+
+def _panel_slots() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(byte, high)`` int64 ``[64]``: where row ``r`` of a panel tile keeps its 4-bit
+    index in each group's 32 bytes (byte, and 1 for the high nibble), the layout of
+    ``csrc/linear_1xf.h`` (``panel_slot``)."""
+    r = torch.arange(_PANEL_ROWS)
+    high, p, parity, lane = r // 32, (r // 16) % 2, (r // 8) % 2, r % 8
+    j = 2 * lane + parity
+    byte = torch.where(j < 8, 8 * p + j, 16 + 8 * p + (j - 8))
+    return byte, high
+
+
+def linear_1xf_pack(sign_bits: torch.Tensor, k: int) -> torch.Tensor:
+    """Sign rows uint64 ``[M, ceil(k/64)]`` → the panel of :func:`linear_1xf`, uint8
+    ``[ceil(M/64), ceil(k/4), 32]``: per tile of 64 rows and group ``q`` of 4 columns, row
+    ``r``'s nibble ``Σ_c 2^c b[r, 4q + c]`` at :func:`_panel_slots` (rows past ``M`` and
+    columns past ``k`` are 0)."""
+    m = sign_bits.shape[0]
+    tiles, groups = -(-m // _PANEL_ROWS), -(-k // _PANEL_GROUP)
+    bits = torch.zeros((tiles * _PANEL_ROWS, groups * _PANEL_GROUP), dtype=torch.int64)
+    bits[:m, :k] = unpack_bits(sign_bits, k).to(torch.int64)
+    nibbles = (bits.view(tiles, _PANEL_ROWS, groups, _PANEL_GROUP)
+               << torch.arange(_PANEL_GROUP)).sum(-1)  # [T, 64, Q]
+    byte, high = _panel_slots()
+    panel = torch.zeros((tiles, _PANEL_BYTES, groups), dtype=torch.int64)
+    panel.index_add_(1, byte, nibbles << (4 * high).view(1, -1, 1))
+    return panel.transpose(1, 2).to(torch.uint8).contiguous()
+
+
+def _panel_signs(panel: torch.Tensor, m: int, k: int) -> torch.Tensor:
+    """The ±1 weights ``[m, k]`` (float64) a :func:`linear_1xf_pack` panel holds."""
+    tiles, groups, _ = panel.shape
+    byte, high = _panel_slots()
+    nibbles = (panel.to(torch.int64)[:, :, byte] >> (4 * high)) & 15  # [T, Q, 64]
+    bits = (nibbles.unsqueeze(-1) >> torch.arange(_PANEL_GROUP)) & 1  # [T, Q, 64, 4]
+    rows = bits.permute(0, 2, 1, 3).reshape(tiles * _PANEL_ROWS, groups * _PANEL_GROUP)
+    return 1 - 2 * rows[:m, :k].to(torch.float64)
+
+
+def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, scales)`` of :func:`linear_1xf`'s symmetric per-row int8 quantization, in
+    float32 as the kernels compute it: ``s_n = amax_n / 127``, ``codes = clip(rint(x ·
+    (127 / amax_n)), −127, 127)`` (ties to even); a row with Inf/NaN gets ``s = NaN``, a
+    row with ``amax < 1e-36`` ``s = 0``, both codes 0."""
+    amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
+    finite = torch.isfinite(x).all(dim=1)
+    usable = finite & (amax >= 1e-36)
+    safe = torch.where(usable, amax, torch.ones_like(amax))
+    codes = torch.round(x * (127.0 / safe)[:, None]).clamp(-127, 127)
+    codes = torch.where(usable[:, None], codes, torch.zeros_like(codes))
+    scales = torch.where(usable, safe / 127.0, torch.zeros_like(amax))
+    return codes, torch.where(finite, scales, torch.full_like(scales, float("nan")))
+
+
+def linear_1xf(x: torch.Tensor, panel: torch.Tensor, alpha: torch.Tensor, out_features: int,
+               indptr: torch.Tensor | None, indices: torch.Tensor | None,
+               values: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 ``[N, M]``: ``float32(D[n, m])·(α_m·s_n) + (S x)[n, m] + bias_m`` with
+    ``D = codes @ signsᵀ`` the exact integer product of :func:`int8_rows` codes and the
+    panel's signs (float64), ``S`` the optional CSR matrix ``(indptr, indices, values)``."""
+    codes, scales = int8_rows(x)
+    signs = _panel_signs(panel, out_features, x.shape[1])
+    d = (codes.to(torch.float64) @ signs.T).float()
+    y = d * (alpha[None, :] * scales[:, None])
+    if indptr is not None:
+        sparse = torch.zeros((out_features, x.shape[0]), dtype=torch.float32)
+        spmm_csr(indptr, indices, values, x.T, sparse)
+        y = y + sparse.T
+    if bias is not None:
+        y = y + bias
+    return y
 
 
 def spmm_csr(
