@@ -15,10 +15,14 @@ without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear
 (:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
 ``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
 fastest inference, :func:`fold_batchnorm_` folds BatchNorms into the packed layers'
-epilogues (after saving: a folded model is not saved).
+epilogues (after saving: a folded model is not saved). For transformers,
+:func:`set_input_precision` ``(model, "int8")`` runs the Linear layers with float inputs on
+the int8 fast path (:func:`apb.kernels.linear_1xf`), at about 1 % relative error.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -36,17 +40,18 @@ from .header import (
     PackedFormatError,
     UncheckedFileWarning,
 )
-from .layer import PackedLayer
+from .layer import INPUT_PRECISIONS, PackedLayer, check_input_precision
 from .layer_tensors import PACKED_TYPES
 from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "PACKED_TYPES", "PackError",
+    "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "INPUT_PRECISIONS",
+    "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
     "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
     "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed", "pack_",
     "pack_layer", "packed_bytes", "packed_layers", "read_packed_info", "save_packed",
-    "set_backend", "xor",
+    "set_backend", "set_input_precision", "xor",
 ]
 
 
@@ -61,4 +66,34 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Run every packed layer of ``model`` on ``backend`` (``"reference"`` or ``"kernels"``)."""
     for _, layer in packed_layers(model):
         layer.set_backend(backend)
+    return model
+
+
+def set_input_precision(model: nn.Module, precision: str,
+                        filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """Run the packed layers of ``model`` that take float32 inputs at ``precision``:
+    ``"exact"`` (the default of every packed layer: the training model's output, to float
+    rounding) or ``"int8"`` (each input row quantized to int8, symmetric per row, then an
+    exact integer product by table lookup, :func:`apb.kernels.linear_1xf`: about 1 %
+    relative error, several times faster on transformer Linear layers). ``filter_fn(layer,
+    name)`` picks layers (default: all). ``"int8"`` applies to every picked layer that
+    :attr:`~PackedLayer.takes_int8_inputs` (APB and binary ``PackedAPBLinear`` with
+    ``act_bits = 32``); the others keep computing as they do. Not saved: a loaded model
+    starts exact. Returns ``model``.
+
+    Raises:
+        ValueError: an unknown precision, or ``"int8"`` when no picked layer takes it.
+    """
+    check_input_precision(precision)
+    picked = [(name, layer) for name, layer in packed_layers(model)
+              if filter_fn is None or filter_fn(layer, name)]
+    takers = [layer for _, layer in picked if precision == "exact" or layer.takes_int8_inputs]
+    if not takers and precision != "exact":
+        raise ValueError(
+            f"no packed layer{' picked' if filter_fn else ''} takes {precision} inputs "
+            f"({len(picked)} packed layer(s)): only APB / binary Linear layers with "
+            "full-precision inputs (act_bits=32) do; pack the model first (apb.pack_)"
+        )
+    for layer in takers:
+        layer.set_input_precision(precision)
     return model

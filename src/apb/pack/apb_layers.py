@@ -26,7 +26,7 @@ from ..memory import FP16_BITS, FP32_BITS, LayerStorage, binary_sparse_storage
 from .bits import words_for
 from .csr import INDEX_DTYPES, INDPTR_DTYPES, check_csr
 from .geometry import ConvGeometry, LinearGeometry
-from .layer import PackedLayer, check_finite, check_tensor
+from .layer import PackedLayer, check_finite, check_input_precision, check_tensor
 from .ops import apb_ops
 
 
@@ -147,7 +147,24 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
 
 
 class PackedAPBLinear(_PackedAPB, LinearGeometry):
-    """A packed APB (or binary) ``Linear``: sign bits ``[M, ceil(K/64)]``, ``α``, CSR ``S``."""
+    r"""A packed APB (or binary) ``Linear``: sign bits ``[M, ceil(K/64)]``, ``α``, CSR ``S``.
+
+    With full-precision inputs (``act_bits = 32``) it computes exactly by default (float
+    sign-select, ``bgemm_1xf``, then ``spmm_csr``). :meth:`set_input_precision` ``("int8")``
+    switches it to the fast path of :func:`apb.kernels.linear_1xf`, one kernel call from
+    ``x [..., K]`` to ``y [..., M]``:
+
+    .. math::
+
+        y_n = a\,\alpha\, s_n\,(B \otimes q_n) + a\,(S \otimes x_n) + a\,b + b',
+        \qquad q_n = \mathrm{clip}(\mathrm{rint}(x_n / s_n), -127, 127),\ s_n = \max|x_n|/127
+
+    (``a``, ``b'``: a folded BatchNorm, else 1 and 0). Only ``x``'s rounding to ``q_n`` is
+    approximate: about 1 % relative error on the binary part. The weights then run from a
+    panel (:func:`apb.kernels.linear_1xf_pack`), a non-persistent buffer derived from the
+    sign bits when the switch is made and after a state dict is loaded; it is never saved,
+    and the precision is a run-time choice, not part of the file.
+    """
 
     kind = "apb_linear"
 
@@ -161,3 +178,51 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
         self._init_common(method=method, act_bits=act_bits, act_scale=act_scale, bias=bias,
                           backend=backend)
         self._init_weights(sign_bits, alpha, csr, value_bits)
+        self.register_buffer("linear_1xf_panel", None, persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_panel)
+
+    @property
+    def takes_int8_inputs(self) -> bool:
+        return self.act_bits == 32
+
+    def set_input_precision(self, precision: str) -> None:
+        if check_input_precision(precision) == "int8" and not self.takes_int8_inputs:
+            super().set_input_precision(precision)  # raises, saying why
+        self.input_precision = precision
+        self.linear_1xf_panel = None
+        if precision == "int8":
+            self.linear_1xf_panel = apb_ops.linear_1xf_pack(self.sign_bits, self.cols,
+                                                            self.backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_precision == "exact":
+            return super().forward(x)
+        rows = self._rows(x)
+        alpha, values, bias = self._constant(self._int8_epilogue, self.alpha, self.csr_values,
+                                             self.bias, self.out_scale, self.out_shift)
+        sparse = (None, None, None) if values is None else (self.csr_indptr,
+                                                            self.csr_indices, values)
+        y = apb_ops.linear_1xf(rows, self.linear_1xf_panel, alpha, self.rows, *sparse, bias,
+                               self.backend)
+        return y.view(*x.shape[:-1], self.rows)
+
+    def _int8_epilogue(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(α, S values, bias)`` of :func:`apb.kernels.linear_1xf` with a folded map
+        ``y ↦ a·y + b'`` multiplied in: ``a·α``, ``a_m·S[m, :]`` (float32), ``a·bias + b'``."""
+        values = self.csr_values if self.nnz else None
+        if self.out_scale is None:
+            return self.alpha, values, self.bias
+        a = self.out_scale
+        if values is not None:
+            rows = torch.repeat_interleave(torch.arange(self.rows),
+                                           self.csr_indptr.to(torch.int64).diff(),
+                                           output_size=self.nnz)
+            values = (values.float() * a[rows]).contiguous()
+        shift = self.out_shift if self.bias is None else a * self.bias + self.out_shift
+        return (self.alpha * a).contiguous(), values, shift.contiguous()
+
+
+def _refresh_panel(layer: PackedAPBLinear, incompatible_keys) -> None:
+    """After ``load_state_dict``: the panel of the sign bits just loaded, if one is kept."""
+    if layer.linear_1xf_panel is not None:
+        layer.set_input_precision(layer.input_precision)

@@ -208,6 +208,15 @@ class LinearGeometry(PackedLayer):
         return f"{type(self).__name__}({self.in_features}->{self.out_features})"
 
     def _prepare_input(self, x: Tensor):
+        rows, lead = self._rows(x), x.shape[:-1]
+
+        def restore(y: Tensor) -> Tensor:
+            return y.t().contiguous().reshape(*lead, self.rows)
+
+        return rows, restore
+
+    def _rows(self, x: Tensor) -> Tensor:
+        """The input as contiguous rows ``[N, in_features]``, after checking it."""
         self._check_dtype_device(x)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
@@ -221,13 +230,7 @@ class LinearGeometry(PackedLayer):
                 f"exact for [batch, features] input only, got shape {tuple(x.shape)}; run "
                 "the model without folding"
             )
-        lead = x.shape[:-1]
-        x = x.reshape(-1, self.in_features).contiguous()
-
-        def restore(y: Tensor) -> Tensor:
-            return y.t().contiguous().reshape(*lead, self.rows)
-
-        return x, restore
+        return x.reshape(-1, self.in_features).contiguous()
 
     def _columns(self, x: Tensor) -> Tensor:
         return x
@@ -251,6 +254,7 @@ class LinearGeometry(PackedLayer):
         return apb_ops.bgemm_1x1(w_bits, x_bits, self.cols, self.backend)
 
     def extra_repr(self) -> str:
+        inputs = "" if self.input_precision == "exact" else f", inputs={self.input_precision}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, act_bits={self.act_bits}, "
+                f"bias={self.bias is not None}, act_bits={self.act_bits}{inputs}, "
                 f"{self._weight_repr()}, backend={self.backend}")

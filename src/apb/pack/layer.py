@@ -25,6 +25,19 @@ from .bits import activation_codes
 ACT_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 32)
 """Activation precisions a packed layer takes: ±1, 2..8-bit codes, or float32."""
 
+INPUT_PRECISIONS = ("exact", "int8")
+"""How a layer with float32 inputs (``act_bits = 32``) computes: ``"exact"`` (the float
+product, the training model's output to float rounding; the default) or ``"int8"`` (each
+input row quantized to int8 codes, symmetric per row, then an exact integer product:
+about 1 % relative error, several times faster; :func:`apb.pack.set_input_precision`)."""
+
+
+def check_input_precision(precision: str) -> str:
+    if precision not in INPUT_PRECISIONS:
+        raise ValueError(f"unknown input precision {precision!r}; choose one of "
+                         f"{', '.join(INPUT_PRECISIONS)}")
+    return precision
+
 
 def check_tensor(t: Tensor, name: str, shape: tuple, dtypes: tuple) -> Tensor:
     """``t`` detached and contiguous, after checking that it is a tensor of ``shape`` and one
@@ -82,7 +95,7 @@ class PackedLayer(nn.Module):
         self.register_buffer("out_scale", None, persistent=False)
         self.register_buffer("out_shift", None, persistent=False)
         self._pad_cache: dict[tuple, Tensor] = {}
-        self._constants: tuple[tuple, object] | None = None
+        self._constants: dict[str, tuple[tuple, object]] = {}
 
     # -- what the layer stores (docs/design.md §3) ------------------------------------------------
     def storage(self) -> LayerStorage:
@@ -158,15 +171,15 @@ class PackedLayer(nn.Module):
     def _constant(self, compute, *tensors: Tensor | None):
         """``compute()``, a function of the buffers ``tensors`` only, computed once and
         reused while none of them is replaced or changed in place (their identity and
-        version counter are the key): a few small torch ops per layer and image saved.
-        Not cached while torch.compile traces, where a traced value must not outlive its
-        trace."""
+        version counter are the key; one entry per ``compute`` name): a few small torch ops
+        per layer and image saved. Not cached while torch.compile traces, where a traced
+        value must not outlive its trace."""
         if torch.compiler.is_compiling():
             return compute()
         key = tuple((id(t), t._version) if t is not None else None for t in tensors)
-        cached = self._constants
+        cached = self._constants.get(compute.__name__)
         if cached is None or cached[0] != key:
-            cached = self._constants = (key, compute())
+            cached = self._constants[compute.__name__] = (key, compute())
         return cached[1]
 
     def _prepare_input(self, x: Tensor):
@@ -192,3 +205,23 @@ class PackedLayer(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         self.backend = check_backend(backend)
+
+    # -- full-precision inputs: exact, or quantized to int8 for speed ----------------------
+    input_precision = "exact"
+    """How float32 inputs meet the weights: ``"exact"`` (float products), or ``"int8"``
+    (each input row quantized to int8, :meth:`set_input_precision`)."""
+
+    @property
+    def takes_int8_inputs(self) -> bool:
+        """Whether :meth:`set_input_precision` can switch this layer to ``"int8"``."""
+        return False
+
+    def set_input_precision(self, precision: str) -> None:
+        """``"exact"`` (always) or ``"int8"`` (where :attr:`takes_int8_inputs`)."""
+        check_input_precision(precision)
+        if precision != "exact":
+            raise ValueError(
+                f"{self._label()} (method {self.method}, act_bits={self.act_bits}) has no "
+                f"{precision} input path: only APB / binary Linear layers with full-precision "
+                "inputs (act_bits=32) have one"
+            )
