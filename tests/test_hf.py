@@ -191,9 +191,12 @@ def test_transformer_benchmark_report(bert_dir):
     assert all(r["ms"] > 0 for r in report["results"])
     assert {(s["vs"], s["seq"]) for s in report["speedups"]} == {
         (impl, seq) for impl in IMPLS[:-1] for seq in (1, 8)}
-    assert report["apb_max_rel_error"] < 1e-4  # packed computes what was compressed
+    error, cosine = report["max_rel_error"], report["embedding_cosine"]
+    assert error["apb_exact"] < 1e-4  # packed computes what was compressed
+    assert 1e-4 < error["apb"] < 0.1  # int8 inputs: quantized, not far
+    assert cosine["apb_exact"] > 1 - 1e-6 and cosine["apb"] > 0.99
     assert report["bits_per_weight"] <= 1.6
-    assert "ort_int8" in report_table(report)
+    assert "ort_int8" in report_table(report) and "apb_exact" in report_table(report)
 
 
 def test_exporting_for_onnx_runtime_leaves_the_model_in_eval_mode(bert_dir, tmp_path):
