@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import apb
+from apb.bench.timing import time_ms
 from apb.bench.transformer import build_impls, fixed_length_batch
 from apb.data.texts import python_docs_sentences
 from apb.methods import APBPTQConfig
@@ -46,14 +46,7 @@ def group_of(name: str) -> str:
 def profile_groups(run, forwards: int) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
     """``({group: ms per forward}, [(operator, calls, ms per forward)])``; the group
     ``outside operators`` is the median wall time minus every operator's self time."""
-    for _ in range(3):
-        run()
-    walls = []
-    for _ in range(forwards):
-        start = time.perf_counter()
-        run()
-        walls.append((time.perf_counter() - start) * 1e3)
-    wall = sorted(walls)[len(walls) // 2]
+    wall = time_ms(run, forwards, warmup=3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(forwards):
             run()
