@@ -1,23 +1,38 @@
-"""Real English text, offline: a file of one text per line, or the sentences of Python's own
-reference documentation.
+"""Real English text, offline: a file of one text per line, or two corpora every Python
+installation carries.
 
-Python ships the text of its language reference with every installation
-(``pydoc_data.topics``, what ``help("if")`` prints): about 100 topics of real, edited
-technical English. :func:`python_docs_sentences` cuts it into sentences, keeps those of
-20 to 300 characters that are prose (not code or tables), drops duplicates, and returns them
-in a fixed order, so every machine gets the same corpus with nothing downloaded.
+- ``python-docs``: Python ships the text of its language reference (``pydoc_data.topics``,
+  what ``help("if")`` prints): about 100 topics of real, edited technical English, about
+  1,000 sentences (:func:`python_docs_sentences`).
+- ``python-stdlib``: the docstrings of the standard library's own source files (modules,
+  classes and functions; read with :mod:`ast`, nothing imported or run), about 12,000
+  sentences (:func:`python_stdlib_sentences`): enough unlabeled text to distil a small
+  encoder.
+
+Both cut their text into sentences, keep those of 20 to 300 characters that are prose (not
+code or tables), drop duplicates, and return them in a fixed order, so every machine with the
+same Python gets the same corpus with nothing downloaded (another Python version gives a
+slightly different one).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import sysconfig
+from functools import cache
 from pathlib import Path
 from pydoc_data.topics import topics
 
 from .datasplit import DataError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+CORPORA = ("python-docs", "python-stdlib")
+"""The built-in corpora, by the names ``--texts`` takes."""
+
+_SKIPPED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib"})
 
 
 def read_texts(path: str | os.PathLike, minimum: int = 1) -> list[str]:
@@ -41,12 +56,51 @@ def read_texts(path: str | os.PathLike, minimum: int = 1) -> list[str]:
     return texts
 
 
+def corpus(texts: str | os.PathLike) -> list[str]:
+    """The texts of ``texts``: a built-in corpus name (:data:`CORPORA`) or a file of one text
+    per line."""
+    if texts == "python-docs":
+        return python_docs_sentences()
+    if texts == "python-stdlib":
+        return python_stdlib_sentences()
+    return read_texts(texts)
+
+
 def python_docs_sentences() -> list[str]:
     """Sentences of Python's reference documentation (see the module docstring)."""
+    return _sentences(topics[name] for name in sorted(topics))
+
+
+@cache
+def _stdlib_sentences() -> tuple[str, ...]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docstrings = []
+    for path in sorted(root.rglob("*.py")):
+        if _SKIPPED_STDLIB_DIRS.intersection(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue  # a file this Python cannot parse (e.g. a lib2to3 fixture)
+        docstrings += [doc for node in ast.walk(tree)
+                       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                            ast.AsyncFunctionDef))
+                       and (doc := ast.get_docstring(node))]
+    return tuple(_sentences(docstrings))
+
+
+def python_stdlib_sentences() -> list[str]:
+    """Sentences of the standard library's docstrings (see the module docstring); parsed
+    once per process (a few seconds)."""
+    return list(_stdlib_sentences())
+
+
+def _sentences(documents) -> list[str]:
+    """The prose sentences of ``documents``, deduplicated, in order."""
     seen: set[str] = set()
     sentences = []
-    for name in sorted(topics):
-        for paragraph in re.split(r"\n\s*\n", topics[name]):
+    for document in documents:
+        for paragraph in re.split(r"\n\s*\n", document):
             if paragraph.startswith((" ", "\t")) or ">>>" in paragraph:
                 continue  # code blocks and examples
             text = " ".join(paragraph.split())

@@ -9,8 +9,8 @@ read from ``1_Pooling/config.json``) both load. Needs the optional dependency
 ``transformers`` (``pip install 'apb[hf]'``); only safetensors weights are read.
 """
 
-from .embeddings import embed, fidelity, text_batches
+from .embeddings import embed, fidelity, pool, text_batches
 from .local import HFError, LocalModel, load_local, skeleton
 
-__all__ = ["HFError", "LocalModel", "embed", "fidelity", "load_local", "skeleton",
+__all__ = ["HFError", "LocalModel", "embed", "fidelity", "load_local", "pool", "skeleton",
            "text_batches"]

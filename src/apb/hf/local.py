@@ -103,8 +103,10 @@ def _pooling_mode(config_file: Path) -> str:
     return modes[0]
 
 
-def load_local(path: str | os.PathLike) -> LocalModel:
-    """The model (eval mode, float32, CPU) and tokenizer of a local directory."""
+def load_local(path: str | os.PathLike, **config_overrides: Any) -> LocalModel:
+    """The model (eval mode, float32, CPU) and tokenizer of a local directory;
+    ``config_overrides`` replace fields of its ``config.json`` (e.g.
+    ``hidden_dropout_prob=0.0``)."""
     directory, pooling, normalize = model_directory(path)
     transformers = transformers_module()
     logging = transformers.utils.logging
@@ -112,7 +114,8 @@ def load_local(path: str | os.PathLike) -> LocalModel:
     logging.disable_progress_bar()  # a bar per load would drown apb's own output
     try:
         model = transformers.AutoModel.from_pretrained(
-            directory, local_files_only=True, use_safetensors=True, trust_remote_code=False)
+            directory, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            **config_overrides)
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             directory, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:

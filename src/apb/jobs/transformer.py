@@ -23,7 +23,7 @@ import time
 
 from torch import nn
 
-from ..data.texts import python_docs_sentences, read_texts
+from ..data.texts import corpus
 from ..hf import embed, fidelity, load_local, skeleton, text_batches
 from ..methods import ptq_
 from ..pack import load_packed, pack_, read_packed_info, save_packed
@@ -35,13 +35,6 @@ from .ptq import PTQJob, ptq_config
 BUILTIN_TEXTS = "python-docs"
 MIN_CALIB_TEXTS = 8
 MIN_EVAL_TEXTS = 10
-
-
-def corpus(texts: str) -> list[str]:
-    """The texts of ``texts``: a file of one text per line, or ``python-docs``."""
-    if texts == BUILTIN_TEXTS:
-        return python_docs_sentences()
-    return read_texts(texts)
 
 
 def layer_filter(pattern: str):

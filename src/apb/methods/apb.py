@@ -117,26 +117,38 @@ def apply_model_budget(model: nn.Module, config: APBConfig) -> list[int]:
         return []
     layers = [q for q, _ in pairs]
     u = torch.cat([q.normalized_distance(w).reshape(-1).float().cpu() for q, w in pairs])
-    owner = torch.cat([torch.full((q.n_weights,), i) for i, q in enumerate(layers)])
-    owner = owner[u.argsort(descending=True)]  # owner of the k-th most distant weight
+    total = u.numel()
+    ends = torch.tensor([q.n_weights for q in layers]).cumsum(0)
+
+    def total_bits_for(per_layer: list[int]) -> int:
+        return sum(q._storage_for(n).total_bits for q, n in zip(layers, per_layer))
+
+    if config.fp_fraction is not None:
+        k_max = round(config.fp_fraction * total)
+    else:
+        budget = config.bits_per_weight * total
+        spare = budget - total_bits_for([0] * len(layers))
+        if spare < 0:
+            raise ValueError(
+                f"bits_per_weight={config.bits_per_weight} is below what the binary part "
+                f"alone needs ({(budget - spare) / total:.4f} bits/weight for this model)"
+            )
+        # Each full-precision weight costs at least its value's bits: no more than this many
+        # fit, so only the k_max most distant weights need ranking (this runs every step).
+        k_max = min(total, int(spare // min(q.value_bits for q in layers)))
+    # owner of the k-th most distant weight, k < k_max
+    owner = torch.bucketize(u.topk(k_max).indices, ends, right=True)
 
     def counts(k: int) -> list[int]:
         return torch.bincount(owner[:k], minlength=len(layers)).tolist()
 
     def total_bits(k: int) -> int:
-        return sum(q._storage_for(n).total_bits for q, n in zip(layers, counts(k)))
+        return total_bits_for(counts(k))
 
-    total = u.numel()
     if config.fp_fraction is not None:
-        k = round(config.fp_fraction * total)
+        k = k_max
     else:
-        budget = config.bits_per_weight * total
-        if total_bits(0) > budget:
-            raise ValueError(
-                f"bits_per_weight={config.bits_per_weight} is below what the binary part "
-                f"alone needs ({total_bits(0) / total:.4f} bits/weight for this model)"
-            )
-        lo, hi = 0, total
+        lo, hi = 0, k_max
         while lo < hi:  # the largest k whose total bits fit the budget
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if total_bits(mid) <= budget else (lo, mid - 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATIONS = ("relu", "hardtanh")
+HF_INITS = ("pretrained", "ptq")
 
 
 @dataclass
@@ -31,6 +33,27 @@ class TrainConfig:
         train_samples, test_samples: train / test on this many samples only, taken at evenly
             spaced positions of each split (a quick run); None uses all of them.
         activation: ``"relu"`` or ``"hardtanh"`` (use hardtanh with 1- or 2-bit activations).
+
+    Distillation of a pretrained transformer (:class:`apb.train.tasks.Distillation`):
+        hf_model: a local Hugging Face / sentence-transformers model directory. When set, the
+            run distils that encoder, its ``nn.Linear`` layers compressed by ``method``,
+            from the original (frozen) model on unlabelled text; ``model``, ``dataset`` and
+            ``activation`` are unused, ``train_samples`` / ``test_samples`` count texts.
+        texts: the training texts: ``python-stdlib`` (docstrings of Python's standard
+            library, ~12,500 sentences), ``python-docs`` or a file of one text per line.
+        eval_texts: the held-out texts, from ``eval_skip`` on (``test_samples`` of them, 512
+            by default); any of them found in ``texts`` is left out of training. The default
+            (python-docs after the 512 that ``apb ptq --hf`` calibrates on) measures
+            distilled and post-training models on the same texts.
+        eval_skip: held-out texts start after this many of ``eval_texts``.
+        layers: regular expression; the ``nn.Linear`` layers whose names it matches are
+            compressed.
+        max_length: tokens per text at most (longer texts are truncated).
+        hidden_weight: weight of the per-layer token-state term of the loss (0: the
+            embedding cosine alone).
+        hf_init: ``"pretrained"``: the compressed layers start from the pretrained weights
+            as the method compresses them; ``"ptq"`` (method ``apb`` with a budget): from
+            post-training APB, its full-precision positions then fixed.
 
     Compression:
         method: name from ``apb.methods.available()`` (``fp``, ``bnn``, ``apb``, ...).
@@ -79,6 +102,14 @@ class TrainConfig:
     train_samples: int | None = None
     test_samples: int | None = None
     activation: str = "relu"
+    hf_model: str | None = None
+    texts: str = "python-stdlib"
+    eval_texts: str = "python-docs"
+    eval_skip: int = 512
+    layers: str = r"^encoder\."
+    max_length: int = 128
+    hidden_weight: float = 1.0
+    hf_init: str = "pretrained"
     method: str = "apb"
     method_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
@@ -111,6 +142,8 @@ class TrainConfig:
             self.out_dir = str(self.out_dir)
         if isinstance(self.data_dir, Path):
             self.data_dir = str(self.data_dir)
+        if isinstance(self.hf_model, Path):
+            self.hf_model = str(self.hf_model)
         if isinstance(self.resume, Path):
             self.resume = str(self.resume)
         self.validate()
@@ -127,6 +160,28 @@ class TrainConfig:
             _check_type(self, name, dict)
         if self.data_dir is not None:
             _check_type(self, "data_dir", str)
+        if self.hf_model is not None:
+            _check_type(self, "hf_model", str)
+            if not self.hf_model:
+                raise ValueError("TrainConfig.hf_model must be a model directory or None")
+        for name in ("texts", "eval_texts", "layers"):
+            _check_type(self, name, str)
+            if not getattr(self, name):
+                raise ValueError(f"TrainConfig.{name} must not be empty")
+        try:
+            re.compile(self.layers)
+        except re.error as err:
+            raise ValueError(f"TrainConfig.layers is not a regular expression ({err}): "
+                             f"{self.layers!r}") from None
+        _check_int(self, "eval_skip", low=0)
+        _check_int(self, "max_length", low=2)
+        _check_float(self, "hidden_weight", low=0.0)
+        _check_choice(self, "hf_init", HF_INITS)
+        if self.hf_init == "ptq" and (self.method != "apb" or not (
+                "bits_per_weight" in self.method_options
+                or "fp_fraction" in self.method_options)):
+            raise ValueError("TrainConfig.hf_init='ptq' starts from post-training APB: it needs "
+                             "method 'apb' with bits_per_weight or fp_fraction in method_options")
         _check_choice(self, "activation", ACTIVATIONS)
         _check_choice(self, "optimizer", OPTIMIZERS)
         _check_choice(self, "scheduler", SCHEDULERS)

@@ -23,6 +23,17 @@ def train_step(
     detached. ``net`` is in training mode already (the caller decides, once per epoch)."""
     logits = net(inputs)
     loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    optimizer_step(loss, optimizers, schedulers)
+    return loss.detach(), logits.detach()
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizers: Sequence[torch.optim.Optimizer],
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+) -> None:
+    """Clear the gradients, backward ``loss``, step every optimizer, then every per-step
+    scheduler."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -30,4 +41,3 @@ def train_step(
         optimizer.step()
     for scheduler in schedulers:
         scheduler.step()
-    return loss.detach(), logits.detach()

@@ -35,16 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from .. import data
 from .._version import __version__
 from ..io import atomic_write_text
 from . import distributed
-from .build import FREEZES, build_model, freeze_epoch, freezes_due, model_kwargs_for
+from .build import FREEZES, freeze_epoch, freezes_due
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     CheckpointError,
-    check_model_size,
     load_checkpoint,
     load_model_state,
     repair_best,
@@ -52,24 +50,25 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistContext
-from .evaluation import accuracy_and_loss, evaluate_sharded
+from .evaluation import accuracy_and_loss
 from .metrics import MetricsLog, jsonable
 from .optim import build_optimizers, build_scheduler
 from .seeding import determinism, rng_state, seed_everything, set_rng_state
-from .step import train_step
+from .step import optimizer_step
+from .tasks import make_task
 
 logger = logging.getLogger("apb.train")
 
 RESUME_MUST_MATCH = (
     "model", "model_options", "dataset", "data_options", "train_samples", "activation",
-    "method", "method_options", "optimizer",
+    "method", "method_options", "optimizer", "hf_model", "texts", "layers", "hf_init",
 )
 """Fields a resumed run must share with its checkpoint: they decide the model's structure,
 its data and its optimizer state."""
 
 RESUME_FREE = (
     "out_dir", "resume", "overwrite", "progress", "log_every", "num_workers", "device",
-    "data_dir", "eval_batch_size", "test_samples", "deterministic",
+    "data_dir", "eval_batch_size", "test_samples", "deterministic", "eval_texts", "eval_skip",
 )
 """Fields a resumed run may change without a warning; any other change is allowed but
 logged, since the run then no longer reproduces an uninterrupted one."""
@@ -80,8 +79,11 @@ class TrainResult:
     """What :func:`train` returns (accuracies are fractions in [0, 1]).
 
     Attributes:
-        best_test_acc, best_epoch: best test accuracy over the epochs and its 0-based epoch.
+        best_test_acc, best_epoch: best test accuracy over the epochs and its 0-based epoch
+            (distillation: the held-out embedding cosine, ``score`` says which).
         final_test_acc, final_test_loss: after the last epoch and ``method.finalize``.
+        score: what ``*_test_acc`` hold: ``"acc"``, or ``"cosine"`` for distillation.
+        final_metrics: every test measurement after the last epoch.
         epochs_run: epochs trained by this call (fewer than ``epochs`` after a resume).
         epochs_completed: epochs the model has been trained for in total.
         stats: ``method.stats(model)`` at the end (bits_per_weight, fp_fraction, model_bytes).
@@ -102,6 +104,8 @@ class TrainResult:
     best_checkpoint: str
     metrics_path: str
     history: list[dict[str, Any]]
+    score: str = "acc"
+    final_metrics: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_train_loader(
-    dataset: Dataset, config: TrainConfig, ctx: DistContext
+    dataset: Dataset, config: TrainConfig, ctx: DistContext, collate_fn=None
 ) -> tuple[DataLoader, DistributedSampler]:
     """The training loader. Its order is a function of (seed, epoch): a ``DistributedSampler``
     (one replica when alone) shuffled with ``seed + epoch`` after ``set_epoch``; each rank
@@ -157,13 +161,13 @@ def make_train_loader(
     )
     per_rank = len(sampler)
     if per_rank == 0:
-        raise ValueError(f"the training set of {config.dataset!r} is empty")
+        raise ValueError("the training set is empty")
     # BatchNorm cannot normalise a batch of one sample in training mode.
     drop_last = per_rank > 1 and per_rank % config.batch_size == 1
     loader = DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
         drop_last=drop_last, generator=torch.Generator(), worker_init_fn=_seed_worker,
-        pin_memory=ctx.device.type == "cuda",
+        pin_memory=ctx.device.type == "cuda", collate_fn=collate_fn,
     )
     return loader, sampler
 
@@ -175,6 +179,7 @@ class _Run:
     def __init__(self, config: TrainConfig, ctx: DistContext):
         self.config = config
         self.ctx = ctx
+        self.task = make_task(config, ctx)
         self.out_dir = Path(config.out_dir)
         self.last_path = self.out_dir / "last.pt"
         self.best_path = self.out_dir / "best.pt"
@@ -185,6 +190,7 @@ class _Run:
         self.best_epoch = -1
         self.history: list[dict[str, Any]] = []
         self.frozen: set[str] = set()
+        self.final_metrics: dict[str, float] = {}
 
     # -- set-up ------------------------------------------------------------------------------
     def _resume_checkpoint(self) -> dict[str, Any] | None:
@@ -203,7 +209,7 @@ class _Run:
                 + (" (resume=True continues from out_dir/last.pt)" if c.resume is True else "")
             )
         ckpt = load_checkpoint(path)
-        check_model_size(ckpt, str(path))
+        self.task.check_checkpoint(ckpt, str(path))
         self._check_resumable(ckpt, path)
         if path == self.last_path and self.ctx.is_main:
             repair_best(self.last_path, self.best_path, ckpt)
@@ -269,21 +275,12 @@ class _Run:
     def run(self) -> TrainResult:
         c, ctx = self.config, self.ctx
         ckpt = self._resume_checkpoint()
-        split = data.load(c.dataset, c.data_dir, **c.data_options)
-        train_set = data.evenly_spaced_subset(split.train, c.train_samples)
-        self.test_set = data.evenly_spaced_subset(split.test, c.test_samples)
-        self.model_kwargs = (
-            ckpt["model"]["kwargs"] if ckpt is not None else model_kwargs_for(
-                c.model, split.input_shape, split.num_classes, c.activation, c.model_options
-            )
-        )
+        train_set, _ = self.task.load_data(ckpt)
         seed_everything(c.seed)
-        self.model, self.method = build_model(
-            c.model, self.model_kwargs, c.method, c.method_options
-        )
+        self.model, self.method, self.model_record = self.task.build_model()
         self.model.to(ctx.device)
         self.main_opt, self.scale_opt = build_optimizers(self.model, c)
-        self.loader, self.sampler = make_train_loader(train_set, c, ctx)
+        self.loader, self.sampler = make_train_loader(train_set, c, ctx, self.task.collate)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * c.epochs
         self.main_sched = build_scheduler(self.main_opt, c, self.steps_per_epoch)
@@ -309,9 +306,7 @@ class _Run:
             self._train_epoch(net, epoch, events)
 
         if start_epoch == c.epochs:  # nothing left to train: report the checkpoint's model
-            self.final_acc, self.final_loss = evaluate_sharded(
-                self.model, self.test_set, c.eval_batch_size, ctx
-            )
+            self._evaluate()
             self.stats = jsonable(self.method.stats(self.model))
         return TrainResult(
             best_test_acc=self.best_acc, best_epoch=self.best_epoch,
@@ -319,8 +314,14 @@ class _Run:
             epochs_run=c.epochs - start_epoch, epochs_completed=c.epochs, stats=self.stats,
             out_dir=str(self.out_dir), last_checkpoint=str(self.last_path),
             best_checkpoint=str(self.best_path), metrics_path=str(self.metrics.path),
-            history=self.history, model=self.model,
+            history=self.history, score=self.task.score, final_metrics=self.final_metrics,
+            model=self.model,
         )
+
+    def _evaluate(self) -> None:
+        self.final_metrics = self.task.evaluate(self.model)
+        self.final_loss = self.final_metrics["test_loss"]
+        self.final_acc = self.final_metrics[f"test_{self.task.score}"]
 
     # -- one epoch ----------------------------------------------------------------------------
     def _apply_freezes(self, epoch: int) -> list[str]:
@@ -359,26 +360,25 @@ class _Run:
             disable=not (c.progress and ctx.is_main and sys.stderr.isatty()),
         )
         net.train()
-        for step, (inputs, labels) in enumerate(self.loader):
+        score = self.task.score
+        for step, batch in enumerate(self.loader):
             self.method.on_step(self.model, self.global_step / self.total_steps)
-            inputs = inputs.to(ctx.device, non_blocking=True)
-            labels = labels.to(ctx.device, non_blocking=True)
-            loss, logits = train_step(net, inputs, labels, optimizers, schedulers,
-                                      label_smoothing=c.label_smoothing)
+            loss, batch_score, count = self.task.loss(net, batch)
+            optimizer_step(loss, optimizers, schedulers)
             self.global_step += 1
             with torch.no_grad():
-                sums[0] += loss.double() * labels.numel()
-                sums[1] += (logits.argmax(dim=1) == labels).sum()
-                sums[2] += labels.numel()
+                sums[0] += loss.detach().double() * count
+                sums[1] += batch_score
+                sums[2] += count
             bar.update(1)
             if (step + 1) % c.log_every == 0 and ctx.is_main:
-                loss_so_far, acc_so_far = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+                loss_so_far, score_so_far = float(sums[0] / sums[2]), float(sums[1] / sums[2])
                 if bar.disable:  # no terminal: leave a trace in the log instead
-                    logger.info("epoch %d/%d step %d/%d  loss %.4f acc %.4f", epoch + 1,
-                                c.epochs, step + 1, self.steps_per_epoch, loss_so_far,
-                                acc_so_far)
+                    logger.info("epoch %d/%d step %d/%d  loss %.4f %s %.4f", epoch + 1,
+                                c.epochs, step + 1, self.steps_per_epoch, loss_so_far, score,
+                                score_so_far)
                 else:
-                    bar.set_postfix(loss=f"{loss_so_far:.4f}", acc=f"{acc_so_far:.4f}")
+                    bar.set_postfix({"loss": f"{loss_so_far:.4f}", score: f"{score_so_far:.4f}"})
         bar.close()
         samples_per_rank = [int(n) for n in distributed.all_gather_objects(ctx, int(sums[2]))]
         train_acc, train_loss = accuracy_and_loss(distributed.all_reduce_sum(ctx, sums))
@@ -393,16 +393,15 @@ class _Run:
         if finished:
             self.method.finalize(self.model)
             events = [*events, "finalize"]
-        test_acc, test_loss = evaluate_sharded(self.model, self.test_set, c.eval_batch_size, ctx)
-        stats = jsonable(self.method.stats(self.model))
-        self.final_acc, self.final_loss, self.stats = test_acc, test_loss, stats
+        self._evaluate()
+        test_acc = self.final_acc
+        self.stats = stats = jsonable(self.method.stats(self.model))
         if test_acc > self.best_acc:
             self.best_acc, self.best_epoch = test_acc, epoch
         self.epoch = epoch + 1
         record = {
             "epoch": epoch, "step": self.global_step, "lr": lr, "scale_lr": scale_lr,
-            "train_loss": train_loss, "train_acc": train_acc,
-            "test_loss": test_loss, "test_acc": test_acc,
+            "train_loss": train_loss, f"train_{score}": train_acc, **self.final_metrics,
             **stats,
             "samples_per_rank": samples_per_rank, "events": events,
             "seconds": round(time.perf_counter() - started, 3),
@@ -418,9 +417,10 @@ class _Run:
                 save_checkpoint(state, self.best_path)
             self.metrics.append(self.history[-1])
             logger.info(
-                "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  "
+                "epoch %d/%d  train loss %.4f %s %.4f  test loss %.4f %s %.4f  "
                 "fp_fraction %s  bits/weight %s  %.1fs",
-                epoch + 1, c.epochs, train_loss, train_acc, test_loss, test_acc,
+                epoch + 1, c.epochs, train_loss, score, train_acc, self.final_loss, score,
+                test_acc,
                 stats.get("fp_fraction"), stats.get("bits_per_weight"), record["seconds"],
             )
         distributed.barrier(ctx)
@@ -436,7 +436,7 @@ class _Run:
             "finalized": finished,
             "best_test_acc": self.best_acc,
             "best_epoch": self.best_epoch,
-            "model": {"name": c.model, "kwargs": jsonable(self.model_kwargs)},
+            "model": jsonable(self.model_record),
             "method": {"name": self.method.name,
                        "config": jsonable(dataclasses.asdict(self.method.config))},
             "train_config": c.to_dict(),
