@@ -92,3 +92,25 @@ def test_bad_checkpoints_and_flags(fp_checkpoint, tmp_path, capsys):
         main(["ptq", str(fp_checkpoint), "--method", "nope", "--target", "0.5", "-o", "x.pt"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_solver_flags_reach_the_config():
+    from apb.jobs.ptq import PTQJob, ptq_config
+
+    apb_config = ptq_config(PTQJob(method="apb-ptq", target="1.6", value_bits=16,
+                                   solver="lazy", block_size=32, act_order=False,
+                                   bias_correction=True, dampening=0.1, per_channel=True))
+    assert (apb_config.value_bits, apb_config.solver, apb_config.block_size,
+            apb_config.act_order, apb_config.bias_correction, apb_config.dampening,
+            apb_config.per_channel, apb_config.bits_per_weight) == (16, "lazy", 32, False, True,
+                                                                     0.1, True, 1.6)
+    obc = ptq_config(PTQJob(method="obc-quant", target="4", group_size=128, solver="lazy"))
+    assert (obc.group_size, obc.solver, obc.bits) == (128, "lazy", 4)
+    with pytest.raises(ValueError, match="lazy-batch solver"):  # checked before any work
+        ptq_config(PTQJob(method="obc-quant", target="4", group_size=128, solver="exact"))
+    with pytest.raises(ValueError, match="obc-quant option"):
+        ptq_config(PTQJob(method="apb-ptq", target="1.6", group_size=64))
+    with pytest.raises(ValueError, match="apb-ptq / apb-naive option"):
+        ptq_config(PTQJob(method="obc-quant", target="4", value_bits=16))
+    with pytest.raises(ValueError, match="solver"):
+        ptq_config(PTQJob(method="obc-quant", target="4", solver="fast"))

@@ -69,7 +69,15 @@ class PTQJob:
         layer's level from the global step).
     per_channel: apb-ptq / apb-naive: one alpha per output channel instead of per layer.
     symmetric: obc-quant / obc-compound: symmetric grids (else with zero points).
+    value_bits: apb-ptq / apb-naive: storage of the full-precision values, 32 or 16.
+    group_size: obc-quant: one grid per group of this many input columns (bits accounted);
+        None: one per row.
     dampening: lambda of the dampened Hessian H + lambda*mean(diag H)*I.
+    solver: auto (exact OBC loop for small layers, lazy batches above), exact or lazy.
+    block_size: columns per block of the solvers.
+    act_order: lazy solver: visit the columns by descending Hessian diagonal.
+    bias_correction: layers with a bias: solve with the centered Hessian and refit the bias
+        (docs/ptq.md).
     sequential: compress layer by layer, each fitted to the full-precision output from the
         inputs the already compressed layers give it (default: on for apb-ptq, off for obc).
     batchnorm: BatchNorm statistics afterwards: shift (trained statistics moved by the
@@ -96,7 +104,13 @@ class PTQJob:
     scope: str = "layer"
     per_channel: bool = False
     symmetric: bool = True
+    value_bits: int = 32
+    group_size: int | None = None
     dampening: float = 0.01
+    solver: str = "auto"
+    block_size: int = 128
+    act_order: bool = True
+    bias_correction: bool = False
     sequential: bool | None = None
     batchnorm: str = "shift"
     batch_size: int = 128
@@ -159,14 +173,24 @@ def _number(kind: type, value: str, key: str):
 def ptq_config(job: PTQJob):
     """The :func:`apb.methods.ptq_` configuration the job asks for (validated)."""
     fields = parse_target(job.method, job.target)
-    common = {"dampening": job.dampening, "batchnorm": job.batchnorm}
+    common = {"dampening": job.dampening, "batchnorm": job.batchnorm, "solver": job.solver,
+              "block_size": job.block_size, "act_order": job.act_order,
+              "bias_correction": job.bias_correction}
     if job.sequential is not None:
         common["sequential"] = job.sequential
     if job.method.startswith("apb"):
-        return APBPTQConfig(**fields, **common, budget_scope=job.scope,
-                            per_channel=job.per_channel, compensate=job.method == "apb-ptq")
-    mode = job.method.removeprefix("obc-")
-    return OBCConfig(mode=mode, **fields, **common, scope=job.scope, symmetric=job.symmetric)
+        if job.group_size is not None:
+            raise ValueError("--group-size is an obc-quant option (grids per group of columns)")
+        config = APBPTQConfig(**fields, **common, budget_scope=job.scope,
+                              per_channel=job.per_channel, value_bits=job.value_bits,
+                              compensate=job.method == "apb-ptq")
+    else:
+        if job.value_bits != 32:
+            raise ValueError("--value-bits is an apb-ptq / apb-naive option")
+        config = OBCConfig(mode=job.method.removeprefix("obc-"), **fields, **common,
+                           scope=job.scope, symmetric=job.symmetric, group_size=job.group_size)
+    config.validate()
+    return config
 
 
 def run_ptq_job(job: PTQJob, log=print) -> dict:
