@@ -151,6 +151,17 @@ def test_ptq_start_keeps_the_post_training_masks(bert_dir, tmp_path):
     assert len(layers) == 12
     masks = [m.weight_quantizer.frozen_mask.clone() for m in layers]
     assert all(bool(m.weight_quantizer.mask_frozen) for m in layers)
+    # Binary latent weights carry their pretrained magnitudes (so training can flip the
+    # small ones); what the layer computes with is still ±α there.
+    teacher = dict(task.teacher.model.named_modules())
+    for name, m in student.named_modules():
+        if isinstance(m, apb.nn.QuantLinear):
+            binary = m.weight_quantizer.frozen_mask
+            torch.testing.assert_close(m.weight.abs()[binary],
+                                       teacher[name].weight.abs()[binary], rtol=0, atol=1e-6)
+            alpha = m.weight_quantizer.alpha.detach().view(-1, 1).expand_as(m.weight)
+            torch.testing.assert_close(m.quantized_weight().detach().abs()[binary],
+                                       alpha[binary])
     fp = sum(int((~mask).sum()) for mask in masks)
     total = sum(mask.numel() for mask in masks)
     assert fp == pytest.approx(0.05 * total, abs=len(layers))

@@ -16,6 +16,7 @@ SCHEDULERS = ("cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATIONS = ("relu", "hardtanh")
 HF_INITS = ("pretrained", "ptq")
+HF_TRAIN = ("compressed", "all")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class TrainConfig:
         hf_init: ``"pretrained"``: the compressed layers start from the pretrained weights
             as the method compresses them; ``"ptq"`` (method ``apb`` with a budget): from
             post-training APB, its full-precision positions then fixed.
+        hf_train: ``"compressed"``: only the compressed layers learn; ``"all"``: the
+            embeddings, normalisations and pooler too.
 
     Compression:
         method: name from ``apb.methods.available()`` (``fp``, ``bnn``, ``apb``, ...).
@@ -110,6 +113,7 @@ class TrainConfig:
     max_length: int = 128
     hidden_weight: float = 1.0
     hf_init: str = "pretrained"
+    hf_train: str = "compressed"
     method: str = "apb"
     method_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
@@ -177,6 +181,7 @@ class TrainConfig:
         _check_int(self, "max_length", low=2)
         _check_float(self, "hidden_weight", low=0.0)
         _check_choice(self, "hf_init", HF_INITS)
+        _check_choice(self, "hf_train", HF_TRAIN)
         if self.hf_init == "ptq" and (self.method != "apb" or not (
                 "bits_per_weight" in self.method_options
                 or "fp_fraction" in self.method_options)):

@@ -27,6 +27,11 @@ r"""What a training run learns and how it is measured: the trainer's two tasks.
   held-out ones; which weights stay at full precision is then fixed, and training moves the
   signs, ``α`` and the full-precision values.
 
+  With ``hf_train="compressed"`` (the default) only the compressed layers learn (weights,
+  biases, scales); embeddings, normalisations and the pooler keep the teacher's values,
+  which the unlabelled training texts, of another domain than the held-out ones, would
+  otherwise pull towards their own vocabulary.
+
 A task gives the trainer its data (:meth:`load_data`), its model and method
 (:meth:`build_model`), the loss of a batch (:meth:`loss`) and the test measurements
 (:meth:`evaluate`); the loop, optimizers, checkpoints, resume and DDP are the trainer's own.
@@ -160,6 +165,11 @@ class Distillation:
                 method.config, fp_fraction=None, bits_per_weight=None, budget_scope="layer"))
         else:
             student = method.prepare(student, chosen)
+        if c.hf_train == "compressed":  # the rest stays the teacher's own, as it is stored
+            keep = {f"{name}." for name, m in student.named_modules()
+                    if hasattr(m, "weight_quantizer")}
+            for name, p in student.named_parameters():
+                p.requires_grad_(any(name.startswith(prefix) for prefix in keep))
         return student, method, {"name": HF_MODEL, "kwargs": {"directory": str(c.hf_model)}}
 
     def _post_training(self, student: nn.Module, apb: methods.APBConfig, chosen) -> None:
@@ -175,8 +185,20 @@ class Distillation:
             bits_per_weight=apb.bits_per_weight, fp_fraction=apb.fp_fraction,
             budget_scope=apb.budget_scope, per_channel=apb.per_channel,
             value_bits=apb.value_bits, **PTQ_INIT)
+        pretrained = {name: m.weight.detach().clone() for name, m in student.named_modules()
+                      if chosen(m, name)}
         methods.ptq_(student, config, text_batches(self.tokenizer, calibration, 64,
                                                    c.max_length), chosen, progress=False)
+        with torch.no_grad():
+            for name, weight in pretrained.items():
+                layer = student.get_submodule(name)
+                binary = layer.weight_quantizer.frozen_mask
+                # Post-training leaves every binary latent weight at exactly ±α, as far from
+                # a sign change as any other: give it back its pretrained magnitude (sign
+                # kept) so that training can flip the weights that were close to zero.
+                magnitude = weight.abs().clamp_min(1e-6 * float(weight.abs().mean()))
+                layer.weight.copy_(torch.where(binary, layer.weight.sign() * magnitude,
+                                               layer.weight))
 
     def collate(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.tokenizer(list(texts), padding=True, truncation=True,

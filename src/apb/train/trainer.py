@@ -62,6 +62,7 @@ logger = logging.getLogger("apb.train")
 RESUME_MUST_MATCH = (
     "model", "model_options", "dataset", "data_options", "train_samples", "activation",
     "method", "method_options", "optimizer", "hf_model", "texts", "layers", "hf_init",
+    "hf_train",
 )
 """Fields a resumed run must share with its checkpoint: they decide the model's structure,
 its data and its optimizer state."""
