@@ -132,7 +132,7 @@ def _measure(name: str, act_bits: int, batch: int, threads: int, rounds: int,
             runners[impl] = build()
         except Exception as err:  # a peer that cannot take this model: say why, go on
             errors[impl] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    layout, layout_ms = fastest_layout(fp32, x)
+    layout, layout_ms = fastest_layout(fp32, x, rounds=min(rounds, 5))
     runners = {"torch_fp32": torch_runner(fp32, x, layout), **runners,
                "apb": torch_runner(packed, x)}
     with torch.inference_mode():
@@ -142,7 +142,7 @@ def _measure(name: str, act_bits: int, batch: int, threads: int, rounds: int,
                       if impl in runners}
     say(f"{name}: {rounds} interleaved rounds of {per_round} forwards each")
     times = interleaved_ms({impl: runners[impl] for impl in IMPLS if impl in runners},
-                           rounds, per_round, warmup=2, settle=1)
+                           rounds, per_round, warmup=1, settle=1)
     return {"times": times, "layout": layout, "layout_ms": layout_ms, "errors": errors,
             "fidelity": fidelity, "peer_rel_error": peer_error}
 

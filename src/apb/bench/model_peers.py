@@ -147,7 +147,8 @@ def fastest_layout(fp32: nn.Module, x: torch.Tensor, rounds: int = 5) -> tuple[s
     copies = {"contiguous": fp32, "channels_last": copy.deepcopy(fp32)}
     copies["channels_last"].to(memory_format=torch.channels_last)
     times = interleaved_ms({layout: torch_runner(model, x, layout)
-                            for layout, model in copies.items()}, rounds, warmup=1)
+                            for layout, model in copies.items()}, rounds, per_round=1,
+                           warmup=1, settle=1)
     ms = {layout: statistics.median(t) for layout, t in times.items()}
     best = ("channels_last" if median_ratio(times["contiguous"], times["channels_last"]) > 1
             else "contiguous")
