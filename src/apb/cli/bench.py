@@ -16,7 +16,8 @@ def _gemm_arguments(parser) -> None:
                         help="resnet18: the 7 (M, K, N) convolution GEMMs of ResNet-18; "
                              "sweep: square 64 to 2048")
     parser.add_argument("--threads", type=int, default=1, help="threads for every impl")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs (median)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved timing rounds per shape (medians over rounds)")
     parser.add_argument("--impls", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of totals")
@@ -25,7 +26,7 @@ def _gemm_arguments(parser) -> None:
 def _gemm(args) -> int:
     impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
     report = gemm.run_gemm_benchmark(gemm.SHAPE_SETS[args.shapes], impls=impls,
-                                     threads=args.threads, repeats=args.repeats)
+                                     threads=args.threads, rounds=args.rounds)
     print(gemm.report_table(report))
     if args.json:
         write_json(args.json, report)
