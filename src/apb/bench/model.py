@@ -53,6 +53,7 @@ from .timing import interleaved_ms, ratio_spread, thread_count
 ACT_BITS = (1, 2)
 IMPLS = ("torch_fp32", "torch_int8", "ort_int8", "apb")
 PEERS = IMPLS[:-1]
+COLORS = {"torch_int8": "tab:blue", "ort_int8": "tab:green", "apb": "tab:orange"}
 EXACT_TOLERANCE = 1e-5
 """Largest relative logit error of the packed model at 2-bit activations."""
 
@@ -254,36 +255,42 @@ def _fidelity_text(f: dict) -> str:
     if "sign_flip_fraction" in f:
         return f"{text}, {f['sign_flip_fraction']:.2%} signs flipped"
     if f["flipped_samples"]:
-        unflipped = f["max_rel_error_unflipped"]
-        text += (f"; {f['flipped_samples']} sample(s) with a code flipped by rounding, "
-                 f"the others {unflipped:.1e}" if unflipped is not None else
-                 "; every sample has a code flipped by rounding")
+        rest = f["max_rel_error_unflipped"]
+        text += (f" ({f['flipped_samples']} sample(s) with a rounding flip, rest "
+                 + (f"{rest:.1e})" if rest is not None else "none)"))
     return text + ("" if f["ok"] else " (over 1e-5!)")
 
 
 def plot_report(report: dict, path: str) -> None:
-    """apb's speed-up over each peer per model (median over rounds, min–max as error
-    bars, log scale, 1× marked), written atomically."""
+    """Each implementation's speed-up over torch fp32 per model (median over rounds of the
+    per-round ratio, min–max as error bars, log scale, 1× marked), written atomically."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["fidelity"])
+    others = IMPLS[1:]
     fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(PEERS)
-    for i, peer in enumerate(PEERS):
-        rows = {s["model"]: s for s in report["speedups"] if s["vs"] == peer}
-        xs = [k + (i - (len(PEERS) - 1) / 2) * width for k, n in enumerate(names) if n in rows]
-        med = [rows[n]["median"] for n in names if n in rows]
-        low = [rows[n]["median"] - rows[n]["min"] for n in names if n in rows]
-        high = [rows[n]["max"] - rows[n]["median"] for n in names if n in rows]
-        ax.bar(xs, med, width, yerr=[low, high], capsize=3, label=f"vs {peer}")
+    width = 0.8 / len(others)
+    for i, impl in enumerate(others):
+        spreads = {n: ratio_spread(t["torch_fp32"], t[impl])
+                   for n, t in report["round_ms"].items() if impl in t and "torch_fp32" in t}
+        shown = [n for n in names if n in spreads]
+        xs = [names.index(n) + (i - (len(others) - 1) / 2) * width for n in shown]
+        med = [spreads[n]["median"] for n in shown]
+        low = [spreads[n]["median"] - spreads[n]["min"] for n in shown]
+        high = [spreads[n]["max"] - spreads[n]["median"] for n in shown]
+        ax.bar(xs, med, width, yerr=[low, high], capsize=3, label=impl, color=COLORS[impl])
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    times = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×")
+    ax.yaxis.set_major_formatter(times)
+    ax.yaxis.set_minor_formatter(times)
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("apb speed-up (peer ms / apb ms)")
-    ax.set_title(f"packed apb, {report['act_bits']}-bit activations, batch {report['batch']}, "
+    ax.set_ylabel("speed-up over torch_fp32 (log)")
+    ax.set_title(f"apb with {report['act_bits']}-bit activations, batch {report['batch']}, "
                  f"{report['threads']} thread(s), {report['isa']}")
     ax.legend()
     fig.tight_layout()
