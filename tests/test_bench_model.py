@@ -70,7 +70,8 @@ def test_command_writes_the_report_and_the_plot(tmp_path, act_bits):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.fixture(scope="module", params=[1, 64], ids=["batch1", "batch64"])
+@pytest.fixture(scope="module", params=[1, pytest.param(64, marks=pytest.mark.slow)],
+                ids=["batch1", "batch64"])  # batch 64: ResNet-18 takes about a minute
 def every_model(request):
     names = apb.models.available()
     return names, request.param, bench_model.run_model_benchmark(
