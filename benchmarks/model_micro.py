@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from apb import _C
-from apb.bench.model import build_fp32
+from apb.bench.model_peers import build_fp32
 from apb.bench.timing import time_ms
 
 

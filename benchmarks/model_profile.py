@@ -4,7 +4,7 @@
     PYTHONPATH=src python benchmarks/model_profile.py --model resnet18 --act-bits 2
 
 Profiles the packed APB model (BatchNorms folded) and, with ``--fp32``, the fp32 peer,
-on one thread, ``--forwards`` forwards after three warm-up ones. The packed kernels show
+on one thread at batch ``--batch``, ``--forwards`` forwards after three warm-up ones. The packed kernels show
 up as ``apb::*`` operators (one per kernel call: activation packing, binary GEMM, sparse
 correction with the epilogue); the rest are torch's own (the fp32 stem convolution,
 max-pool, ReLU, residual adds, classifier). Self CPU time is wall time spent inside each
@@ -19,7 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import apb
-from apb.bench.model import MODELS, build_apb, build_fp32
+import apb.models
+from apb.bench.model_peers import build_apb, build_fp32, input_shape
 
 
 def profile_table(model: torch.nn.Module, x: torch.Tensor, forwards: int, rows: int) -> str:
@@ -41,7 +42,8 @@ def profile_table(model: torch.nn.Module, x: torch.Tensor, forwards: int, rows: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18", choices=list(MODELS))
+    parser.add_argument("--model", default="resnet18", choices=apb.models.available())
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--act-bits", type=int, default=2, choices=[1, 2])
     parser.add_argument("--forwards", type=int, default=20)
     parser.add_argument("--rows", type=int, default=12)
@@ -49,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     apb.set_num_threads(1)
-    x = torch.randn(1, *MODELS[args.model], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(args.batch, *input_shape(args.model),
+                    generator=torch.Generator().manual_seed(0))
     packed, _ = build_apb(args.model, args.act_bits)
     print(f"packed APB {args.model}, {args.act_bits}-bit activations:")
     print(profile_table(packed, x, args.forwards, args.rows))

@@ -14,7 +14,7 @@ from apb.bench import gemm
 
 
 def test_every_impl_runs_and_report_structure(tmp_path):
-    report = gemm.run_gemm_benchmark([(8, 70, 5), (4, 64, 3)], repeats=1)
+    report = gemm.run_gemm_benchmark([(8, 70, 5), (4, 64, 3)], rounds=1)
     impls = [r["impl"] for r in report["results"]]
     assert impls == ["torch_fp32", "torch_int8_fbgemm", "torch_int8_onednn", "ort_int8",
                      "apb_1x1", "apb_1x2", "apb_2x2", "apb_layer"]
@@ -109,8 +109,8 @@ def test_apb_layer_is_the_convolution_of_the_gemm_shape():
 def test_bad_arguments_and_the_quantized_engine_is_restored():
     with pytest.raises(ValueError, match="unknown implementation"):
         gemm.run_gemm_benchmark([(1, 1, 1)], impls=["nope"])
-    with pytest.raises(ValueError, match="need repeats >= 1"):
-        gemm.run_gemm_benchmark([(1, 1, 1)], repeats=0)
+    with pytest.raises(ValueError, match="need rounds >= 1"):
+        gemm.run_gemm_benchmark([(1, 1, 1)], rounds=0)
     with pytest.raises(ValueError, match="threads >= 1"):
         gemm.run_gemm_benchmark([(1, 1, 1)], threads=0)
     before = torch.backends.quantized.engine
@@ -120,7 +120,7 @@ def test_bad_arguments_and_the_quantized_engine_is_restored():
         for engine in engines:  # whatever the engine before, the int8 peers switch it back
             torch.backends.quantized.engine = engine
             report = gemm.run_gemm_benchmark(
-                [(4, 64, 3)], impls=["torch_int8_fbgemm", "torch_int8_onednn"], repeats=1)
+                [(4, 64, 3)], impls=["torch_int8_fbgemm", "torch_int8_onednn"], rounds=1)
             assert torch.backends.quantized.engine == engine
             assert all("error" not in r or e not in engines
                        for r, e in zip(report["results"], ("fbgemm", "onednn"), strict=True))

@@ -2,8 +2,8 @@
 
 Every implementation computes the product of an ``M × K`` weight matrix and ``K × N``
 activations (a convolution as im2col GEMM: M output channels, K = C·kh·kw, N positions),
-all measured in one process, on the same number of threads, median of ``repeats`` timed
-runs after warm-up. Peers (docs/design.md §8): PyTorch fp32 (``torch.mm``, MKL/oneDNN sgemm),
+all measured in one process, on the same number of threads, in interleaved rounds
+(:func:`run_gemm_benchmark`). Peers (docs/design.md §8): PyTorch fp32 (``torch.mm``, MKL/oneDNN sgemm),
 PyTorch int8 quantized linear on the fbgemm and onednn engines, ONNX Runtime int8
 ``MatMulInteger`` (MLAS). The roofline is one core's XOR+popcount rate on L1 data, the
 best of the loops :func:`apb.kernels.xor_popcount_rooflines` measures (each is reported).
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..kernels import active_isa, bgemm_1x1, bgemm_1x2, bgemm_2x2, xor_popcount_
 from ..pack import PackedAPBConv2d
 from ..pack.bits import pack_bits
 from ..pack.csr import csr_index_dtype, csr_indptr_dtype
-from .timing import thread_count, time_ms
+from .timing import interleaved_ms, thread_count
 
 RESNET18_SHAPES = [
     (64, 576, 2916), (128, 576, 2916), (128, 1152, 676), (256, 1152, 676),
@@ -202,51 +202,50 @@ def implementations(threads: int) -> dict[str, Setup]:
 
 
 # -- the harness -------------------------------------------------------------------------
-@dataclass
-class GemmResult:
-    impl: str
-    per_shape_ms: list[float] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def total_ms(self) -> float:
-        return sum(self.per_shape_ms)
-
-
 def run_gemm_benchmark(
-    shapes: list[Shape], impls: list[str] | None = None, threads: int = 1, repeats: int = 10,
-    seed: int = 0, progress: Callable[[str], None] | None = None,
+    shapes: list[Shape], impls: list[str] | None = None, threads: int = 1, rounds: int = 7,
+    per_round: int = 3, seed: int = 0, progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Measure every implementation on every shape; the JSON report as a dict."""
+    """Measure every implementation on every shape; the JSON report as a dict.
+
+    For each shape the implementations run in interleaved rounds
+    (:func:`apb.bench.timing.interleaved_ms`, one settling call per turn): a shared
+    machine's drift slows them alike instead of whichever ran last. An implementation's
+    time for a shape is the median of its per-round medians."""
     available = implementations(threads)
     impls = list(available) if impls is None else impls
     unknown = [i for i in impls if i not in available]
     if unknown:
         raise ValueError(f"unknown implementation(s) {unknown}; choose from {list(available)}")
-    if repeats < 1 or threads < 1:
-        raise ValueError(f"need repeats >= 1 and threads >= 1, got {repeats}, {threads}")
-    results = []
+    if rounds < 1 or per_round < 1 or threads < 1:
+        raise ValueError(f"need rounds >= 1, per_round >= 1 and threads >= 1, got {rounds}, "
+                         f"{per_round}, {threads}")
+    per_shape: dict[str, list[float]] = {impl: [] for impl in impls}
+    errors: dict[str, str] = {}
     with thread_count(threads):
-        for impl in impls:
-            res = GemmResult(impl)
-            for shape in shapes:
-                if progress:
-                    progress(f"{impl} {shape}")
+        for shape in shapes:
+            if progress:
+                progress(f"{shape}: {rounds} interleaved rounds")
+            fns = {}
+            for impl in impls:
+                if impl in errors:
+                    continue
                 try:
-                    fn = available[impl](*shape, np.random.default_rng(seed))
+                    fns[impl] = available[impl](*shape, np.random.default_rng(seed))
                 except (ImportError, RuntimeError) as err:  # a peer missing on this machine
-                    res.error, res.per_shape_ms = f"{type(err).__name__}: {err}", []
-                    break
-                res.per_shape_ms.append(time_ms(fn, repeats))
-            results.append(res)
+                    errors[impl] = f"{type(err).__name__}: {err}"
+            for impl, ms in interleaved_ms(fns, rounds, per_round, settle=1).items():
+                per_shape[impl].append(statistics.median(ms))
         rooflines = xor_popcount_rooflines()
     return {
         "isa": active_isa(), "threads": threads, "shapes": [list(s) for s in shapes],
+        "rounds": rounds, "per_round": per_round,
         "roofline_gbitops": max(rooflines.values()), "roofline_methods_gbitops": rooflines,
         "results": [
-            {"impl": r.impl, "total_ms": r.total_ms if not r.error else None,
-             "per_shape_ms": r.per_shape_ms, **({"error": r.error} if r.error else {})}
-            for r in results
+            {"impl": impl, "total_ms": None if impl in errors else sum(per_shape[impl]),
+             "per_shape_ms": [] if impl in errors else per_shape[impl],
+             **({"error": errors[impl]} if impl in errors else {})}
+            for impl in impls
         ],
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from .. import models
 from ..bench import gemm, linear, model, transformer, xor
 from ..jobs.common import write_json
 from ..methods import APBPTQConfig
@@ -15,7 +16,8 @@ def _gemm_arguments(parser) -> None:
                         help="resnet18: the 7 (M, K, N) convolution GEMMs of ResNet-18; "
                              "sweep: square 64 to 2048")
     parser.add_argument("--threads", type=int, default=1, help="threads for every impl")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs (median)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved timing rounds per shape (medians over rounds)")
     parser.add_argument("--impls", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of totals")
@@ -24,7 +26,7 @@ def _gemm_arguments(parser) -> None:
 def _gemm(args) -> int:
     impls = [i.strip() for i in args.impls.split(",")] if args.impls else None
     report = gemm.run_gemm_benchmark(gemm.SHAPE_SETS[args.shapes], impls=impls,
-                                     threads=args.threads, repeats=args.repeats)
+                                     threads=args.threads, rounds=args.rounds)
     print(gemm.report_table(report))
     if args.json:
         write_json(args.json, report)
@@ -75,26 +77,34 @@ def _linear(args) -> int:
 
 
 def _model_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet18", choices=list(model.MODELS),
-                        help="resnet18 (224x224 inputs) or resnet20 (32x32)")
+    parser.add_argument("--model", default="all", metavar="all|NAME,...",
+                        help=f"'all' or a comma list of {', '.join(models.available())}")
     parser.add_argument("--act-bits", type=int, default=2, choices=list(model.ACT_BITS),
                         help="activation bits of the APB model")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward (1, 64)")
     parser.add_argument("--fp-fraction", type=float, default=0.02,
                         help="share of full-precision weights in the APB model")
     parser.add_argument("--threads", type=int, default=1, help="threads for every model")
-    parser.add_argument("--repeats", type=int, default=10,
-                        help="timed forwards per model (median)")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="interleaved timing rounds per model (medians over rounds)")
+    parser.add_argument("--per-round", type=int, default=3,
+                        help="timed forwards per implementation and round (median)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="apb's speed-up over each peer, per model")
 
 
 def _model(args) -> int:
+    names = model.parse_models(args.model)
     with Console(stderr=True).status("apb bench model") as status:
-        report = model.run_model_benchmark(args.model, args.act_bits, threads=args.threads,
-                                           repeats=args.repeats, fp_fraction=args.fp_fraction,
-                                           progress=status.update)
-    print(model.report_table(report))
+        report = model.run_model_benchmark(
+            names, args.act_bits, batch=args.batch, threads=args.threads, rounds=args.rounds,
+            per_round=args.per_round, fp_fraction=args.fp_fraction, progress=status.update)
+    print(model.report_table(report), end="")
     if args.json:
         write_json(args.json, report)
+    if args.plot:
+        model.plot_report(report, args.plot)
     return 0
 
 
@@ -161,11 +171,14 @@ BENCH = Command(
                 "counts, in interleaved rounds on the same threads; print ms, speed-ups and "
                 "apb's share of the measured bandwidth and lookup limits, optionally write "
                 "JSON and a plot.", _linear_arguments, _linear),
-        Command("model", "batch-1 latency of a packed APB network vs torch fp32 and int8",
-                "Build the architecture three ways (packed APB with BatchNorms folded, torch "
-                "fp32 with BatchNorms folded, torch int8 by FX graph mode calibrated on random "
-                "inputs), time batch-1 inference in the same process and threads, print ms and "
-                "speed-ups, optionally write JSON.", _model_arguments, _model),
+        Command("model", "every zoo model: packed APB vs torch fp32/int8 and ONNX Runtime int8",
+                "Build each zoo architecture four ways (packed APB with BatchNorms folded; "
+                "torch fp32 with BatchNorms folded, in its faster memory layout; torch int8 by "
+                "FX graph mode and ONNX Runtime static QDQ int8, both calibrated on the same "
+                "random inputs), time them in interleaved rounds in one process on the same "
+                "threads, check the packed logits against the training model, print median "
+                "ms and apb's speed-ups (median over rounds, with spread), optionally write "
+                "JSON and a plot.", _model_arguments, _model),
         Command("xor", "XOR-gate encryption of random pruned weights: bits, losslessness, speed",
                 "Encrypt N random B-bit weights with a fraction P pruned; report bits per "
                 "weight (encrypted + patches, mask, total; CSR and bitmap of the same matrix), "
