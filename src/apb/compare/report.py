@@ -96,7 +96,7 @@ def report_markdown(report: dict, plot: str | None = None) -> str:
     as given, relative to the markdown file) and the dominance sentences."""
     env = report.get("environment", {})
     parts = [f"# Results: {report['model']} on {report['dataset']}", "",
-             "Written by `apb compare` (regenerate with `make results`): every method trained "
+             "Written by `apb compare` with the command below: every method trained "
              "or compressed on one harness, the same epochs for every trained method, "
              "post-training methods applied to the `fp` model of the same seed.", ""]
     if report.get("command"):
