@@ -7,6 +7,7 @@ from torch import nn
 import apb
 from apb.memory import binary_sparse_storage, index_bits, quantized_storage, sparse_storage
 from apb.methods import APBConfig, BNNConfig, DoReFaConfig
+from apb.methods.apb import apply_model_budget
 from apb.nn import QuantConv2d, QuantLinear, compressed_layers
 
 
@@ -84,6 +85,29 @@ def test_model_wide_bits_per_weight_and_training_keeps_it():
     method.finalize(m)
     s = apb.summary(m)
     assert 1.3 < s.bits_per_weight <= 1.4
+
+
+@pytest.mark.parametrize("bits", [1.05, 1.4, 2.5, 6.0])
+def test_model_budget_counts_match_a_full_ranking(bits):
+    """apply_model_budget ranks only the weights the budget can afford; the per-layer counts
+    must be those of ranking every weight and taking the most distant that fit."""
+    m = small_cnn()
+    config = APBConfig(bits_per_weight=bits, budget_scope="model", value_bits=16)
+    apb.methods.create("apb", **{k: getattr(config, k) for k in
+                                 ("bits_per_weight", "budget_scope", "value_bits")}).prepare(m)
+    layers = [(q, layer.weight) for _, layer in compressed_layers(m)
+              for q in [layer.weight_quantizer]]
+    u = torch.cat([q.normalized_distance(w).reshape(-1) for q, w in layers])
+    owner = torch.cat([torch.full((q.n_weights,), i) for i, (q, _) in enumerate(layers)])
+    owner = owner[torch.sort(u, descending=True, stable=True).indices]
+    best = []
+    for k in range(u.numel() + 1):  # brute force: the largest k within the budget
+        counts = torch.bincount(owner[:k], minlength=len(layers)).tolist()
+        if sum(q._storage_for(n).total_bits for (q, _), n in zip(layers, counts)) \
+                > bits * u.numel():
+            break
+        best = counts
+    assert apply_model_budget(m, config) == best
 
 
 def test_layer_budget_bits_per_weight_every_layer():
