@@ -29,9 +29,6 @@ from .datasplit import DataError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
-CORPORA = ("python-docs", "python-stdlib")
-"""The built-in corpora, by the names ``--texts`` takes."""
-
 _SKIPPED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib"})
 
 
@@ -59,11 +56,8 @@ def read_texts(path: str | os.PathLike, minimum: int = 1) -> list[str]:
 def corpus(texts: str | os.PathLike) -> list[str]:
     """The texts of ``texts``: a built-in corpus name (:data:`CORPORA`) or a file of one text
     per line."""
-    if texts == "python-docs":
-        return python_docs_sentences()
-    if texts == "python-stdlib":
-        return python_stdlib_sentences()
-    return read_texts(texts)
+    builtin = CORPORA.get(texts) if isinstance(texts, str) else None
+    return builtin() if builtin is not None else read_texts(texts)
 
 
 def python_docs_sentences() -> list[str]:
@@ -93,6 +87,10 @@ def python_stdlib_sentences() -> list[str]:
     """Sentences of the standard library's docstrings (see the module docstring); parsed
     once per process (a few seconds)."""
     return list(_stdlib_sentences())
+
+
+CORPORA = {"python-docs": python_docs_sentences, "python-stdlib": python_stdlib_sentences}
+"""The built-in corpora, by the names ``--texts`` takes."""
 
 
 def _sentences(documents) -> list[str]:

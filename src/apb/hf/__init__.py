@@ -9,8 +9,15 @@ read from ``1_Pooling/config.json``) both load. Needs the optional dependency
 ``transformers`` (``pip install 'apb[hf]'``); only safetensors weights are read.
 """
 
-from .embeddings import embed, fidelity, pool, text_batches
+from .embeddings import (
+    MIN_CALIBRATION_TEXTS,
+    MIN_EVAL_TEXTS,
+    embed,
+    fidelity,
+    pool,
+    text_batches,
+)
 from .local import HFError, LocalModel, load_local, skeleton
 
-__all__ = ["HFError", "LocalModel", "embed", "fidelity", "load_local", "pool", "skeleton",
-           "text_batches"]
+__all__ = ["MIN_CALIBRATION_TEXTS", "MIN_EVAL_TEXTS", "HFError", "LocalModel", "embed",
+           "fidelity", "load_local", "pool", "skeleton", "text_batches"]

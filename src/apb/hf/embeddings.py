@@ -26,6 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MIN_CALIBRATION_TEXTS = 8
+"""Fewest texts a post-training calibration of a transformer takes."""
+
+MIN_EVAL_TEXTS = 10
+"""Fewest held-out texts a fidelity measurement takes."""
+
 
 def text_batches(tokenizer: Any, texts: Sequence[str], batch_size: int = 32,
                  max_length: int = 128) -> list[dict[str, torch.Tensor]]:

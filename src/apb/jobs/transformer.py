@@ -24,7 +24,15 @@ import time
 from torch import nn
 
 from ..data.texts import corpus
-from ..hf import embed, fidelity, load_local, skeleton, text_batches
+from ..hf import (
+    MIN_CALIBRATION_TEXTS,
+    MIN_EVAL_TEXTS,
+    embed,
+    fidelity,
+    load_local,
+    skeleton,
+    text_batches,
+)
 from ..methods import ptq_
 from ..pack import load_packed, pack_, read_packed_info, save_packed
 from ..summary import summary
@@ -33,8 +41,6 @@ from .common import check_outputs, write_json
 from .ptq import PTQJob, ptq_config
 
 BUILTIN_TEXTS = "python-docs"
-MIN_CALIB_TEXTS = 8
-MIN_EVAL_TEXTS = 10
 
 
 def layer_filter(pattern: str):
@@ -53,8 +59,8 @@ def run_transformer_ptq(job: PTQJob, log=print) -> dict:
         raise ValueError("give the packed model file to write with -o FILE.safetensors")
     check_outputs(job.output, job.json)
     calib_count = 512 if job.calib is None else job.calib
-    if calib_count < MIN_CALIB_TEXTS or job.eval_texts < MIN_EVAL_TEXTS or job.batch_size < 1:
-        raise ValueError(f"--calib must be at least {MIN_CALIB_TEXTS}, --eval-texts at least "
+    if calib_count < MIN_CALIBRATION_TEXTS or job.eval_texts < MIN_EVAL_TEXTS or job.batch_size < 1:
+        raise ValueError(f"--calib must be at least {MIN_CALIBRATION_TEXTS}, --eval-texts at least "
                          f"{MIN_EVAL_TEXTS} and --batch-size at least 1")
     filter_fn = layer_filter(job.layers)
     started = time.perf_counter()

@@ -49,8 +49,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import data, methods
+from ..data.subsets import evenly_spaced_indices
 from ..data.texts import corpus
-from ..hf import embed, fidelity, load_local, pool, text_batches
+from ..hf import (
+    MIN_CALIBRATION_TEXTS,
+    MIN_EVAL_TEXTS,
+    embed,
+    fidelity,
+    load_local,
+    pool,
+    text_batches,
+)
 from .build import build_model, model_kwargs_for
 from .checkpoint import CheckpointError, check_model_size
 from .config import TrainConfig
@@ -64,8 +73,6 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 PTQ_INIT = {"dampening": 0.1, "block_size": 32, "bias_correction": True}
 """Solver settings of ``hf_init="ptq"``: those docs/ptq.md measured best on MiniLM."""
-
-MIN_CALIBRATION_TEXTS = 8
 
 
 class Classification:
@@ -130,12 +137,14 @@ class Distillation:
     def load_data(self, ckpt: dict[str, Any] | None) -> tuple[Dataset, list[str]]:
         c = self.config
         held_out = corpus(c.eval_texts)[c.eval_skip:c.eval_skip + (c.test_samples or 512)]
-        if len(held_out) < 10:
+        if len(held_out) < MIN_EVAL_TEXTS:
             raise ValueError(f"eval_texts {c.eval_texts!r} has {len(held_out)} texts after "
-                             f"skipping {c.eval_skip}; at least 10 are needed")
+                             f"skipping {c.eval_skip}; at least {MIN_EVAL_TEXTS} are needed")
         unseen = set(held_out)
         train_texts = [t for t in corpus(c.texts) if t not in unseen]
-        train_texts = list(data.evenly_spaced_subset(_Texts(train_texts), c.train_samples))
+        if c.train_samples is not None and c.train_samples < len(train_texts):
+            train_texts = [train_texts[i] for i in
+                           evenly_spaced_indices(len(train_texts), c.train_samples)]
         if not train_texts:
             raise ValueError(f"texts {c.texts!r} holds no text apart from the held-out ones")
         self.teacher = load_local(c.hf_model, **NO_DROPOUT)
