@@ -43,6 +43,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def write_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out the matplotlib figure ``fig``, write it to ``path`` as PNG atomically
+    (:func:`atomic_write`) and close it, written or not."""
+    import matplotlib.pyplot as plt  # matplotlib only when a figure is written
+
+    try:
+        fig.tight_layout()
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the temporaries an interrupted :func:`atomic_write` of ``path`` left (their
     process is gone); returns what was removed."""

@@ -30,7 +30,7 @@ import torch
 from rich.table import Table
 
 from ..console import table_text
-from ..io import atomic_write
+from ..io import write_figure
 from ..kernels import active_isa, bgemm_1x1, bgemm_1x2, bgemm_2x2, xor_popcount_rooflines
 from ..pack import PackedAPBConv2d
 from ..pack.bits import pack_bits
@@ -297,8 +297,4 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_ylabel("total ms over the shapes (log)")
     ax.set_title(f"GEMM time, {report['threads']} thread(s), {report['isa']}")
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    write_figure(fig, path)

@@ -43,7 +43,7 @@ import torch
 from rich.table import Table
 
 from ..console import table_text
-from ..io import atomic_write
+from ..io import write_figure
 from ..kernels import active_isa, direct, linear_1xf_kernel, linear_1xf_lookup_rate, pack_signs
 from .ort import dynamic_int8_session
 from .timing import thread_count
@@ -319,8 +319,4 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
     ax.set_title(f"apb linear_1xf, {report['threads']} thread(s), {report['isa']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    write_figure(fig, path)

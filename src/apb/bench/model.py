@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import models
 from ..console import table_text
-from ..io import atomic_write
+from ..io import write_figure
 from ..kernels import active_isa
 from .model_peers import (
     INT8_ENGINE,
@@ -293,8 +293,4 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_title(f"apb with {report['act_bits']}-bit activations, batch {report['batch']}, "
                  f"{report['threads']} thread(s), {report['isa']}")
     ax.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    write_figure(fig, path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..io import atomic_write
+from ..io import write_figure
 
 
 def pareto_front(results: list[dict]) -> list[str]:
@@ -143,8 +143,4 @@ def plot_pareto(report: dict, path: str) -> None:
                  f"({report['seeds']} seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    write_figure(fig, path)

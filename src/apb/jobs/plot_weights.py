@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..io import atomic_write
+from ..io import write_figure
 from ..nn import APBWeightQuantizer
 from ..train import build_model_from_checkpoint
 
@@ -85,9 +85,5 @@ def plot_weights(checkpoint: str, output: str, layer: str | None = None) -> list
         ax.set_xlabel("latent weight")
         ax.set_ylabel("count (log)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(output, lambda f: fig.savefig(f, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+    write_figure(fig, output, dpi=110)
     return [n for n, _ in layers]
