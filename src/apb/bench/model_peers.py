@@ -3,8 +3,9 @@
 - ``apb``: the architecture compressed with APB (``fp_fraction`` full-precision weights,
   ``act_bits`` activations; first layer and classifier in fp32 as usual), a few
   training-mode forwards on the calibration inputs to set the activation scales and
-  BatchNorm statistics, packed (:func:`apb.pack_`) with BatchNorms folded into the layers'
-  epilogues (:func:`apb.pack.fold_batchnorm_`).
+  BatchNorm statistics, packed (:func:`apb.pack_`) and prepared for inference
+  (:func:`apb.pack.optimize_for_inference_`: BatchNorms folded into the layers' epilogues,
+  full-precision convolutions channels-last, max-pooling on strided views).
 - ``torch_fp32``: the same architecture in eval mode, BatchNorms folded into the
   convolutions the same way, run in the memory layout (NCHW or channels-last) that is
   faster for that model (:func:`fastest_layout`).
@@ -35,7 +36,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from .. import models
 from ..methods import APBConfig, compress_
-from ..pack import fold_batchnorm_, pack_
+from ..pack import fold_batchnorm_, optimize_for_inference_, pack_
 from .ort import static_int8_session
 from .timing import interleaved_ms, median_ratio
 
@@ -66,8 +67,9 @@ def _architecture(name: str, act_bits: int, seed: int) -> nn.Module:
 
 def build_apb(name: str, act_bits: int, fp_fraction: float = 0.02, seed: int = 0,
               calibration: list[torch.Tensor] | None = None) -> tuple[nn.Module, nn.Module]:
-    """``(packed, training)``: the packed APB model (BatchNorms folded) and the eval-mode
-    training model it reproduces."""
+    """``(packed, training)``: the packed APB model (prepared for inference:
+    :func:`~apb.pack.optimize_for_inference_`) and the eval-mode training model it
+    reproduces."""
     model = _architecture(name, act_bits, seed)
     compress_(model, APBConfig(fp_fraction=fp_fraction, act_bits=act_bits))
     model.train()
@@ -76,7 +78,7 @@ def build_apb(name: str, act_bits: int, fp_fraction: float = 0.02, seed: int = 0
             model(x)
     model.eval()
     packed = pack_(copy.deepcopy(model))
-    return fold_batchnorm_(packed), model
+    return optimize_for_inference_(packed), model
 
 
 def build_fp32(name: str, act_bits: int, seed: int = 0) -> nn.Module:

@@ -14,8 +14,9 @@ without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear
 (pruning + ``k``-bit quantization, ``prune_quant``). Kernels run through ``torch.ops.apb.*`` custom ops
 (:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
 ``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
-fastest inference, :func:`fold_batchnorm_` folds BatchNorms into the packed layers'
-epilogues (after saving: a folded model is not saved). For transformers,
+fastest inference, :func:`optimize_for_inference_` folds BatchNorms into the packed layers'
+epilogues (:func:`fold_batchnorm_`), runs full-precision convolutions channels-last and
+max-pooling on strided views (after saving: a folded model is not saved). For transformers,
 :func:`set_input_precision` ``(model, "int8")`` runs the Linear layers with float inputs on
 the int8 fast path (:func:`apb.kernels.linear_1xf`), at about 1 % relative error.
 """
@@ -40,16 +41,18 @@ from .header import (
     PackedFormatError,
     UncheckedFileWarning,
 )
+from .inference import FastMaxPool2d, optimize_for_inference_
 from .layer import INPUT_PRECISIONS, PackedLayer, check_input_precision
 from .layer_tensors import PACKED_TYPES
 from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FORMAT_VERSION", "INPUT_PRECISIONS",
+    "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FastMaxPool2d", "FORMAT_VERSION", "INPUT_PRECISIONS",
     "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
     "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
-    "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed", "pack_",
+    "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed",
+    "optimize_for_inference_", "pack_",
     "pack_layer", "packed_bytes", "packed_layers", "read_packed_info", "save_packed",
     "set_backend", "set_input_precision", "xor",
 ]

@@ -1,0 +1,97 @@
+"""optimize_for_inference_: a packed model with folded BatchNorms, channels-last
+full-precision convolutions and FastMaxPool2d computes what the packed model computes;
+FastMaxPool2d gives max_pool2d's values exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import apb
+from _packing import (
+    TOLERANCE,
+    one_thread,  # noqa: F401  (autouse fixture)
+    packed_copy,
+    prepare,
+    relative_error,
+)
+from apb.methods import APBConfig
+from apb.pack import FastMaxPool2d, optimize_for_inference_
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, (3, 2), 5])
+@pytest.mark.parametrize("stride", [1, 2, 3, (2, 1)])
+@pytest.mark.parametrize("shape", [(1, 3, 7, 7), (2, 5, 8, 9), (3, 1, 5, 6)])
+def test_fast_max_pool_gives_max_pool2d_values(kernel, stride, shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    x[0, 0, 1, 1] = float("nan")
+    x[-1, -1, 2, 3] = float("inf")
+    k = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    for padding in {(0, 0), (k[0] // 2, k[1] // 2), (0, k[1] // 2)}:
+        if shape[2] + 2 * padding[0] < k[0] or shape[3] + 2 * padding[1] < k[1]:
+            continue
+        want = F.max_pool2d(x, kernel, stride, padding)
+        got = FastMaxPool2d(kernel, stride, padding)(x)
+        assert got.shape == want.shape
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got.nan_to_num(0.5), want.nan_to_num(0.5)), (kernel, stride, padding)
+
+
+def test_fast_max_pool_leaves_other_cases_to_max_pool2d():
+    x = torch.randn(2, 4, 9, 9)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(FastMaxPool2d(3, 2, 1)(channels_last), F.max_pool2d(x, 3, 2, 1))
+    assert torch.equal(FastMaxPool2d(2, ceil_mode=True)(x), F.max_pool2d(x, 2, ceil_mode=True))
+    assert torch.equal(FastMaxPool2d(3, dilation=2)(x), F.max_pool2d(x, 3, dilation=2))
+    values, indices = FastMaxPool2d(2, return_indices=True)(x)
+    assert torch.equal(indices, F.max_pool2d(x, 2, return_indices=True)[1])
+    ints = torch.randint(-5, 5, (1, 2, 6, 6))
+    assert torch.equal(FastMaxPool2d(2)(ints.float()), F.max_pool2d(ints.float(), 2))
+    with pytest.raises(RuntimeError):  # max_pool2d's own check: padding over half a window
+        FastMaxPool2d(2, padding=2)(x)
+
+
+def _stem_pool_model() -> nn.Module:
+    """A full-precision stem, a max-pool on its output, packed layers after it."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 3 * 3, 10),
+    )
+
+
+@pytest.mark.parametrize("act_bits", [32, 2])
+def test_optimized_model_gives_the_packed_logits(act_bits):
+    skip_stem = lambda m, name: name not in ("0", "12")  # noqa: E731  fp stem and classifier
+    model = prepare(_stem_pool_model(), APBConfig(fp_fraction=0.05, act_bits=act_bits),
+                    (4, 3, 23, 25), filter_fn=skip_stem)
+    x = torch.randn(3, 3, 23, 25)
+    with torch.no_grad():
+        want = model(x)
+        packed = packed_copy(model)
+        fast = optimize_for_inference_(packed)
+        got = fast(x)
+        assert optimize_for_inference_(fast) is fast  # idempotent
+        again = fast(x)
+    assert relative_error(got, want) < TOLERANCE
+    assert torch.equal(got, again)
+    assert [type(m) for m in fast if isinstance(m, nn.MaxPool2d)] == [FastMaxPool2d] * 2
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast)
+    assert len(list(apb.pack.packed_layers(fast))) == 2
+
+
+def test_optimized_model_exports():
+    model = prepare(_stem_pool_model(), APBConfig(fp_fraction=0.05, act_bits=2),
+                    (4, 3, 23, 25), filter_fn=lambda m, name: name not in ("0", "12"))
+    fast = optimize_for_inference_(packed_copy(model))
+    x = torch.randn(2, 3, 23, 25)
+    with torch.no_grad():
+        want = fast(x)
+        got = torch.export.export(fast, (x,)).module()(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
