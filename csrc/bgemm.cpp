@@ -179,11 +179,20 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     }
 }
 
+// Fewer activation rows than this run the in-place kernel on AVX-512 CPUs.
+constexpr int64_t kInPlaceMaxColumns = 16;
+
 void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
     if (g.M <= 0 || g.N <= 0) return;
     switch (active_isa()) {  // may throw: outside any thread team
 #if defined(APB_HAVE_X86_KERNELS)
-        case Isa::avx512: return run_in_place(popcount_gemm_kernel_avx512(), g, out);
+        case Isa::avx512:
+            // The AVX2 table-lookup kernel on its packed panels beats the in-place
+            // 512-bit VPOPCNTQ tiles on every ResNet-18 GEMM (2.3-3.1x for bgemm_1x2,
+            // Zen 4, one thread); below kInPlaceMaxColumns activation rows the panels
+            // do not pay for their packing (docs/performance.md, "AVX-512 CPUs").
+            if (g.N < kInPlaceMaxColumns) return run_in_place(popcount_gemm_kernel_avx512(), g, out);
+            return run_packed(packed_popcount_gemm_kernel_avx2(g), g, out);
         case Isa::avx2: return run_packed(packed_popcount_gemm_kernel_avx2(g), g, out);
 #endif
         default: return run_in_place(popcount_gemm_kernel_scalar(), g, out);
