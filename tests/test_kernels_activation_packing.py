@@ -118,10 +118,10 @@ def test_im2col_packers_match_reference(isa: str, problem: dict) -> None:
 @settings(max_examples=120, deadline=None)
 @given(
     problem=conv_problems(),
-    channels=st.sampled_from([1, 2, 3, 16, 31, 32, 33, 63, 64, 65, 127, 128, 130]),
+    channels=st.sampled_from([1, 2, 3, 8, 16, 24, 31, 32, 33, 40, 63, 64, 65, 127, 128, 130]),
 )
 def test_hwc_column_order_matches_reference(isa: str, problem: dict, channels: int) -> None:
-    """Columns (dy, dx, c): the per-pixel packing and the word gather, with channel counts
+    """Columns (dy, dx, c): the per-pixel packing and the word and byte gathers, with channel counts
     that fill whole words, leave remainders, and span several words per pixel."""
     _require(isa)
     geometry, scale, bits = problem["geometry"], problem["scale"], problem["bits"]
