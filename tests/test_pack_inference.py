@@ -95,3 +95,44 @@ def test_optimized_model_exports():
         want = fast(x)
         got = torch.export.export(fast, (x,)).module()(x)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+class _Uses(nn.Module):
+    """Activations in each position the drop rule distinguishes."""
+
+    def __init__(self, activation: str):
+        super().__init__()
+        act = nn.Hardtanh if activation == "hardtanh" else nn.ReLU
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)  # full precision
+        self.act1 = act()       # feeds a packed layer only: dropped
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.act2 = act()       # feeds a packed layer and the residual add: kept
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.shared = act()     # called twice: kept
+        self.conv4 = nn.Conv2d(8, 8, 3, padding=1)
+        self.act4 = act()       # feeds the full-precision classifier: kept
+        self.fc = nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x):
+        x = self.conv2(self.act1(self.conv1(x)))
+        y = self.act2(x)
+        x = self.conv3(y) + y
+        x = self.conv4(self.shared(x))
+        return self.fc(self.act4(self.shared(x)).flatten(1))
+
+
+@pytest.mark.parametrize("activation, act_bits, dropped", [
+    ("relu", 2, ["act1"]), ("hardtanh", 1, ["act1"]), ("relu", 1, []), ("hardtanh", 2, []),
+])
+def test_activations_the_packed_quantizer_repeats_are_dropped(activation, act_bits, dropped):
+    model = prepare(_Uses(activation), APBConfig(fp_fraction=0.05, act_bits=act_bits),
+                    (4, 3, 6, 6), filter_fn=lambda m, name: name not in ("conv1", "fc"))
+    x = torch.randn(3, 3, 6, 6)
+    x[0, 0, 0, 0] = float("nan")  # NaN: code 0 / sign +1 with and without the activation
+    with torch.no_grad():
+        want = packed_copy(model)(x)
+        fast = optimize_for_inference_(packed_copy(model))
+        got = fast(x)
+    assert [name for name, m in fast.named_children() if isinstance(m, nn.Identity)] == dropped
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(0.25), want.nan_to_num(0.25))  # bit for bit

@@ -19,7 +19,15 @@ channels-last. This step, in place and idempotent:
 3. replaces every plain ``nn.MaxPool2d`` by :class:`FastMaxPool2d`, the same pooling
    computed for NCHW inputs as the maximum of its ``k×k`` strided windows (exactly
    ``max_pool2d``'s values; 4-9× faster at batch 1 than torch's NCHW kernel on these
-   shapes).
+   shapes);
+4. removes an activation whose only use is the input of a packed layer whose own input
+   quantizer makes it a no-op: a ``ReLU`` before 2-8-bit codes (the codes clip to
+   ``[0, s]``), a ``Hardtanh`` with ``min_val < 0 < max_val`` before 1-bit signs (the sign
+   is unchanged). The packed layer then computes bit for bit what it computed before
+   (NaN included: both give code 0, sign +1). In ResNets that is the activation inside
+   each block (the one after the residual add also feeds the shortcut and stays), in
+   VGG-small and the MLP every hidden one; at batch 64 ReLU is 12 % of a packed
+   ResNet-18's forward.
 
 Nothing here changes what the model computes beyond float rounding in the folded layers
 (see :func:`~apb.pack.fold.fold_batchnorm_`). It is for inference: save a packed model
@@ -32,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fold import fold_batchnorm_
+from .fold import _traced_parts, fold_batchnorm_
 from .layer import PackedLayer
 
 
@@ -77,9 +85,11 @@ def _pair(v) -> tuple[int, int]:
 
 
 def optimize_for_inference_(model: nn.Module) -> nn.Module:
-    """Fold BatchNorms, store full-precision convolutions channels-last and use
-    :class:`FastMaxPool2d` (see the module docstring), in place. Returns ``model``."""
+    """Fold BatchNorms, store full-precision convolutions channels-last, use
+    :class:`FastMaxPool2d` and remove activations the next packed layer's quantizer
+    repeats (see the module docstring), in place. Returns ``model``."""
     fold_batchnorm_(model)
+    _drop_repeated_activations(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, PackedLayer) or not name:
             continue
@@ -90,3 +100,42 @@ def optimize_for_inference_(model: nn.Module) -> nn.Module:
         elif type(module) is nn.MaxPool2d:
             model.set_submodule(name, FastMaxPool2d.from_module(module))
     return model
+
+
+def _repeats_quantizer(act: nn.Module, layer: nn.Module) -> bool:
+    """Whether ``layer``'s input quantizer gives the same result with or without ``act``."""
+    if not isinstance(layer, PackedLayer) or act._forward_hooks or act._forward_pre_hooks:
+        return False
+    if type(act) is nn.ReLU:
+        return 2 <= layer.act_bits <= 8
+    if type(act) is nn.Hardtanh:
+        return layer.act_bits == 1 and act.min_val < 0 < act.max_val
+    return False
+
+
+def _drop_repeated_activations(model: nn.Module) -> int:
+    """Replace by ``nn.Identity`` each activation that every traced graph shows called once,
+    with one user: a packed layer that takes it as its only argument and whose quantizer
+    repeats it (:func:`_repeats_quantizer`). Returns how many were replaced."""
+    parts, _ = _traced_parts(model)
+    dropped = 0
+    for part, graphs in parts:
+        modules = dict(part.named_modules())
+        keep: set[str] | None = None
+        for graph in graphs:
+            calls = [n.target for n in graph.nodes if n.op == "call_module"]
+            read = {n.target for n in graph.nodes if n.op == "get_attr"}
+            names = set()
+            for node in graph.nodes:
+                if (node.op != "call_module" or calls.count(node.target) != 1
+                        or node.target in read or len(node.users) != 1):
+                    continue
+                (user,) = node.users
+                if (user.op == "call_module" and tuple(user.args) == (node,) and not user.kwargs
+                        and _repeats_quantizer(modules[node.target], modules[user.target])):
+                    names.add(node.target)
+            keep = names if keep is None else keep & names
+        for name in sorted(keep or ()):
+            part.set_submodule(name, nn.Identity())
+            dropped += 1
+    return dropped
