@@ -88,26 +88,30 @@ struct SparseConvTile {
 
 constexpr int64_t kSparseConvChunk = 512;
 
-// Per ISA: one tile; and x^ of n consecutive inputs (phase-plane construction).
+// Per ISA: one tile; and the phase planes of input plane bc = b*C + c (build_phases).
 void sparse_conv2d_tile_scalar(const SparseConvTile &t);
 void sparse_conv2d_tile_avx2(const SparseConvTile &t);
 void sparse_conv2d_tile_avx512(const SparseConvTile &t);
-void sparse_conv2d_quantize_scalar(const float *x, int64_t n, const SparseConvInput &in,
-                                   float *out);
-void sparse_conv2d_quantize_avx2(const float *x, int64_t n, const SparseConvInput &in,
-                                 float *out);
-void sparse_conv2d_quantize_avx512(const float *x, int64_t n, const SparseConvInput &in,
-                                   float *out);
+void sparse_conv2d_build_scalar(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
+                                const SparseConvInput &in, int64_t bc, float *phases);
+void sparse_conv2d_build_avx2(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
+                              const SparseConvInput &in, int64_t bc, float *phases);
+void sparse_conv2d_build_avx512(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
+                                const SparseConvInput &in, int64_t bc, float *phases);
 
 // Shared by the per-ISA files; `static` so each keeps its own copy (see pack_signs.h).
 namespace sparse_conv_detail {
 
 // One tile, given the ISA's pieces: halves_to_floats(src, n, dst) (float16 values),
-// sweep(batch, acc, c0, c1) (spmm_csr's inner loop) and
-// epilogue(dot_row, dot_is_float, a, g, shift, acc, out_row, count).
-template <typename HalvesToFloats, typename Sweep, typename Epilogue>
+// sweep(batch, acc, c0, c1) (spmm_csr's inner loop), sweep_fresh (the same from 0, for a
+// row's first batch) and
+// epilogue(dot, dot_is_float, a, g, shift, acc, acc_stride, out, rows, count): `rows`
+// output rows of `count` values, contiguous in out and dot, acc_stride apart in acc. It
+// may read up to 16 floats past a row in acc (acc has the slack) and write past a row's
+// end into the run's next rows, which it writes after.
+template <typename HalvesToFloats, typename Sweep, typename SweepFresh, typename Epilogue>
 static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
-                     Sweep &&sweep, Epilogue &&epilogue) {
+                     Sweep &&sweep, SweepFresh &&sweep_fresh, Epilogue &&epilogue) {
     using spmm_detail::kBatch;
     using spmm_detail::load_index;
     using spmm_detail::NonzeroBatch;
@@ -118,7 +122,9 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
     const int64_t positions = g.positions();
     const int64_t image_positions = g.out_h * g.out_w;
     const int64_t length = t.n1 - t.n0;
-    alignas(64) float acc[kSparseConvChunk];
+    // Sixteen floats of slack, zero: an epilogue may read a vector past a row's end.
+    alignas(64) float acc[kSparseConvChunk + 16];
+    for (int64_t i = kSparseConvChunk; i < kSparseConvChunk + 16; ++i) acc[i] = 0.0f;
     spmm_detail::with_csr_types(a, [&](auto indptr_tag, auto index_tag, auto value_tag) {
         using P = decltype(indptr_tag);
         using I = decltype(index_tag);
@@ -126,33 +132,53 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
         const auto row_of = [&](int64_t column) { return t.phases + t.offsets[column] + t.n0; };
         NonzeroBatch batch;
         for (int64_t m = t.m0; m < t.m1; ++m) {
-            for (int64_t i = 0; i < length; ++i) acc[i] = 0.0f;
             const int64_t e0 = load_index<P>(a.indptr, m);
             const int64_t e1 = load_index<P>(a.indptr, m + 1);
+            if (e0 == e1) {
+                for (int64_t i = 0; i < length; ++i) acc[i] = 0.0f;
+            }
             for (int64_t e = e0; e < e1; e += kBatch) {
                 spmm_detail::fill_batch<I, V>(a, e, e1 - e < kBatch ? e1 - e : kBatch,
                                               halves_to_floats, row_of, batch);
-                sweep(batch, acc, int64_t{0}, length);
+                if (e == e0) {
+                    sweep_fresh(batch, acc, int64_t{0}, length);
+                } else {
+                    sweep(batch, acc, int64_t{0}, length);
+                }
             }
             const float dot_scale = e.dot == nullptr ? 0.0f : e.dot_scale[m];
             const float sparse_scale = e.sparse_scale == nullptr ? 1.0f : e.sparse_scale[m];
             const float shift = e.shift == nullptr ? 0.0f : e.shift[m];
-            // The wide indices [n0, n1) cover parts of output rows n0 / wq .. (n1-1) / wq;
-            // columns ox >= OW of a row are the discarded ones.
-            for (int64_t oy = t.n0 / wq; oy * wq < t.n1; ++oy) {
+            // The wide indices [n0, n1) cover output rows n0 / wq .. (n1-1) / wq, the first
+            // and last maybe in part; columns ox >= OW of a row are the discarded ones. A
+            // run of whole rows is one epilogue call, however short the rows (a 7x7 image
+            // has rows of 7 outputs), the partial rows one call each.
+            const auto rows = [&](int64_t oy, int64_t count_rows, int64_t lo, int64_t hi) {
+                if (count_rows <= 0 || lo >= hi) return;
+                const int64_t n = m * positions + t.b * image_positions + oy * g.out_w + lo;
+                const void *dot = nullptr;
+                if (e.dot != nullptr) {
+                    const size_t bytes = e.dot_is_float ? sizeof(float) : sizeof(int32_t);
+                    dot = static_cast<const char *>(e.dot) + static_cast<size_t>(n) * bytes;
+                }
+                epilogue(dot, e.dot_is_float, dot_scale, sparse_scale, shift,
+                         acc + (oy * wq + lo - t.n0), wq, t.out + n, count_rows, hi - lo);
+            };
+            const int64_t oy_last = (t.n1 - 1) / wq;
+            int64_t whole_from = -1;  // the first of a run of whole rows, or -1
+            for (int64_t oy = t.n0 / wq; oy <= oy_last; ++oy) {
                 const int64_t lo = oy * wq < t.n0 ? t.n0 - oy * wq : 0;
                 const int64_t row_end = t.n1 - oy * wq;
                 const int64_t hi = row_end < g.out_w ? row_end : g.out_w;
-                if (lo >= hi) continue;
-                const int64_t n = m * positions + t.b * image_positions + oy * g.out_w + lo;
-                const void *dot_row = nullptr;
-                if (e.dot != nullptr) {
-                    const size_t bytes = e.dot_is_float ? sizeof(float) : sizeof(int32_t);
-                    dot_row = static_cast<const char *>(e.dot) + static_cast<size_t>(n) * bytes;
+                if (lo == 0 && hi == g.out_w) {
+                    if (whole_from < 0) whole_from = oy;
+                    continue;
                 }
-                epilogue(dot_row, e.dot_is_float, dot_scale, sparse_scale, shift,
-                         acc + (oy * wq + lo - t.n0), t.out + n, hi - lo);
+                if (whole_from >= 0) rows(whole_from, oy - whole_from, 0, g.out_w);
+                whole_from = -1;
+                rows(oy, 1, lo, hi);
             }
+            if (whole_from >= 0) rows(whole_from, oy_last + 1 - whole_from, 0, g.out_w);
         }
     });
 }
@@ -166,6 +192,52 @@ static inline float quantize_input(float x, const SparseConvInput &in) {
                                                                              in.levels)) *
                    in.step;
         default: return x;
+    }
+}
+
+// Whether some kernel tap reads phase `phase` along one axis: (d * dilation) % stride.
+// A 1x1 stride-2 shortcut reads one phase of four; the others are never built.
+static inline bool phase_is_read(int64_t phase, int64_t kernel, int64_t dilation,
+                                 int64_t stride) {
+    for (int64_t d = 0; d < kernel && d < stride; ++d) {
+        if (d * dilation % stride == phase) return true;
+    }
+    return false;
+}
+
+// The phase planes of input plane bc = b*C + c that some tap reads, row by row: phase
+// (py, px) row i holds padded row r = py + sh*i, padded columns q = px + sw*k. Every
+// element of a phase some tap reads is written (x^ inside the image, 0 in the padding
+// and past it), so the buffer needs no clearing; the other phases are neither written
+// nor read. The ISA's row(src, sw, k_lo, k_hi, wq, dst) writes one phase row:
+// dst[k] = x^(src[sw*(k - k_lo)]) for k in [k_lo, k_hi), 0 for the rest of [0, wq);
+// src is null when k_lo == k_hi == 0 (a row of padding).
+template <typename Row>
+static void build_phases(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
+                         int64_t bc, float *phases, Row &&row) {
+    const int64_t sh = p.phases_h, sw = p.phases_w;
+    const float *image = x + bc * g.height * g.width;
+    for (int64_t px = 0; px < sw; ++px) {
+        if (!phase_is_read(px, g.kernel_w, g.dilation_w, g.stride_w)) continue;
+        // Columns k whose input ix = px + sw*k - pw lies in [0, W): [k_lo, k_hi).
+        const int64_t k_lo = g.pad_w > px ? (g.pad_w - px + sw - 1) / sw : 0;
+        const int64_t past = g.width + g.pad_w - px;  // k < ceil(past / sw)
+        int64_t k_hi = past > 0 ? (past + sw - 1) / sw : 0;
+        k_hi = k_hi < p.wq ? k_hi : p.wq;
+        const bool empty = k_hi <= k_lo;
+        const int64_t ix_lo = px + sw * k_lo - g.pad_w;
+        for (int64_t py = 0; py < sh; ++py) {
+            if (!phase_is_read(py, g.kernel_h, g.dilation_h, g.stride_h)) continue;
+            float *dst = phases + ((bc * sh + py) * sw + px) * p.plane;
+            for (int64_t i = 0; i < p.hq; ++i, dst += p.wq) {
+                const int64_t iy = py + sh * i - g.pad_h;
+                if (empty || iy < 0 || iy >= g.height) {
+                    row(nullptr, sw, int64_t{0}, int64_t{0}, p.wq, dst);
+                } else {
+                    row(image + iy * g.width + ix_lo, sw, k_lo, k_hi, p.wq, dst);
+                }
+            }
+        }
     }
 }
 

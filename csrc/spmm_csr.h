@@ -178,6 +178,14 @@ void spmm_csr_sweep_avx2(const spmm_detail::NonzeroBatch &batch, float *out, int
                          int64_t c1);
 void spmm_csr_sweep_avx512(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
                            int64_t c1);
+// The same with out[c0, c1) overwritten, each chain starting from 0 (a first batch: no
+// zeroing pass over out, no load of it).
+void spmm_csr_sweep_fresh_scalar(const spmm_detail::NonzeroBatch &batch, float *out,
+                                 int64_t c0, int64_t c1);
+void spmm_csr_sweep_fresh_avx2(const spmm_detail::NonzeroBatch &batch, float *out, int64_t c0,
+                               int64_t c1);
+void spmm_csr_sweep_fresh_avx512(const spmm_detail::NonzeroBatch &batch, float *out,
+                                 int64_t c0, int64_t c1);
 
 // float16 bits -> float32, exactly, per ISA (F16C on AVX2, vcvtph2ps on AVX-512).
 void spmm_csr_halves_to_floats_avx2(const uint16_t *src, int64_t n, float *dst);

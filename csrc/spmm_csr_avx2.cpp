@@ -39,12 +39,17 @@ namespace {
 // out[c, c + 8*V) += batch, the last of the V vectors limited to the lanes in `last`
 // (masked loads and store touch nothing past them). V independent accumulators, so
 // that up to 8 FMA chains are in flight whatever the width of the remainder.
-template <int V, bool Masked>
+// Fresh: out = batch, the chains starting from 0 instead of out.
+template <int V, bool Masked, bool Fresh>
 inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __m256i last) {
     constexpr int kFull = Masked ? V - 1 : V;  // vectors loaded whole
     __m256 acc[V];
-    APB_UNROLL for (int q = 0; q < kFull; ++q) acc[q] = _mm256_loadu_ps(out + c + 8 * q);
-    if constexpr (Masked) acc[V - 1] = _mm256_maskload_ps(out + c + 8 * (V - 1), last);
+    if constexpr (Fresh) {
+        APB_UNROLL for (int q = 0; q < V; ++q) acc[q] = _mm256_setzero_ps();
+    } else {
+        APB_UNROLL for (int q = 0; q < kFull; ++q) acc[q] = _mm256_loadu_ps(out + c + 8 * q);
+        if constexpr (Masked) acc[V - 1] = _mm256_maskload_ps(out + c + 8 * (V - 1), last);
+    }
     for (int64_t k = 0; k < batch.count; ++k) {
         const __m256 v = _mm256_set1_ps(batch.values[k]);
         const float *x = batch.rows[k] + c;
@@ -61,26 +66,36 @@ inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __m256i last
 }
 
 // The last n < 64 columns in one pass of ceil(n/8) accumulators.
+template <bool Fresh>
 inline void sweep_remainder(const NonzeroBatch &batch, float *out, int64_t c, int64_t n) {
     const __m256i last = avx2::first_lanes(n % 8 == 0 ? 8 : n % 8);
     switch ((n + 7) / 8) {
-        case 1: return sweep<1, true>(batch, out, c, last);
-        case 2: return sweep<2, true>(batch, out, c, last);
-        case 3: return sweep<3, true>(batch, out, c, last);
-        case 4: return sweep<4, true>(batch, out, c, last);
-        case 5: return sweep<5, true>(batch, out, c, last);
-        case 6: return sweep<6, true>(batch, out, c, last);
-        case 7: return sweep<7, true>(batch, out, c, last);
-        default: return sweep<8, true>(batch, out, c, last);
+        case 1: return sweep<1, true, Fresh>(batch, out, c, last);
+        case 2: return sweep<2, true, Fresh>(batch, out, c, last);
+        case 3: return sweep<3, true, Fresh>(batch, out, c, last);
+        case 4: return sweep<4, true, Fresh>(batch, out, c, last);
+        case 5: return sweep<5, true, Fresh>(batch, out, c, last);
+        case 6: return sweep<6, true, Fresh>(batch, out, c, last);
+        case 7: return sweep<7, true, Fresh>(batch, out, c, last);
+        default: return sweep<8, true, Fresh>(batch, out, c, last);
     }
+}
+
+template <bool Fresh>
+void sweep_columns(const NonzeroBatch &batch, float *out, int64_t c0, int64_t c1) {
+    int64_t c = c0;
+    for (; c + 64 <= c1; c += 64) sweep<8, false, Fresh>(batch, out, c, __m256i{});
+    if (c < c1) sweep_remainder<Fresh>(batch, out, c, c1 - c);
 }
 
 }  // namespace
 
 void spmm_csr_sweep_avx2(const NonzeroBatch &batch, float *out, int64_t c0, int64_t c1) {
-    int64_t c = c0;
-    for (; c + 64 <= c1; c += 64) sweep<8, false>(batch, out, c, __m256i{});
-    if (c < c1) sweep_remainder(batch, out, c, c1 - c);
+    sweep_columns<false>(batch, out, c0, c1);
+}
+
+void spmm_csr_sweep_fresh_avx2(const NonzeroBatch &batch, float *out, int64_t c0, int64_t c1) {
+    sweep_columns<true>(batch, out, c0, c1);
 }
 
 void spmm_csr_tile_avx2(const SpmmTile &t) {

@@ -33,13 +33,14 @@ void spmm_csr_halves_to_floats_avx512(const uint16_t *src, int64_t n, float *dst
 
 namespace {
 
-// out[c, c + 16*V) += batch, lanes of the last vector limited by `last`.
-template <int V>
+// out[c, c + 16*V) += batch (Fresh: = batch, the chains starting from 0 instead of
+// out), lanes of the last vector limited by `last`.
+template <int V, bool Fresh>
 inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __mmask16 last) {
     const auto mask = [&](int q) { return q + 1 == V ? last : static_cast<__mmask16>(0xffff); };
     __m512 acc[V];
     APB_UNROLL for (int q = 0; q < V; ++q) {
-        acc[q] = _mm512_maskz_loadu_ps(mask(q), out + c + 16 * q);
+        acc[q] = Fresh ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask(q), out + c + 16 * q);
     }
     for (int64_t k = 0; k < batch.count; ++k) {
         const __m512 v = _mm512_set1_ps(batch.values[k]);
@@ -53,14 +54,42 @@ inline void sweep(const NonzeroBatch &batch, float *out, int64_t c, __mmask16 la
     }
 }
 
+// The last n < 128 columns in one pass of ceil(n/16) accumulators: V independent FMA
+// chains whatever the width of the remainder (sixteen columns at a time, the rows of 7,
+// 14 or 28 outputs of a deep convolution's phase planes ran one latency-bound chain).
+template <bool Fresh>
+inline void sweep_remainder(const NonzeroBatch &batch, float *out, int64_t c, int64_t n) {
+    const __mmask16 last = static_cast<__mmask16>((1u << (n % 16 == 0 ? 16 : n % 16)) - 1u);
+    switch ((n + 15) / 16) {
+        case 1: return sweep<1, Fresh>(batch, out, c, last);
+        case 2: return sweep<2, Fresh>(batch, out, c, last);
+        case 3: return sweep<3, Fresh>(batch, out, c, last);
+        case 4: return sweep<4, Fresh>(batch, out, c, last);
+        case 5: return sweep<5, Fresh>(batch, out, c, last);
+        case 6: return sweep<6, Fresh>(batch, out, c, last);
+        case 7: return sweep<7, Fresh>(batch, out, c, last);
+        default: return sweep<8, Fresh>(batch, out, c, last);
+    }
+}
+
+template <bool Fresh>
+void sweep_columns(const NonzeroBatch &batch, float *out, int64_t c0, int64_t c1) {
+    int64_t c = c0;
+    for (; c + 128 <= c1; c += 128) {
+        sweep<8, Fresh>(batch, out, c, static_cast<__mmask16>(0xffff));
+    }
+    if (c < c1) sweep_remainder<Fresh>(batch, out, c, c1 - c);
+}
+
 }  // namespace
 
 void spmm_csr_sweep_avx512(const NonzeroBatch &batch, float *out, int64_t c0, int64_t c1) {
-    const __mmask16 all = 0xffff;
-    int64_t c = c0;
-    for (; c + 128 <= c1; c += 128) sweep<8>(batch, out, c, all);
-    for (; c + 16 <= c1; c += 16) sweep<1>(batch, out, c, all);
-    if (c < c1) sweep<1>(batch, out, c, static_cast<__mmask16>((1u << (c1 - c)) - 1u));
+    sweep_columns<false>(batch, out, c0, c1);
+}
+
+void spmm_csr_sweep_fresh_avx512(const NonzeroBatch &batch, float *out, int64_t c0,
+                                 int64_t c1) {
+    sweep_columns<true>(batch, out, c0, c1);
 }
 
 void spmm_csr_tile_avx512(const SpmmTile &t) {

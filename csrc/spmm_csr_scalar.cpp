@@ -16,6 +16,12 @@ void spmm_csr_sweep_scalar(const spmm_detail::NonzeroBatch &batch, float *out, i
     }
 }
 
+void spmm_csr_sweep_fresh_scalar(const spmm_detail::NonzeroBatch &batch, float *out,
+                                 int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) out[c] = 0.0f;
+    spmm_csr_sweep_scalar(batch, out, c0, c1);
+}
+
 void spmm_csr_tile_scalar(const SpmmTile &t) {
     spmm_detail::for_each_batch(t, spmm_detail::halves_to_floats_portable,
                                 [&](const spmm_detail::NonzeroBatch &batch, float *out) {
