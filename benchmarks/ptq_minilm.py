@@ -4,10 +4,12 @@ directory (offline).
 
     PYTHONPATH=src python benchmarks/ptq_minilm.py --json ptq_minilm.json
     PYTHONPATH=src python benchmarks/ptq_minilm.py --only apb-ptq@2.0 --only apb-naive@2.0
+    PYTHONPATH=src python benchmarks/ptq_minilm.py --only apb-ptq@2.0 --calib 468 --join 4
 
 Harness: sentences of Python's own documentation (`pydoc_data.topics.topics`: every topic,
 whitespace collapsed, split after . ! ?, deduplicated, 20-300 characters kept, shuffled
-with seed 0); the first 512 calibrate, the last 512 evaluate (disjoint). Each set is
+with seed 0); the first 512 calibrate, the last 512 evaluate (disjoint). ``--join J``
+makes each calibration text J consecutive sentences of those before the evaluation ones. Each set is
 tokenized with max_length 128, sorted by token count and padded per batch of 64 (padding to
 the longest in a batch of similar lengths). Compressed: the 36 `nn.Linear` layers of the
 encoder (`encoder.*`); embeddings and pooler stay. Fidelity: mean cosine between the
@@ -99,7 +101,10 @@ def config(method: str, target: float, options: dict):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--calib", type=int, default=512)
+    p.add_argument("--calib", type=int, default=512,
+                   help="calibration texts (issue 16 allows at most 512)")
+    p.add_argument("--join", type=int, default=1,
+                   help="consecutive sentences joined into one calibration text")
     p.add_argument("--eval", type=int, default=512)
     p.add_argument("--only", action="append", choices=list(RUNS), help="runs to do (all)")
     p.add_argument("--threads", type=int, default=2)
@@ -110,7 +115,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     texts = sentences()
-    calib_texts, eval_texts = texts[:args.calib], texts[-args.eval:]
+    eval_texts, pool = texts[-args.eval:], texts[:-args.eval]
+    calib_texts = [" ".join(pool[i * args.join:(i + 1) * args.join])
+                   for i in range(min(args.calib, len(pool) // args.join))]
     assert not set(calib_texts) & set(eval_texts)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     original = AutoModel.from_pretrained(args.model).eval()
@@ -118,6 +125,8 @@ def main() -> None:
     reference = embed(original, evaluation)
     layers = lambda m, n: isinstance(m, nn.Linear) and n.startswith("encoder.")  # noqa: E731
     results = []
+    print(f"{len(calib_texts)} calibration texts, "
+          f"{sum(int(b['attention_mask'].sum()) for b in calib)} tokens")
     print(f"{'run':26} {'bits/weight':>11} {'cosine':>7} {'seconds':>8}  load")
     for name in args.only or list(RUNS):
         method, target, options = RUNS[name]
