@@ -6,7 +6,15 @@ import statistics
 
 import pytest
 
-from apb.compare import MethodSpecError, markdown_table, pareto_front, parse_method, parse_methods
+from apb.compare import (
+    KEEP_MARKER,
+    MethodSpecError,
+    keep_hand_written,
+    markdown_table,
+    pareto_front,
+    parse_method,
+    parse_methods,
+)
 from test_cli import run
 
 
@@ -214,3 +222,13 @@ def test_compare_passes_model_options(tmp_path):
     assert rows["fp"]["model_bytes"] > 4 * params - 200
     assert rows["fp"]["model_bytes"] - rows["bnn"]["model_bytes"] < 4 * 24 * 12
     assert "# Results: mlp (hidden=[24, 12]) on mnist5k" in (tmp_path / "m.md").read_text()
+
+
+def test_regenerated_page_keeps_what_is_written_below_the_marker():
+    page = "# Results\n\n| table |\n"
+    assert keep_hand_written(page, None) == page
+    assert keep_hand_written(page, "# old page, nothing kept\n") == page
+    old = f"# Results\n\n| old table |\n\n{KEEP_MARKER}\n\n## Verdicts\n\nAPB ties.\n"
+    assert keep_hand_written(page, old) == f"{page}\n{KEEP_MARKER}\n\n## Verdicts\n\nAPB ties.\n"
+    kept = keep_hand_written(page, old)
+    assert keep_hand_written(page, kept) == kept  # regenerating again changes nothing

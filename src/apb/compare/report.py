@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..io import write_figure
 
+KEEP_MARKER = "<!-- written by hand below this line: apb compare keeps it when it rewrites the page -->"
+
 
 def pareto_front(results: list[dict]) -> list[str]:
     """Methods no other method beats on both axes: at most the bytes *and* at least the mean
@@ -121,6 +123,14 @@ def report_markdown(report: dict, plot: str | None = None) -> str:
         parts += ["Against APB, method by method (mean accuracy; bytes of the whole model):",
                   "", *lines, ""]
     return "\n".join(parts)
+
+
+def keep_hand_written(page: str, old: str | None) -> str:
+    """``page`` followed by the part of the previous page ``old`` from :data:`KEEP_MARKER`
+    on (verdicts, links to related pages), so that regenerating a page keeps them."""
+    if not old or KEEP_MARKER not in old:
+        return page
+    return page.rstrip("\n") + "\n\n" + old[old.index(KEEP_MARKER):]
 
 
 def plot_pareto(report: dict, path: str) -> None:

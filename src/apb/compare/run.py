@@ -40,7 +40,7 @@ from ..pack import PackError, pack_, packed_layers
 from ..prune import QuantizedPruningConfig
 from ..train import TrainConfig, train
 from ..train.pool import run_in_processes
-from .report import markdown_table, plot_pareto, report_markdown
+from .report import keep_hand_written, markdown_table, plot_pareto, report_markdown
 from .spec import MethodSpec, parse_methods
 
 DEFAULT_METHODS = (
@@ -315,7 +315,10 @@ def run_compare(config: CompareConfig, log=print, command: str | None = None) ->
         plot_pareto(report, config.plot)
     if config.markdown:
         plot = config.plot and os.path.relpath(config.plot, Path(config.markdown).parent)
-        atomic_write_text(config.markdown, report_markdown(report, plot) + "\n")
+        page = Path(config.markdown)
+        previous = page.read_text(encoding="utf-8") if page.exists() else None
+        atomic_write_text(page, keep_hand_written(report_markdown(report, plot) + "\n",
+                                                  previous))
     log(markdown_table(report))
     log(f"report written to {json_path}" + (f", plot to {config.plot}" if config.plot else ""))
     return report
