@@ -73,7 +73,8 @@ class CompareConfig:
     out: folder for the checkpoints of every run.
     json, plot, markdown: where to write the report, the Pareto plot and a markdown page
         (command, machine, table, plot, how each method fares against APB) (defaults:
-        ``<out>/compare.json``, none, none).
+        ``<out>/compare.json``, none, none); what an existing page holds from the line
+        ``KEEP_MARKER`` of :mod:`apb.compare.report` on is kept.
     progress: progress bars (only when runs go one at a time).
     """
 
