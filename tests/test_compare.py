@@ -6,7 +6,15 @@ import statistics
 
 import pytest
 
-from apb.compare import MethodSpecError, markdown_table, pareto_front, parse_method, parse_methods
+from apb.compare import (
+    KEEP_MARKER,
+    MethodSpecError,
+    keep_hand_written,
+    markdown_table,
+    pareto_front,
+    parse_method,
+    parse_methods,
+)
 from test_cli import run
 
 
@@ -197,3 +205,30 @@ def test_compare_quantized_pruning_meets_its_budget_and_packs(tmp_path):
     measured = json.loads((tmp_path / "e.json").read_text())
     assert measured["test_acc"] == pruned["test_accs"][0]
     assert measured["model_bytes"] == pruned["model_bytes"]
+
+
+def test_compare_passes_model_options(tmp_path):
+    """A narrow MLP: --model-options reach the builder, and the report names them."""
+    r = run(["compare", "--model", "mlp", "--model-options", '{"hidden": [24, 12]}',
+             "--methods", "fp,bnn", "--seeds", "1", "--epochs", "1", "--train-samples", "300",
+             "--jobs", "1", "--no-latency", "--out", "runs", "--json", "m.json",
+             "--markdown", "m.md", "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["model_options"] == {"hidden": [24, 12]}
+    rows = {x["method"]: x for x in report["results"]}
+    # fc1 (784x24) and the classifier stay full precision: only fc2 (24x12) is binary
+    params = 784 * 24 + 24 * 12 + 12 * 10 + 10 + 2 * (24 + 12)
+    assert rows["fp"]["model_bytes"] > 4 * params - 200
+    assert rows["fp"]["model_bytes"] - rows["bnn"]["model_bytes"] < 4 * 24 * 12
+    assert "# Results: mlp (hidden=[24, 12]) on mnist5k" in (tmp_path / "m.md").read_text()
+
+
+def test_regenerated_page_keeps_what_is_written_below_the_marker():
+    page = "# Results\n\n| table |\n"
+    assert keep_hand_written(page, None) == page
+    assert keep_hand_written(page, "# old page, nothing kept\n") == page
+    old = f"# Results\n\n| old table |\n\n{KEEP_MARKER}\n\n## Verdicts\n\nAPB ties.\n"
+    assert keep_hand_written(page, old) == f"{page}\n{KEEP_MARKER}\n\n## Verdicts\n\nAPB ties.\n"
+    kept = keep_hand_written(page, old)
+    assert keep_hand_written(page, kept) == kept  # regenerating again changes nothing

@@ -14,6 +14,7 @@ from torch import nn
 import apb.models
 from apb.models import create, make_activation
 from apb.models.registry import _BUILDERS
+from apb.train import model_kwargs_for
 from apb.train.pool import run_in_processes
 
 ALL_MODELS = ["lenet5", "mlp", "resnet18", "resnet20", "vgg_small"]
@@ -354,3 +355,18 @@ def test_models_copy_and_send_to_worker_processes(name):
     assert len(outputs) == 2
     for out in outputs:
         torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "resnet18"])
+def test_image_side_follows_the_dataset(name):
+    """A ResNet trained on 28x28 digits records 28x28 as its input shape (its global pool
+    takes any size), so the jobs that check a dataset against it accept MNIST."""
+    kwargs = model_kwargs_for(name, (1, 28, 28), 10, "relu")
+    assert kwargs["input_size"] == 28 and "input_size" in apb.models.parameters(name)
+    model = create(name, **kwargs).eval()
+    assert model.input_shape == (1, 28, 28)
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert "input_size" not in model_kwargs_for("vgg_small", (3, 32, 32), 10, "relu")
+    with pytest.raises(ValueError, match="takes square images"):
+        model_kwargs_for(name, (1, 28, 30), 10, "relu")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..io import write_figure
 
+KEEP_MARKER = "<!-- written by hand below this line: apb compare keeps it when it rewrites the page -->"
+
 
 def pareto_front(results: list[dict]) -> list[str]:
     """Methods no other method beats on both axes: at most the bytes *and* at least the mean
@@ -25,11 +27,20 @@ def _ms(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def model_name(report: dict) -> str:
+    """The model as the report names it: ``mlp`` or, with builder options,
+    ``mlp (hidden=[64, 64, 64])``."""
+    options = report.get("model_options") or {}
+    if not options:
+        return report["model"]
+    return f"{report['model']} ({', '.join(f'{k}={v}' for k, v in options.items())})"
+
+
 def markdown_table(report: dict) -> str:
     """One row per method, Pareto-optimal ones marked with ★."""
     front = set(pareto_front(report["results"]))
     lines = [
-        f"{report['model']} on {report['dataset']}, mean ± std over {report['seeds']} "
+        f"{model_name(report)} on {report['dataset']}, mean ± std over {report['seeds']} "
         f"seed(s), {report['epochs']} epochs, compressed-layer activations: "
         f"{ {32: 'full precision', 2: '2-bit', 1: '1-bit'}[report['act_bits']] }.",
         "",
@@ -95,7 +106,7 @@ def report_markdown(report: dict, plot: str | None = None) -> str:
     """The whole result as markdown: the command, the machine, the table, the plot (its path
     as given, relative to the markdown file) and the dominance sentences."""
     env = report.get("environment", {})
-    parts = [f"# Results: {report['model']} on {report['dataset']}", "",
+    parts = [f"# Results: {model_name(report)} on {report['dataset']}", "",
              "Written by `apb compare` with the command below: every method trained "
              "or compressed on one harness, the same epochs for every trained method, "
              "post-training methods applied to the `fp` model of the same seed.", ""]
@@ -112,6 +123,14 @@ def report_markdown(report: dict, plot: str | None = None) -> str:
         parts += ["Against APB, method by method (mean accuracy; bytes of the whole model):",
                   "", *lines, ""]
     return "\n".join(parts)
+
+
+def keep_hand_written(page: str, old: str | None) -> str:
+    """``page`` followed by the part of the previous page ``old`` from :data:`KEEP_MARKER`
+    on (verdicts, links to related pages), so that regenerating a page keeps them."""
+    if not old or KEEP_MARKER not in old:
+        return page
+    return page.rstrip("\n") + "\n\n" + old[old.index(KEEP_MARKER):]
 
 
 def plot_pareto(report: dict, path: str) -> None:
@@ -139,7 +158,7 @@ def plot_pareto(report: dict, path: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("model bytes (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report['model']} on {report['dataset']}: accuracy against size "
+    ax.set_title(f"{model_name(report)} on {report['dataset']}: accuracy against size "
                  f"({report['seeds']} seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")

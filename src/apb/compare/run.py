@@ -24,6 +24,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,7 +40,7 @@ from ..pack import PackError, optimize_for_inference_, pack_, packed_layers
 from ..prune import QuantizedPruningConfig
 from ..train import TrainConfig, train
 from ..train.pool import run_in_processes
-from .report import markdown_table, plot_pareto, report_markdown
+from .report import keep_hand_written, markdown_table, plot_pareto, report_markdown
 from .spec import MethodSpec, parse_methods
 
 DEFAULT_METHODS = (
@@ -52,6 +53,8 @@ DEFAULT_METHODS = (
 class CompareConfig:
     """Attributes (the ``apb compare`` flags):
     model, dataset, data_dir: what to train on (``apb.models`` / ``apb.data`` names).
+    model_options: extra keyword arguments of the model builder, as for ``apb train``
+        (e.g. ``{"hidden": [64, 64, 64]}`` for a narrow ``mlp``).
     train_samples, test_samples: use this many evenly spaced samples of each split only (a
         quick run); None uses all of them.
     methods: comma-separated method names (see :mod:`apb.compare.spec`).
@@ -70,11 +73,13 @@ class CompareConfig:
     out: folder for the checkpoints of every run.
     json, plot, markdown: where to write the report, the Pareto plot and a markdown page
         (command, machine, table, plot, how each method fares against APB) (defaults:
-        ``<out>/compare.json``, none, none).
+        ``<out>/compare.json``, none, none); what an existing page holds from the line
+        ``KEEP_MARKER`` of :mod:`apb.compare.report` on is kept.
     progress: progress bars (only when runs go one at a time).
     """
 
     model: str = "lenet5"
+    model_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist5k"
     data_dir: str | None = None
     train_samples: int | None = None
@@ -159,8 +164,8 @@ def _run_dir(config: CompareConfig, label: str, seed: int) -> Path:
 
 def _train_run(config: CompareConfig, run: _Training, seed: int, progress: bool) -> dict:
     tc = TrainConfig(
-        model=config.model, dataset=config.dataset, data_dir=config.data_dir,
-        method=run.method, method_options=dict(run.options),
+        model=config.model, model_options=dict(config.model_options), dataset=config.dataset,
+        data_dir=config.data_dir, method=run.method, method_options=dict(run.options),
         activation="hardtanh" if config.act_bits == 1 and run.method != "fp" else "relu",
         epochs=run.epochs, batch_size=config.batch_size, optimizer="adam", lr=config.lr,
         scale_lr=config.scale_lr, seed=seed, out_dir=str(_run_dir(config, run.label, seed)),
@@ -302,7 +307,8 @@ def run_compare(config: CompareConfig, log=print, command: str | None = None) ->
                 f"{row['latency_ms_b64']:.3f} ms (b64)  [{row['runs_on']}]")
 
     report = {
-        "model": config.model, "dataset": config.dataset, "seeds": config.seeds,
+        "model": config.model, "model_options": config.model_options,
+        "dataset": config.dataset, "seeds": config.seeds,
         "epochs": config.epochs, "act_bits": config.act_bits,
         "seconds": round(time.time() - t0, 1), "command": command,
         "environment": environment(), "config": asdict(config), "results": results,
@@ -313,7 +319,10 @@ def run_compare(config: CompareConfig, log=print, command: str | None = None) ->
         plot_pareto(report, config.plot)
     if config.markdown:
         plot = config.plot and os.path.relpath(config.plot, Path(config.markdown).parent)
-        atomic_write_text(config.markdown, report_markdown(report, plot) + "\n")
+        page = Path(config.markdown)
+        previous = page.read_text(encoding="utf-8") if page.exists() else None
+        atomic_write_text(page, keep_hand_written(report_markdown(report, plot) + "\n",
+                                                  previous))
     log(markdown_table(report))
     log(f"report written to {json_path}" + (f", plot to {config.plot}" if config.plot else ""))
     return report

@@ -16,6 +16,6 @@ attributes and an ``activation`` argument, ``"relu"`` or ``"hardtanh"``.
 
 from apb.models import lenet, mlp, resnet18, resnet_cifar, vgg_small  # noqa: F401 (register)
 from apb.models.common import ACTIVATIONS, make_activation
-from apb.models.registry import available, create, register
+from apb.models.registry import available, create, parameters, register
 
-__all__ = ["ACTIVATIONS", "available", "create", "make_activation", "register"]
+__all__ = ["ACTIVATIONS", "available", "create", "make_activation", "parameters", "register"]

@@ -49,6 +49,13 @@ def available() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def parameters(name: str) -> list[str]:
+    """The keyword arguments the builder of ``name`` accepts (``ValueError`` if unknown)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
+    return list(inspect.signature(_BUILDERS[name]).parameters)
+
+
 def create(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with the builder's keyword arguments ``kwargs``.
 

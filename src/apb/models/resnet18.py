@@ -13,13 +13,15 @@ from apb.models.resnet import ResNet
 def resnet18(
     num_classes: int = 1000, in_channels: int = 3, activation: str = "relu",
     widths: Sequence[int] = (64, 128, 256, 512), block_widths: Sequence[int] | None = None,
+    input_size: int = 224,
 ) -> ResNet:
     """ImageNet ResNet-18: 7x7 stride-2 stem conv of 64 channels, 3x3 stride-2 max-pool,
     4 stages of 2 basic blocks (64/128/256/512 channels), global average pool, Linear.
 
     Same layer shapes as the reference model (11,689,512 parameters for 1000 classes), with
     downsampling shortcuts (1x1 conv + BatchNorm) named ``shortcut``. Input
-    ``(in_channels, 224, 224)``; any size of at least 32x32 also runs.
+    ``(in_channels, 224, 224)``; any size of at least 32x32 also runs (``input_size``
+    records the side it is used with, as ``input_shape``).
 
     ``widths`` (the residual stream of each stage) and ``block_widths`` (each block's inner
     width, default its stage's) describe a filter-pruned network.
@@ -35,5 +37,6 @@ def resnet18(
         activation=check_activation(activation),
         block_widths=None if block_widths is None else check_widths(
             block_widths, 8, "resnet18 block_widths"),
-        input_shape=(in_channels, 224, 224),
+        input_shape=(in_channels, check_positive_int(input_size, "input_size"),
+                     input_size),
     )

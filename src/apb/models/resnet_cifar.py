@@ -13,6 +13,7 @@ from apb.models.resnet import ResNet
 def resnet20(
     num_classes: int = 10, in_channels: int = 3, activation: str = "relu",
     widths: Sequence[int] = (16, 32, 64), block_widths: Sequence[int] | None = None,
+    input_size: int = 32,
 ) -> ResNet:
     """CIFAR ResNet-20: a 3x3 stem of 16 channels, 3 stages of 3 basic blocks (16/32/64
     channels, the last two stages starting with stride 2), global average pool, Linear.
@@ -20,7 +21,8 @@ def resnet20(
     Shortcuts are identities except where a stage changes shape, where they are 1x1 strided
     convolutions + BatchNorm (option B); those are ``nn.Conv2d`` too, so compression treats
     them like any other layer unless filtered. Input ``(in_channels, 32, 32)``; about 0.27 M
-    parameters for 10 classes.
+    parameters for 10 classes. The global average pool takes any image size:
+    ``input_size`` only records the side it is used with (28 for MNIST), as ``input_shape``.
 
     ``widths`` (the residual stream of each stage) and ``block_widths`` (each block's inner
     width, default its stage's) describe a filter-pruned network.
@@ -36,5 +38,6 @@ def resnet20(
         activation=check_activation(activation),
         block_widths=None if block_widths is None else check_widths(
             block_widths, 9, "resnet20 block_widths"),
-        input_shape=(in_channels, 32, 32),
+        input_shape=(in_channels, check_positive_int(input_size, "input_size"),
+                     input_size),
     )

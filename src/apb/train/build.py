@@ -31,7 +31,8 @@ def model_kwargs_for(
     ``input_shape`` (C, H, W) and ``num_classes``; ``options`` override them.
 
     Every model of the zoo takes ``num_classes``, ``activation`` and ``in_channels``; ``mlp``
-    takes its flattened input size instead, and ``lenet5`` its (square) image side.
+    takes its flattened input size instead, and ``lenet5`` and the ResNets (every builder with
+    an ``input_size`` argument) their (square) image side.
     """
     c, h, w = (int(v) for v in input_shape)
     kwargs: dict[str, Any] = {"num_classes": int(num_classes), "activation": activation}
@@ -39,9 +40,9 @@ def model_kwargs_for(
         kwargs.update(in_features=c * h * w, input_shape=[c, h, w])
     else:
         kwargs["in_channels"] = c
-        if model == "lenet5":
+        if "input_size" in models.parameters(model):
             if h != w:
-                raise ValueError(f"lenet5 takes square images, the dataset's are {h}x{w}")
+                raise ValueError(f"{model} takes square images, the dataset's are {h}x{w}")
             kwargs["input_size"] = h
     kwargs.update(options or {})
     return kwargs
