@@ -134,5 +134,6 @@ def test_activations_the_packed_quantizer_repeats_are_dropped(activation, act_bi
         fast = optimize_for_inference_(packed_copy(model))
         got = fast(x)
     assert [name for name, m in fast.named_children() if isinstance(m, nn.Identity)] == dropped
+    assert fast.conv1.weight.is_contiguous()  # a 3x3 stride-1 convolution stays NCHW
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(0.25), want.nan_to_num(0.25))  # bit for bit
