@@ -188,9 +188,10 @@ void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
 #if defined(APB_HAVE_X86_KERNELS)
         case Isa::avx512:
             // The AVX2 table-lookup kernel on its packed panels beats the in-place
-            // 512-bit VPOPCNTQ tiles on every ResNet-18 GEMM (2.3-3.1x for bgemm_1x2,
-            // Zen 4, one thread); below kInPlaceMaxColumns activation rows the panels
-            // do not pay for their packing (docs/performance.md, "AVX-512 CPUs").
+            // 512-bit VPOPCNTQ tiles on every ResNet-18 GEMM (bgemm_1x2 1.5-5.7x, 3.9x
+            // over the seven; Zen 4, one thread, benchmarks/kernel_ab.py); below
+            // kInPlaceMaxColumns activation rows the in-place tiles were faster (0.7-0.9x)
+            // (docs/performance.md, "What made the packed networks faster").
             if (g.N < kInPlaceMaxColumns) return run_in_place(popcount_gemm_kernel_avx512(), g, out);
             return run_packed(packed_popcount_gemm_kernel_avx2(g), g, out);
         case Isa::avx2: return run_packed(packed_popcount_gemm_kernel_avx2(g), g, out);

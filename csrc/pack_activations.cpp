@@ -148,7 +148,7 @@ void gather_whole_words(const Conv2dGeometry &g, const uint64_t *image, int64_t 
 // The hwc rows of output row oy when C % 8 == 0 but C % 64 != 0: every tap is C/8 whole
 // bytes at byte offset t*C/8 of its row, because bit j of a row of little-endian words
 // is bit j % 8 of byte j / 8 (and the pixel's bits are the first C/8 bytes of its
-// words). Byte copies instead of BitRow's 64-bit shifts: measured 2.2-2.5x on ResNet-20's
+// words). Byte copies instead of BitRow's 64-bit shifts: measured 1.9-2.8x on ResNet-20's
 // 16- and 32-channel layers (docs/performance.md). TapBytes is C/8 as a constant for the
 // common widths, 0 for any other.
 template <int TapBytes>

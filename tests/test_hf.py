@@ -204,5 +204,8 @@ def test_exporting_for_onnx_runtime_leaves_the_model_in_eval_mode(bert_dir, tmp_
     dropout on (it restores the mode it found the exported wrapper in)."""
     local = load_local(bert_dir)
     batch = dict(local.tokenizer(["a short sentence"], return_tensors="pt"))
-    ort_int8_session(local.model, batch, 1, tmp_path)
+    session = ort_int8_session(local.model, batch, 1, tmp_path)
     assert not any(m.training for m in local.model.modules())
+    # idle workers sleep: spinning ones would take the cores from the peer timed next
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -110,6 +110,10 @@ def _ort_int8(threads: int) -> Setup:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle workers sleep instead of spinning: in a process that times other
+        # implementations on the same cores right after, spinning ones take the cores
+        # from them (two threads on two cores: apb 2.3x slower behind them).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"],
         )

@@ -36,6 +36,10 @@ def _session(model: str, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle workers sleep instead of spinning: in a process that times other
+    # implementations on the same cores right after, spinning ones take the cores
+    # from them (two threads on two cores: apb 2.3x slower behind them).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
