@@ -5,9 +5,11 @@ model against three peers").
 A packed network is more than its packed layers: the full-precision stem convolution,
 BatchNorms, max-pooling and residual adds run as ordinary torch operators, and at batch 1
 some of them cost more than the binary GEMMs. Measured on ResNet-18 (one thread, batch
-1): torch's NCHW ``max_pool2d`` takes 6.2 ms on the stem's 64×112×112 output against
-0.3 ms channels-last, and the 7×7 stem convolution 5.9 ms NCHW against 2.4 ms
-channels-last. This step, in place and idempotent:
+1, ``benchmarks/inference_layout.py``): torch's NCHW ``max_pool2d`` takes 6.2 ms on the
+stem's 64×112×112 output against 0.3 ms channels-last; the 7×7 stem convolution takes
+2.2 ms either way (373 against 264 ms at batch 64), and with channels-last weights its
+output, and so the max-pool's input, is channels-last. This step, in place and
+idempotent:
 
 1. folds every BatchNorm it safely can (:func:`~apb.pack.fold.fold_batchnorm_`);
 2. stores the weights of every full-precision ``nn.Conv2d`` with a kernel of at least
@@ -21,8 +23,8 @@ channels-last. This step, in place and idempotent:
    channels, 0.022 → 0.058 ms for 3 → 16);
 3. replaces every plain ``nn.MaxPool2d`` by :class:`FastMaxPool2d`, the same pooling
    computed for NCHW inputs as the maximum of its ``k×k`` strided windows (exactly
-   ``max_pool2d``'s values; 4-9× faster at batch 1 than torch's NCHW kernel on these
-   shapes);
+   ``max_pool2d``'s values; 3.5-5.4× faster at batch 1 than torch's NCHW kernel on these
+   shapes, 1.1× at batch 64);
 4. removes an activation whose only use is the input of a packed layer whose own input
    quantizer makes it a no-op: a ``ReLU`` before 2-8-bit codes (the codes clip to
    ``[0, s]``), a ``Hardtanh`` with ``min_val < 0 < max_val`` before 1-bit signs (the sign
@@ -53,7 +55,7 @@ class FastMaxPool2d(nn.MaxPool2d):
 
     Why by hand: torch's NCHW CPU max-pool walks every window with index bookkeeping;
     ``torch.maximum`` over strided views streams the image once per window offset
-    (measured 0.08 against 0.70 ms on a 128×32×32 map, 2×2 windows, one thread). The
+    (measured 0.125 against 0.670 ms on a 128×32×32 map, 2×2 windows, one thread). The
     values are exactly ``max_pool2d``'s (NaN propagates in both). Channels-last inputs,
     other dtypes, dilation, ``ceil_mode`` and ``return_indices`` go to ``max_pool2d``.
     """
