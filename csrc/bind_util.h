@@ -8,10 +8,13 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "pack_activations.h"
+#include "result_pool.h"
 #include "spmm_csr.h"
 
 namespace apb::bind {
@@ -105,12 +108,26 @@ void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char
     check_array<T>(a, fn, arg, expected, 2);
 }
 
+// Result memory comes from the result pool (result_pool.h): large blocks are recycled
+// instead of being returned to the kernel and faulted in again. Uninitialized; T is a
+// plain number type.
+template <typename T>
+T *new_result(size_t count) {
+    static_assert(std::is_trivially_default_constructible_v<T> &&
+                  std::is_trivially_destructible_v<T>);
+    if (count > SIZE_MAX / sizeof(T)) throw std::bad_alloc();
+    return static_cast<T *>(apb::acquire_result(count * sizeof(T)));
+}
+
+inline nb::capsule result_owner(void *buf) {
+    return nb::capsule(buf, [](void *p) noexcept { apb::release_result(p); });
+}
+
 template <typename T>
 NumpyMatrix<T> new_matrix(int64_t rows, int64_t cols) {
-    T *buf = new T[static_cast<size_t>(rows) * static_cast<size_t>(cols)];
-    nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
+    T *buf = new_result<T>(static_cast<size_t>(rows) * static_cast<size_t>(cols));
     return NumpyMatrix<T>(buf, {static_cast<size_t>(rows), static_cast<size_t>(cols)},
-                          owner);
+                          result_owner(buf));
 }
 
 // A C-contiguous numpy array of any rank, owned by the returned object.
@@ -118,9 +135,8 @@ template <typename T>
 nb::ndarray<nb::numpy, T> new_array(std::initializer_list<size_t> shape) {
     size_t count = 1;
     for (size_t d : shape) count *= d;
-    T *buf = new T[count];
-    nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
-    return nb::ndarray<nb::numpy, T>(buf, shape, owner);
+    T *buf = new_result<T>(count);
+    return nb::ndarray<nb::numpy, T>(buf, shape, result_owner(buf));
 }
 
 // The CSR index type of a 1-D array, or a TypeError naming the accepted ones.

@@ -12,6 +12,7 @@
 
 #include "bind.h"
 #include "cpu_features.h"
+#include "result_pool.h"
 #include "threads.h"
 
 namespace nb = nanobind;
@@ -49,6 +50,24 @@ NB_MODULE(_C, m) {
         [](const std::string &name) { apb::set_active_isa(apb::isa_from_name(name)); },
         nb::arg("name"),
         "Run the kernels with this instruction set from now on (process-wide).");
+
+    m.def(
+        "result_pool_stats",
+        []() {
+            const apb::ResultPoolStats s = apb::result_pool_stats();
+            nb::dict d;
+            d["kept_bytes"] = s.kept_bytes;
+            d["kept_blocks"] = s.kept_blocks;
+            d["reused"] = s.reused;
+            d["allocated"] = s.allocated;
+            return d;
+        },
+        "The result pool's counters: bytes and blocks kept for reuse, acquisitions served "
+        "from kept blocks and large ones that were not.");
+    m.def("empty_result_pool", &apb::empty_result_pool,
+          "Free every block the result pool keeps; the bytes freed.");
+    m.attr("result_pool_min_bytes") = apb::kPooledBytes;
+    m.attr("result_pool_max_bytes") = apb::kMaxKeptBytes;
 
     m.def("set_num_threads", &apb::set_num_threads, nb::arg("n"),
           "Threads the kernels may use (process-wide, n >= 1).");

@@ -80,3 +80,23 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads apb's kernels may use (1 when built without OpenMP)."""
     return extension().get_num_threads()
+
+
+def result_memory() -> dict:
+    """The counters of the pool that recycles the kernels' large results (blocks of at
+    least ``min_bytes``, 1 MiB; up to ``max_bytes``, 512 MiB, kept): ``kept_bytes`` and
+    ``kept_blocks`` held for reuse now, ``reused`` results served from kept blocks and
+    ``allocated`` large results that were not, since the process started. Recycling spares
+    a batch-64 forward the page faults of fetching its tens of MB per layer from the
+    kernel again (docs/performance.md, "Batch 64 and the allocator")."""
+    stats = dict(extension().result_pool_stats())
+    stats["min_bytes"] = int(extension().result_pool_min_bytes)
+    stats["max_bytes"] = int(extension().result_pool_max_bytes)
+    return stats
+
+
+def empty_result_cache() -> int:
+    """Free the large result blocks kept for reuse (:func:`result_memory`); the bytes
+    freed. Arrays still in use are not affected: their blocks return to the pool, or are
+    freed, when they die."""
+    return int(extension().empty_result_pool())
