@@ -135,5 +135,9 @@ def test_activations_the_packed_quantizer_repeats_are_dropped(activation, act_bi
         got = fast(x)
     assert [name for name, m in fast.named_children() if isinstance(m, nn.Identity)] == dropped
     assert fast.conv1.weight.is_contiguous()  # a 3x3 stride-1 convolution stays NCHW
+    # in place where the input is a layer's output read by nothing else
+    assert fast.act2.inplace and (dropped or fast.act1.inplace)
+    assert not fast.shared.inplace  # called twice
+    assert not fast.act4.inplace  # its input is an activation's output
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(0.25), want.nan_to_num(0.25))  # bit for bit
