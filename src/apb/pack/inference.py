@@ -131,32 +131,43 @@ def _repeats_quantizer(act: nn.Module, layer: nn.Module) -> bool:
     return False
 
 
-def _drop_repeated_activations(model: nn.Module) -> int:
-    """Replace by ``nn.Identity`` each activation that every traced graph shows called once,
-    with one user: a packed layer that takes it as its only argument and whose quantizer
-    repeats it (:func:`_repeats_quantizer`). Returns how many were replaced."""
+def _single_calls(model: nn.Module, accept) -> list[tuple[nn.Module, str]]:
+    """``(part, name)`` of each module that every traced graph of ``part`` shows called
+    once, never read as an attribute, and at whose call node ``accept(node, modules)``
+    holds (in every graph)."""
     parts, _ = _traced_parts(model)
-    dropped = 0
+    found = []
     for part, graphs in parts:
         modules = dict(part.named_modules())
         keep: set[str] | None = None
         for graph in graphs:
             calls = [n.target for n in graph.nodes if n.op == "call_module"]
             read = {n.target for n in graph.nodes if n.op == "get_attr"}
-            names = set()
-            for node in graph.nodes:
-                if (node.op != "call_module" or calls.count(node.target) != 1
-                        or node.target in read or len(node.users) != 1):
-                    continue
-                (user,) = node.users
-                if (user.op == "call_module" and tuple(user.args) == (node,) and not user.kwargs
-                        and _repeats_quantizer(modules[node.target], modules[user.target])):
-                    names.add(node.target)
+            names = {node.target for node in graph.nodes
+                     if node.op == "call_module" and calls.count(node.target) == 1
+                     and node.target not in read and accept(node, modules)}
             keep = names if keep is None else keep & names
-        for name in sorted(keep or ()):
-            part.set_submodule(name, nn.Identity())
-            dropped += 1
-    return dropped
+        found += [(part, name) for name in sorted(keep or ())]
+    return found
+
+
+def _feeds_a_repeating_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``node``'s only user is a packed layer that takes it as its only argument and whose
+    quantizer repeats it (:func:`_repeats_quantizer`)."""
+    if len(node.users) != 1:
+        return False
+    (user,) = node.users
+    return (user.op == "call_module" and tuple(user.args) == (node,) and not user.kwargs
+            and _repeats_quantizer(modules[node.target], modules[user.target]))
+
+
+def _drop_repeated_activations(model: nn.Module) -> int:
+    """Replace by ``nn.Identity`` each activation called once whose only user is a packed
+    layer with a quantizer that repeats it. Returns how many were replaced."""
+    found = _single_calls(model, _feeds_a_repeating_quantizer)
+    for part, name in found:
+        part.set_submodule(name, nn.Identity())
+    return len(found)
 
 
 _FRESH_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, PackedLayer)
@@ -172,29 +183,18 @@ def _made_for_one(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_function" and node.target in _FRESH_FUNCTIONS
 
 
+def _in_place_candidate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A ``ReLU`` / ``Hardtanh`` without hooks called on one tensor made for it alone."""
+    act = modules[node.target]
+    return (type(act) in (nn.ReLU, nn.Hardtanh) and not act._forward_hooks
+            and not act._forward_pre_hooks and not node.kwargs and len(node.args) == 1
+            and isinstance(node.args[0], fx.Node) and _made_for_one(node.args[0], modules))
+
+
 def _activations_in_place(model: nn.Module) -> int:
-    """Set ``inplace`` on each ``ReLU`` / ``Hardtanh`` that every traced graph shows called
-    once, on one argument that :func:`_made_for_one` accepts. Returns how many."""
-    parts, _ = _traced_parts(model)
-    changed = 0
-    for part, graphs in parts:
-        modules = dict(part.named_modules())
-        keep: set[str] | None = None
-        for graph in graphs:
-            calls = [n.target for n in graph.nodes if n.op == "call_module"]
-            read = {n.target for n in graph.nodes if n.op == "get_attr"}
-            names = set()
-            for node in graph.nodes:
-                if (node.op != "call_module" or calls.count(node.target) != 1
-                        or node.target in read or node.kwargs or len(node.args) != 1):
-                    continue
-                act = modules[node.target]
-                if (type(act) in (nn.ReLU, nn.Hardtanh) and not act._forward_hooks
-                        and not act._forward_pre_hooks and isinstance(node.args[0], fx.Node)
-                        and _made_for_one(node.args[0], modules)):
-                    names.add(node.target)
-            keep = names if keep is None else keep & names
-        for name in keep or ():
-            modules[name].inplace = True
-            changed += 1
-    return changed
+    """Set ``inplace`` on each ``ReLU`` / ``Hardtanh`` called once on one argument that
+    :func:`_made_for_one` accepts. Returns how many."""
+    found = _single_calls(model, _in_place_candidate)
+    for part, name in found:
+        part.get_submodule(name).inplace = True
+    return len(found)
