@@ -1,4 +1,5 @@
-// Bindings of the direct sparse convolution with the packed layer's epilogue.
+// Bindings of the direct sparse convolution with the packed layer's epilogue, and of the
+// whole packed convolution with quantized inputs that ends with it (apb_conv2d).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -8,6 +9,7 @@
 #include "bind.h"
 #include "bind_util.h"
 #include "cpu_features.h"
+#include "apb_conv2d.h"
 #include "sparse_conv2d.h"
 
 namespace nb = nanobind;
@@ -88,6 +90,66 @@ NumpyMatrix<float> py_sparse_conv2d(const AnyArray &x, const AnyArray &indptr,
     return out;
 }
 
+NumpyMatrix<float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
+                                 const AnyArray &indptr, const AnyArray &indices,
+                                 const AnyArray &values, int64_t kernel_h, int64_t kernel_w,
+                                 int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                 int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+                                 int64_t act_bits, double scale,
+                                 const OptionalArray &padding_correction,
+                                 const AnyArray &dot_scale, const OptionalArray &sparse_scale,
+                                 const OptionalArray &shift) {
+    constexpr const char *fn = "apb_conv2d";
+    const apb::Conv2dGeometry g = conv2d_geometry_of(x, fn, kernel_h, kernel_w, stride_h,
+                                                     stride_w, pad_h, pad_w, dilation_h,
+                                                     dilation_w);
+    if (act_bits < 1 || act_bits > 8) {
+        throw std::invalid_argument("apb_conv2d: act_bits must be 1 (signs) or 2..8 (codes), "
+                                    "got " + std::to_string(act_bits));
+    }
+    const apb::CsrMatrix a = csr_matrix(indptr, indices, values, fn);
+    const int64_t M = a.rows;
+    const int64_t N = g.positions();
+    check_matrix<uint64_t>(sign_rows, fn, "sign_rows", "uint64");
+    if (static_cast<int64_t>(sign_rows.shape(0)) != M ||
+        static_cast<int64_t>(sign_rows.shape(1)) != g.words()) {
+        throw std::invalid_argument(
+            "apb_conv2d: sign_rows has shape " + shape_string(sign_rows) + ", expected [M, "
+            "ceil(C*kh*kw/64)] = [" + std::to_string(M) + ", " + std::to_string(g.words()) +
+            "] (M = len(indptr) - 1)");
+    }
+    apb::BinaryProduct p{static_cast<const uint64_t *>(sign_rows.data()), M,
+                         static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
+    if (padding_correction) {
+        if (act_bits != 1) {
+            throw std::invalid_argument("apb_conv2d: padding_correction is for 1-bit (sign) "
+                                        "inputs only");
+        }
+        check_matrix<int32_t>(*padding_correction, fn, "padding_correction", "int32");
+        const int64_t L = g.out_h * g.out_w;
+        if (static_cast<int64_t>(padding_correction->shape(0)) != M ||
+            static_cast<int64_t>(padding_correction->shape(1)) != L) {
+            throw std::invalid_argument(
+                "apb_conv2d: padding_correction has shape " + shape_string(*padding_correction) +
+                ", expected [M, OH*OW] = [" + std::to_string(M) + ", " + std::to_string(L) + "]");
+        }
+        p.padding_correction = static_cast<const int32_t *>(padding_correction->data());
+    }
+    apb::SparseConvEpilogue e;
+    e.dot_scale = channel_vector(dot_scale, "dot_scale", M);
+    e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", M);
+    e.shift = channel_vector(shift, "shift", M);
+    NumpyMatrix<float> out = new_matrix<float>(M, N);
+    const float *src = static_cast<const float *>(x.data());
+    float *dst = out.data();
+    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+    {
+        nb::gil_scoped_release release;
+        apb::apb_conv2d(src, g, p, a, e, dst);
+    }
+    return out;
+}
+
 }  // namespace
 
 void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
@@ -101,4 +163,16 @@ void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
           "+ shift[m], S the CSR matrix [M, C*kh*kw] (columns (c, dy, dx)), x float32 "
           "[B, C, H, W], x^ = x (act_bits 32), sign(x) (1) or code*scale/L (2..8), zero "
           "padding exact. dot int32/float32 [M, N] or None; the vectors float32 [M] or None.");
+    m.def("apb_conv2d", &py_apb_conv2d, nb::arg("x"), nb::arg("sign_rows"), nb::arg("indptr"),
+          nb::arg("indices"), nb::arg("values"), nb::arg("kernel_h"), nb::arg("kernel_w"),
+          nb::arg("stride_h"), nb::arg("stride_w"), nb::arg("pad_h"), nb::arg("pad_w"),
+          nb::arg("dilation_h"), nb::arg("dilation_w"), nb::arg("act_bits"), nb::arg("scale"),
+          nb::arg("padding_correction").none(), nb::arg("dot_scale"),
+          nb::arg("sparse_scale").none(), nb::arg("shift").none(),
+          "A packed convolution with quantized inputs in one call: float32 [M, B*OH*OW] = "
+          "dot_scale[m]*dot[m, n] + sparse_scale[m]*(S conv x^)[m, n] + shift[m], dot the "
+          "popcount product of sign_rows (uint64 [M, ceil(K/64)], columns (dy, dx, c)) with "
+          "x's packed im2col rows, x^ = sign(x) (act_bits 1; minus padding_correction, int32 "
+          "[M, OH*OW], when padded) or code*scale/L (2..8), S the CSR matrix [M, C*kh*kw] "
+          "(columns (c, dy, dx)).");
 }

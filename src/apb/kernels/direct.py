@@ -114,6 +114,19 @@ def sparse_conv2d(x: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values
                                      sparse_scale, shift)
 
 
+def apb_conv2d(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+               values: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
+               padding: Sequence[int], dilation: Sequence[int], act_bits: int, scale: float,
+               padding_correction: np.ndarray | None, dot_scale: np.ndarray,
+               sparse_scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    """A packed convolution with 1..8-bit inputs in one call: the im2col packing (hwc), the
+    binary product with ``sign_rows`` and :func:`sparse_conv2d`'s epilogue; float32
+    ``[M, B·OH·OW]``. ``padding_correction``: int32 ``[M, OH·OW]`` for padded ±1 inputs."""
+    return extension().apb_conv2d(x, sign_rows, indptr, indices, values, *kernel_size, *stride,
+                                  *padding, *dilation, act_bits, scale, padding_correction,
+                                  dot_scale, sparse_scale, shift)
+
+
 def xor_gate_decode(table: np.ndarray, n_out: int, n_in: int, inputs: np.ndarray, n_bits: int,
                     patch_counts: np.ndarray, patch_offsets: np.ndarray, n_patches: int,
                     out: np.ndarray) -> np.ndarray:

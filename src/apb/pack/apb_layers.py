@@ -127,15 +127,26 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
     def _output(self, x: Tensor) -> Tensor:
         """The binary product, then everything after it in one kernel
         (:func:`apb.kernels.sparse_conv2d`): ``S ⊗ x̂`` as a direct sparse convolution of
-        ``x`` (no im2col of ``x̂``), ``α·c``, the bias and a folded BatchNorm."""
+        ``x`` (no im2col of ``x̂``), ``α·c``, the bias and a folded BatchNorm. With
+        quantized inputs all of it is one call (``apb_conv2d``): each call into the
+        extension costs about as much as a small layer's kernels."""
         s, dot_scale, sparse_scale, shift = self._constant(
             self._fused_scales, self.alpha, self.act_scale, self.bias, self.out_scale,
             self.out_shift,
         )
-        dot = self._binary_dot(x, s)
-        return apb_ops.sparse_conv2d(
-            x, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
-            self.act_bits, s, dot, dot_scale, sparse_scale, shift, self.backend,
+        if self.act_bits == 32:
+            return apb_ops.sparse_conv2d(
+                x, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
+                self.act_bits, s, self._binary_dot(x, s), dot_scale, sparse_scale, shift,
+                self.backend,
+            )
+        w_bits = self._input_order_bits("sign_bits")
+        corr = None
+        if self.act_bits == 1 and max(self.padding) > 0:
+            corr = self._padding_correction(w_bits, x.shape[2], x.shape[3], 0)
+        return apb_ops.apb_conv2d(
+            x, w_bits, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
+            self.act_bits, s, corr, dot_scale, sparse_scale, shift, self.backend,
         )
 
     def _fused_scales(self) -> tuple:

@@ -31,6 +31,7 @@ REFERENCE: dict[str, Callable] = {
     "linear_1xf": reference.linear_1xf,
     "spmm_csr": reference.spmm_csr,
     "sparse_conv2d": reference.sparse_conv2d,
+    "apb_conv2d": reference.apb_conv2d,
 }
 
 KERNELS: dict[str, Callable] = {name: getattr(compiled, name) for name in REFERENCE}

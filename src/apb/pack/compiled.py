@@ -90,3 +90,12 @@ def sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dila
         dilation, act_bits, 1.0 if scale is None else float(scale), _view(dot),
         _view(dot_scale), _view(sparse_scale), _view(shift),
     ))
+
+
+def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
+               act_bits, scale, padding_correction, dot_scale, sparse_scale, shift) -> Tensor:
+    return torch.from_numpy(direct.apb_conv2d(
+        _view(x), _view(sign_rows), _view(indptr), _view(indices), _view(values), kernel_size,
+        stride, padding, dilation, act_bits, 1.0 if scale is None else float(scale),
+        _view(padding_correction), _view(dot_scale), _view(sparse_scale), _view(shift),
+    ))

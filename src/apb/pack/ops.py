@@ -256,6 +256,35 @@ _define(
 )
 
 
+def apb_conv2d(
+    x: Tensor, sign_rows: Tensor, indptr: Tensor, indices: Tensor, values: Tensor,
+    kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
+    act_bits: int, scale: Tensor | None, padding_correction: Tensor | None, dot_scale: Tensor,
+    sparse_scale: Tensor | None, shift: Tensor | None, backend: str,
+) -> Tensor:
+    """float32 ``[M, B·OH·OW]``: a packed APB convolution with 1..8-bit inputs in one call,
+    what ``im2col_pack_*`` (hwc), ``bgemm_1x1`` / ``bgemm_1x2`` (minus
+    ``padding_correction`` for padded ±1 inputs) and :func:`sparse_conv2d` compute in three
+    (``sign_rows``: the weights' sign bits in hwc column order)."""
+    return kernel("apb_conv2d", backend)(
+        x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
+        act_bits, scale, padding_correction, dot_scale, sparse_scale, shift,
+    )
+
+
+_define(
+    "apb_conv2d(Tensor x, Tensor sign_rows, Tensor indptr, Tensor indices, Tensor values, "
+    "int[] kernel_size, int[] stride, int[] padding, int[] dilation, int act_bits, "
+    "Tensor? scale, Tensor? padding_correction, Tensor dot_scale, Tensor? sparse_scale, "
+    "Tensor? shift, str backend) -> Tensor",
+    apb_conv2d,
+    lambda x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
+    act_bits, scale, padding_correction, dot_scale, sparse_scale, shift, backend: x.new_empty(
+        (indptr.shape[0] - 1, _positions(x, kernel_size, stride, padding, dilation)),
+        dtype=torch.float32),
+)
+
+
 apb_ops = torch.ops.apb
 """The operators defined above, ``torch.ops.apb.<kernel>(..., backend)``: what packed
 layers call (importing it from here makes sure they are defined)."""

@@ -228,3 +228,22 @@ def sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dila
     if shift is not None:
         out = out + shift[:, None]
     return out
+
+
+def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
+               act_bits, scale, padding_correction, dot_scale, sparse_scale, shift):
+    """The packed convolution with 1..8-bit inputs, as the three kernels it fuses: the
+    hwc im2col packing, the binary product (minus ``padding_correction`` per batch item for
+    ±1 inputs) and :func:`sparse_conv2d` with that product as ``dot``."""
+    if act_bits == 1:
+        bits = im2col_pack_signs(x, kernel_size, stride, padding, dilation, "hwc")
+        dot = bgemm_1x1(sign_rows, bits, x.shape[1] * kernel_size[0] * kernel_size[1])
+        if padding_correction is not None:
+            m, positions = padding_correction.shape
+            dot = (dot.view(m, -1, positions) - padding_correction[:, None]).view(m, -1)
+    else:
+        bits = im2col_pack_codes(x, scale, act_bits, kernel_size, stride, padding, dilation,
+                                 "hwc")
+        dot = bgemm_1x2(sign_rows, bits)
+    return sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation,
+                         act_bits, scale, dot, dot_scale, sparse_scale, shift)

@@ -1,0 +1,179 @@
+"""apb_conv2d, a packed convolution with 1..8-bit inputs in one call: bit-identical to the
+three kernels it fuses (hwc im2col packing, binary GEMM minus the ±1 padding correction,
+sparse_conv2d with the epilogue) under every instruction set this CPU has, within float32
+rounding of the pure-torch reference backend, and its argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _csr import random_csr
+from _isa import isas_under_test
+from apb import _C, kernels
+from apb.kernels import direct
+from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
+from apb.pack import reference
+from apb.pack.ops import apb_ops
+from oracles.activation_packing import conv2d_output_size
+
+
+def padding_correction(sign_rows: np.ndarray, c: int, h: int, w: int, geometry) -> np.ndarray:
+    """int32 ``[M, OH·OW]``: ``Σ_{j padded at l} s_w(m, j)``, from its definition."""
+    kernel, stride, padding, dilation = geometry
+    ones = torch.ones((1, c, h, w))
+    padded = (reference._unfold_rows(ones, kernel, stride, padding, dilation, "hwc") == 0)
+    mask = reference.pack_planes(padded.to(torch.uint8), 1)
+    return reference.bgemm_1x2(torch.from_numpy(sign_rows), mask).numpy()
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> dict:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    b = draw(st.integers(1, 3))
+    c = draw(st.sampled_from([1, 3, 8, 16, 17, 64, 65]))
+    h = draw(st.integers(1, 9))
+    w = draw(st.one_of(st.integers(1, 12), st.integers(13, 40)))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    sizes = [conv2d_output_size(n, k, s, p, d)
+             for n, k, s, p, d in zip((h, w), kernel, stride, padding, dilation)]
+    if min(sizes) < 1:
+        padding = (padding[0] + 3 * dilation[0], padding[1] + 3 * dilation[1])
+    geometry = (kernel, stride, padding, dilation)
+    m = draw(st.integers(1, 40))
+    k = c * kernel[0] * kernel[1]
+    index_dtype = draw(st.sampled_from(INDEX_DTYPES if k <= 256 else INDEX_DTYPES[1:]))
+    csr = random_csr(rng, m, k, draw(st.sampled_from([0.0, 0.02, 0.3])),
+                     draw(st.sampled_from(INDPTR_DTYPES)), index_dtype,
+                     draw(st.sampled_from(VALUE_DTYPES)))
+    act_bits = draw(st.sampled_from([1, 2, 3, 8]))
+    words = (k + 63) // 64
+    # Sign rows with zero bits past K, as packing a weight gives.
+    signs = rng.integers(0, 2, (m, words * 64), dtype=np.uint8)
+    signs[:, k:] = 0
+    sign_rows = np.packbits(signs, axis=1, bitorder="little").view(np.uint64)
+    corr = None
+    if act_bits == 1 and max(padding) > 0:
+        corr = padding_correction(sign_rows, c, h, w, geometry)
+    vector = lambda: rng.standard_normal(m).astype(np.float32)  # noqa: E731
+    return {
+        "x": (rng.standard_normal((b, c, h, w)) * 1.5).astype(np.float32),
+        "sign_rows": np.ascontiguousarray(sign_rows), "csr": csr, "geometry": geometry,
+        "act_bits": act_bits, "scale": 1.3 if act_bits > 1 else 1.0,
+        "padding_correction": corr, "dot_scale": vector(),
+        "sparse_scale": vector() if draw(st.booleans()) else None,
+        "shift": vector() if draw(st.booleans()) else None,
+    }
+
+
+def _fused(p: dict) -> np.ndarray:
+    return direct.apb_conv2d(p["x"], p["sign_rows"], *p["csr"], *p["geometry"],
+                             p["act_bits"], p["scale"], p["padding_correction"], p["dot_scale"],
+                             p["sparse_scale"], p["shift"])
+
+
+def _unfused(p: dict) -> np.ndarray:
+    """The three kernels the fused call replaces, as the packed layer called them."""
+    x, geometry, bits = p["x"], p["geometry"], p["act_bits"]
+    k = x.shape[1] * geometry[0][0] * geometry[0][1]
+    if bits == 1:
+        packed = direct.im2col_pack_signs(x, *geometry, "hwc")
+        dot = direct.bgemm_1x1(p["sign_rows"], packed, k)
+        corr = p["padding_correction"]
+        if corr is not None:
+            m, positions = corr.shape
+            dot = (dot.reshape(m, -1, positions) - corr[:, None]).reshape(m, -1)
+    else:
+        packed = direct.im2col_pack_codes(x, p["scale"], bits, *geometry, "hwc")
+        dot = direct.bgemm_1x2(p["sign_rows"], packed)
+    return direct.sparse_conv2d(x, *p["csr"], *geometry, bits, p["scale"],
+                                np.ascontiguousarray(dot), p["dot_scale"], p["sparse_scale"],
+                                p["shift"])
+
+
+def _reference(p: dict) -> np.ndarray:
+    t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    return reference.apb_conv2d(
+        t(p["x"]), t(p["sign_rows"]), *(t(a) for a in p["csr"]), *p["geometry"],
+        p["act_bits"], torch.tensor([p["scale"]], dtype=torch.float32),
+        t(p["padding_correction"]), t(p["dot_scale"]), t(p["sparse_scale"]), t(p["shift"]),
+    ).numpy()
+
+
+@settings(max_examples=120, deadline=None)
+@given(problem=problems())
+def test_identical_to_the_three_kernels_and_close_to_the_reference(problem: dict) -> None:
+    expected = _reference(problem)
+    scale = np.abs(expected).max() + 1.0
+    for isa in isas_under_test():
+        with kernels.use_isa(isa):
+            fused, unfused = _fused(problem), _unfused(problem)
+        assert fused.shape == expected.shape and fused.dtype == np.float32
+        np.testing.assert_array_equal(fused, unfused, err_msg=isa)
+        np.testing.assert_allclose(fused, expected, rtol=0, atol=2e-5 * scale, err_msg=isa)
+
+
+def test_the_op_runs_each_backend_and_traces() -> None:
+    """``torch.ops.apb.apb_conv2d``: both backends agree, and its fake implementation
+    gives the shape torch.compile / torch.export see."""
+    rng = np.random.default_rng(3)
+    p = {"x": rng.standard_normal((2, 16, 6, 5)).astype(np.float32),
+         "sign_rows": rng.integers(0, 2**63, (8, 3), dtype=np.uint64),
+         "csr": random_csr(rng, 8, 144, 0.1, np.int32, np.uint8, np.float32),
+         "geometry": ((3, 3), (2, 1), (1, 1), (1, 1))}
+    p["sign_rows"][:, 2] &= np.uint64((1 << 16) - 1)  # K = 144: bits past it are zero
+    args = [torch.from_numpy(a) for a in (p["x"], p["sign_rows"], *p["csr"])]
+    scales = [torch.full((8,), 0.5), None, torch.zeros(8)]
+    outs = [apb_ops.apb_conv2d(*args, *map(list, p["geometry"]), 2, torch.tensor([1.1]), None,
+                               *scales, backend) for backend in ("kernels", "reference")]
+    assert outs[0].shape == (8, 2 * 3 * 5)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-4)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = apb_ops.apb_conv2d(*(mode.from_tensor(a) for a in args),
+                                  *map(list, p["geometry"]), 2, mode.from_tensor(
+                                      torch.tensor([1.1])), None,
+                                  mode.from_tensor(scales[0]), None,
+                                  mode.from_tensor(scales[2]), "kernels")
+    assert fake.shape == outs[0].shape
+
+
+X = np.zeros((1, 2, 4, 4), np.float32)
+ROWS = np.zeros((3, 1), np.uint64)
+CSR = (np.array([0, 1, 1, 2], np.int32), np.array([0, 17], np.int32),
+       np.array([1.0, -2.0], np.float32))
+GEOMETRY = (3, 3, 1, 1, 1, 1, 1, 1)
+ONES = np.ones(3, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "words"),
+    [
+        ({"act_bits": 32}, ValueError, "act_bits"),
+        ({"act_bits": 0}, ValueError, "act_bits"),
+        ({"act_bits": 2, "scale": -1.0}, ValueError, "scale"),
+        ({"sign_rows": np.zeros((3, 2), np.uint64)}, ValueError, r"\[3, 1\]"),
+        ({"sign_rows": np.zeros((2, 1), np.uint64)}, ValueError, r"\[3, 1\]"),
+        ({"sign_rows": np.zeros((3, 1), np.int64)}, TypeError, "uint64"),
+        ({"indices": np.array([0, 18], np.int32)}, ValueError, "out of range"),
+        ({"dot_scale": np.ones(2, np.float32)}, ValueError, "one value per output channel"),
+        ({"padding_correction": np.zeros((3, 15), np.int32)}, ValueError, r"\[3, 16\]"),
+        ({"padding_correction": np.zeros((3, 16), np.int32), "act_bits": 2}, ValueError,
+         "1-bit"),
+        ({"x": X[0]}, ValueError, "4-D"),
+    ],
+)
+def test_extension_rejects(change: dict, error: type[Exception], words: str) -> None:
+    """The extension checks everything that could read or write out of bounds itself."""
+    args = {"x": X, "sign_rows": ROWS, "indptr": CSR[0], "indices": CSR[1], "values": CSR[2],
+            "act_bits": 1, "scale": 1.0, "padding_correction": None, "dot_scale": ONES}
+    args.update(change)
+    with pytest.raises(error, match=words):
+        _C.apb_conv2d(args["x"], args["sign_rows"], args["indptr"], args["indices"],
+                      args["values"], *GEOMETRY, args["act_bits"], args["scale"],
+                      args["padding_correction"], args["dot_scale"], None, None)
