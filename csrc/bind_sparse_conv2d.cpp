@@ -1,5 +1,5 @@
 // Bindings of the direct sparse convolution with the packed layer's epilogue, and of the
-// whole packed convolution with quantized inputs that ends with it (apb_conv2d).
+// whole packed layers with quantized inputs that end with it (apb_conv2d, apb_linear).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -9,7 +9,7 @@
 #include "bind.h"
 #include "bind_util.h"
 #include "cpu_features.h"
-#include "apb_conv2d.h"
+#include "apb_fused.h"
 #include "sparse_conv2d.h"
 
 namespace nb = nanobind;
@@ -90,6 +90,56 @@ NumpyMatrix<float> py_sparse_conv2d(const AnyArray &x, const AnyArray &indptr,
     return out;
 }
 
+// The sign rows [M, words] of a packed layer with M = a.rows output channels.
+const uint64_t *sign_rows_of(const AnyArray &sign_rows, const char *fn, int64_t M,
+                             int64_t words, const char *columns) {
+    check_matrix<uint64_t>(sign_rows, fn, "sign_rows", "uint64");
+    if (static_cast<int64_t>(sign_rows.shape(0)) != M ||
+        static_cast<int64_t>(sign_rows.shape(1)) != words) {
+        throw std::invalid_argument(
+            std::string(fn) + ": sign_rows has shape " + shape_string(sign_rows) +
+            ", expected [M, " + columns + "] = [" + std::to_string(M) + ", " +
+            std::to_string(words) + "] (M = len(indptr) - 1)");
+    }
+    return static_cast<const uint64_t *>(sign_rows.data());
+}
+
+void check_act_bits(int64_t act_bits, const char *fn) {
+    if (act_bits < 1 || act_bits > 8) {
+        throw std::invalid_argument(std::string(fn) + ": act_bits must be 1 (signs) or 2..8 "
+                                    "(codes), got " + std::to_string(act_bits));
+    }
+}
+
+NumpyMatrix<float> py_apb_linear(const AnyArray &x, const AnyArray &sign_rows,
+                                 const AnyArray &indptr, const AnyArray &indices,
+                                 const AnyArray &values, int64_t act_bits, double scale,
+                                 const AnyArray &dot_scale, const OptionalArray &sparse_scale,
+                                 const OptionalArray &shift) {
+    constexpr const char *fn = "apb_linear";
+    check_matrix<float>(x, fn, "x", "float32");
+    check_act_bits(act_bits, fn);
+    const apb::CsrMatrix a = csr_matrix(indptr, indices, values, fn);
+    const int64_t M = a.rows;
+    const int64_t N = static_cast<int64_t>(x.shape(0));
+    const int64_t K = static_cast<int64_t>(x.shape(1));
+    const apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, (K + 63) / 64, "ceil(K/64)"), M,
+                               static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
+    apb::SparseConvEpilogue e;
+    e.dot_scale = channel_vector(dot_scale, "dot_scale", M);
+    e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", M);
+    e.shift = channel_vector(shift, "shift", M);
+    NumpyMatrix<float> out = new_matrix<float>(N, M);
+    const float *src = static_cast<const float *>(x.data());
+    float *dst = out.data();
+    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+    {
+        nb::gil_scoped_release release;
+        apb::apb_linear(src, N, K, p, a, e, dst);
+    }
+    return out;
+}
+
 NumpyMatrix<float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
                                  const AnyArray &indptr, const AnyArray &indices,
                                  const AnyArray &values, int64_t kernel_h, int64_t kernel_w,
@@ -103,22 +153,11 @@ NumpyMatrix<float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
     const apb::Conv2dGeometry g = conv2d_geometry_of(x, fn, kernel_h, kernel_w, stride_h,
                                                      stride_w, pad_h, pad_w, dilation_h,
                                                      dilation_w);
-    if (act_bits < 1 || act_bits > 8) {
-        throw std::invalid_argument("apb_conv2d: act_bits must be 1 (signs) or 2..8 (codes), "
-                                    "got " + std::to_string(act_bits));
-    }
+    check_act_bits(act_bits, fn);
     const apb::CsrMatrix a = csr_matrix(indptr, indices, values, fn);
     const int64_t M = a.rows;
     const int64_t N = g.positions();
-    check_matrix<uint64_t>(sign_rows, fn, "sign_rows", "uint64");
-    if (static_cast<int64_t>(sign_rows.shape(0)) != M ||
-        static_cast<int64_t>(sign_rows.shape(1)) != g.words()) {
-        throw std::invalid_argument(
-            "apb_conv2d: sign_rows has shape " + shape_string(sign_rows) + ", expected [M, "
-            "ceil(C*kh*kw/64)] = [" + std::to_string(M) + ", " + std::to_string(g.words()) +
-            "] (M = len(indptr) - 1)");
-    }
-    apb::BinaryProduct p{static_cast<const uint64_t *>(sign_rows.data()), M,
+    apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, g.words(), "ceil(C*kh*kw/64)"), M,
                          static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
     if (padding_correction) {
         if (act_bits != 1) {
@@ -175,4 +214,12 @@ void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
           "x's packed im2col rows, x^ = sign(x) (act_bits 1; minus padding_correction, int32 "
           "[M, OH*OW], when padded) or code*scale/L (2..8), S the CSR matrix [M, C*kh*kw] "
           "(columns (c, dy, dx)).");
+    m.def("apb_linear", &py_apb_linear, nb::arg("x"), nb::arg("sign_rows"), nb::arg("indptr"),
+          nb::arg("indices"), nb::arg("values"), nb::arg("act_bits"), nb::arg("scale"),
+          nb::arg("dot_scale"), nb::arg("sparse_scale").none(), nb::arg("shift").none(),
+          "A packed Linear layer with quantized inputs in one call: float32 [N, M] = "
+          "dot_scale[m]*dot[m, n] + sparse_scale[m]*(S x^_n)[m] + shift[m] for x float32 "
+          "[N, K], dot the popcount product of sign_rows (uint64 [M, ceil(K/64)]) with x's "
+          "packed rows, x^ = sign(x) (act_bits 1) or code*scale/L (2..8), S the CSR matrix "
+          "[M, K].");
 }

@@ -87,6 +87,15 @@ SparseConvInput sparse_conv_codes(double scale, int64_t bits) {
     return SparseConvInput{InputQuantizer::codes, q.scale, q.levels, q.scale / q.levels};
 }
 
+void sparse_conv_quantize(const float *x, int64_t rows, int64_t cols,
+                          const SparseConvInput &in, float *out) {
+    if (rows <= 0 || cols <= 0) return;
+    // x as one image of one channel, rows x cols, under a 1x1 kernel: its only phase plane
+    // is x^ itself, built by the active ISA's vector row builder.
+    const Conv2dGeometry g = conv2d_geometry(1, 1, rows, cols, 1, 1, 1, 1, 0, 0, 1, 1);
+    kernels_for(active_isa()).build(x, g, phase_layout(g), in, 0, out);
+}
+
 void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
                    const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
     spmm_csr_validate(a, g.columns());

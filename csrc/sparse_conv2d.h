@@ -64,6 +64,11 @@ struct SparseConvEpilogue {
 void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
                    const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
 
+// out float32 [rows, cols] = x^ (the quantized x, quantize_input below) for x float32
+// [rows, cols], with the active ISA's vector code.
+void sparse_conv_quantize(const float *x, int64_t rows, int64_t cols,
+                          const SparseConvInput &in, float *out);
+
 // Geometry of the phase planes (see the header comment).
 struct PhaseLayout {
     int64_t phases_h, phases_w;  // sh, sw

@@ -127,6 +127,15 @@ def apb_conv2d(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices
                                   dot_scale, sparse_scale, shift)
 
 
+def apb_linear(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+               values: np.ndarray, act_bits: int, scale: float, dot_scale: np.ndarray,
+               sparse_scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    """A packed Linear layer with 1..8-bit inputs in one call: the rows' packing, the binary
+    product with ``sign_rows``, ``S ⊗ x̂`` and the epilogue; float32 ``[N, M]``."""
+    return extension().apb_linear(x, sign_rows, indptr, indices, values, act_bits, scale,
+                                  dot_scale, sparse_scale, shift)
+
+
 def xor_gate_decode(table: np.ndarray, n_out: int, n_in: int, inputs: np.ndarray, n_bits: int,
                     patch_counts: np.ndarray, patch_offsets: np.ndarray, n_patches: int,
                     out: np.ndarray) -> np.ndarray:

@@ -97,6 +97,17 @@ class _PackedAPB(PackedLayer):
                                      self.backend)
         return y
 
+    def _fused_scales(self) -> tuple:
+        """``(s, dot_scale, sparse_scale, shift)`` of the fused kernels (``s``: the clip
+        scale of k-bit codes, else None)."""
+        s = self._clip_scale() if 2 <= self.act_bits <= 8 else None
+        scale = self.alpha if s is None else self.alpha * (s / self.act_levels)
+        return (s, *self._epilogue(scale))
+
+    def _scales(self) -> tuple:
+        return self._constant(self._fused_scales, self.alpha, self.act_scale, self.bias,
+                              self.out_scale, self.out_shift)
+
     def _weight_repr(self) -> str:
         scope = "per-channel" if self.alpha.shape[0] > 1 else "per-layer"
         frac = self.nnz / self.n_weights if self.n_weights else 0.0
@@ -130,10 +141,7 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
         ``x`` (no im2col of ``x̂``), ``α·c``, the bias and a folded BatchNorm. With
         quantized inputs all of it is one call (``apb_conv2d``): each call into the
         extension costs about as much as a small layer's kernels."""
-        s, dot_scale, sparse_scale, shift = self._constant(
-            self._fused_scales, self.alpha, self.act_scale, self.bias, self.out_scale,
-            self.out_shift,
-        )
+        s, dot_scale, sparse_scale, shift = self._scales()
         if self.act_bits == 32:
             return apb_ops.sparse_conv2d(
                 x, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
@@ -148,13 +156,6 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
             x, w_bits, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
             self.act_bits, s, corr, dot_scale, sparse_scale, shift, self.backend,
         )
-
-    def _fused_scales(self) -> tuple:
-        """``(s, dot_scale, sparse_scale, shift)`` of :meth:`_output` (``s``: the clip scale
-        of k-bit codes, else None)."""
-        s = self._clip_scale() if 2 <= self.act_bits <= 8 else None
-        scale = self.alpha if s is None else self.alpha * (s / self.act_levels)
-        return (s, *self._epilogue(scale))
 
 
 class PackedAPBLinear(_PackedAPB, LinearGeometry):
@@ -206,6 +207,13 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
                                                             self.backend)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.act_bits <= 8:  # quantized inputs: one kernel call (apb_linear)
+            rows = self._rows(x)
+            s, dot_scale, sparse_scale, shift = self._scales()
+            y = apb_ops.apb_linear(rows, self.sign_bits, self.csr_indptr, self.csr_indices,
+                                   self.csr_values, self.act_bits, s, dot_scale, sparse_scale,
+                                   shift, self.backend)
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
         if self.input_precision == "exact":
             return super().forward(x)
         rows = self._rows(x)

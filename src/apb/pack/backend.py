@@ -32,6 +32,7 @@ REFERENCE: dict[str, Callable] = {
     "spmm_csr": reference.spmm_csr,
     "sparse_conv2d": reference.sparse_conv2d,
     "apb_conv2d": reference.apb_conv2d,
+    "apb_linear": reference.apb_linear,
 }
 
 KERNELS: dict[str, Callable] = {name: getattr(compiled, name) for name in REFERENCE}

@@ -99,3 +99,12 @@ def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, paddi
         stride, padding, dilation, act_bits, 1.0 if scale is None else float(scale),
         _view(padding_correction), _view(dot_scale), _view(sparse_scale), _view(shift),
     ))
+
+
+def apb_linear(x, sign_rows, indptr, indices, values, act_bits, scale, dot_scale, sparse_scale,
+               shift) -> Tensor:
+    return torch.from_numpy(direct.apb_linear(
+        _view(x), _view(sign_rows), _view(indptr), _view(indices), _view(values), act_bits,
+        1.0 if scale is None else float(scale), _view(dot_scale), _view(sparse_scale),
+        _view(shift),
+    ))

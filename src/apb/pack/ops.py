@@ -285,6 +285,27 @@ _define(
 )
 
 
+def apb_linear(
+    x: Tensor, sign_rows: Tensor, indptr: Tensor, indices: Tensor, values: Tensor,
+    act_bits: int, scale: Tensor | None, dot_scale: Tensor, sparse_scale: Tensor | None,
+    shift: Tensor | None, backend: str,
+) -> Tensor:
+    """float32 ``[N, M]``: a packed APB Linear layer with 1..8-bit inputs ``x [N, K]`` in one
+    call, ``dot_scale·(B ⊗ x̂) + sparse_scale·(S ⊗ x̂) + shift`` per output feature."""
+    return kernel("apb_linear", backend)(x, sign_rows, indptr, indices, values, act_bits,
+                                         scale, dot_scale, sparse_scale, shift)
+
+
+_define(
+    "apb_linear(Tensor x, Tensor sign_rows, Tensor indptr, Tensor indices, Tensor values, "
+    "int act_bits, Tensor? scale, Tensor dot_scale, Tensor? sparse_scale, Tensor? shift, "
+    "str backend) -> Tensor",
+    apb_linear,
+    lambda x, sign_rows, indptr, indices, values, act_bits, scale, dot_scale, sparse_scale,
+    shift, backend: x.new_empty((x.shape[0], indptr.shape[0] - 1), dtype=torch.float32),
+)
+
+
 apb_ops = torch.ops.apb
 """The operators defined above, ``torch.ops.apb.<kernel>(..., backend)``: what packed
 layers call (importing it from here makes sure they are defined)."""

@@ -247,3 +247,21 @@ def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, paddi
         dot = bgemm_1x2(sign_rows, bits)
     return sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation,
                          act_bits, scale, dot, dot_scale, sparse_scale, shift)
+
+
+def apb_linear(x, sign_rows, indptr, indices, values, act_bits, scale, dot_scale, sparse_scale,
+               shift):
+    """The packed Linear layer with 1..8-bit inputs, float32 ``[N, M]``: the binary product
+    of the packed rows, ``S ⊗ x̂`` and the epilogue of :func:`sparse_conv2d`."""
+    if act_bits == 1:
+        dot = bgemm_1x1(sign_rows, pack_signs(x), x.shape[1])
+    else:
+        dot = bgemm_1x2(sign_rows, quantize_pack_codes(x, scale, act_bits))
+    sparse = torch.zeros((indptr.shape[0] - 1, x.shape[0]), dtype=torch.float32)
+    spmm_csr(indptr, indices, values, quantized_input(x, act_bits, scale).T, sparse)
+    if sparse_scale is not None:
+        sparse = sparse * sparse_scale[:, None]
+    out = sparse + dot_scale[:, None] * dot.float()
+    if shift is not None:
+        out = out + shift[:, None]
+    return out.T.contiguous()

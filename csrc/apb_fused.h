@@ -1,5 +1,5 @@
 // One packed APB (or binary) layer with quantized inputs in one call: the activation
-// packing, the binary product and sparse_conv2d's epilogue (docs/design.md §2).
+// packing, the binary product, the sparse correction and the epilogue (docs/design.md §2).
 //
 // A packed convolution otherwise makes three kernel calls per forward (im2col packing,
 // binary GEMM, sparse correction with the epilogue), each a crossing from Python into
@@ -33,6 +33,13 @@ struct BinaryProduct {
 // x^ the quantized x. e.dot must be null: it is computed here. Throws
 // std::invalid_argument on a bad quantizer or CSR matrix (before writing anything).
 void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
+                const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
+
+// The same for a Linear layer: out float32 [N, M] (rows of the layer's output, no
+// transposition left to do) = dot_scale[m] * dot[m, n] + sparse_scale[m] * (S x^_n)[m] +
+// shift[m] for x float32 [N, K], dot the popcount product of the sign rows with x's packed
+// rows, S ⊗ x^ by spmm_csr. p.padding_correction must be null.
+void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,
                 const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
 
 }  // namespace apb

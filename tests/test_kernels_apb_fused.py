@@ -1,7 +1,9 @@
-"""apb_conv2d, a packed convolution with 1..8-bit inputs in one call: bit-identical to the
-three kernels it fuses (hwc im2col packing, binary GEMM minus the ±1 padding correction,
-sparse_conv2d with the epilogue) under every instruction set this CPU has, within float32
-rounding of the pure-torch reference backend, and its argument checks."""
+"""apb_conv2d and apb_linear, a packed layer with 1..8-bit inputs in one call.
+
+apb_conv2d is bit-identical to the three kernels it fuses (hwc im2col packing, binary
+GEMM minus the ±1 padding correction, sparse_conv2d with the epilogue) under every
+instruction set this CPU has; both are within float32 rounding of the pure-torch reference
+backend and identical across instruction sets; and the extension checks its arguments."""
 
 from __future__ import annotations
 
@@ -177,3 +179,74 @@ def test_extension_rejects(change: dict, error: type[Exception], words: str) -> 
         _C.apb_conv2d(args["x"], args["sign_rows"], args["indptr"], args["indices"],
                       args["values"], *GEOMETRY, args["act_bits"], args["scale"],
                       args["padding_correction"], args["dot_scale"], None, None)
+
+
+@st.composite
+def linear_problems(draw: st.DrawFn) -> dict:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.sampled_from([1, 2, 3, 17, 64]))
+    k = draw(st.sampled_from([1, 7, 63, 64, 65, 130, 256]))
+    m = draw(st.integers(1, 70))
+    index_dtype = draw(st.sampled_from(INDEX_DTYPES if k <= 256 else INDEX_DTYPES[1:]))
+    csr = random_csr(rng, m, k, draw(st.sampled_from([0.0, 0.02, 0.3])),
+                     draw(st.sampled_from(INDPTR_DTYPES)), index_dtype,
+                     draw(st.sampled_from(VALUE_DTYPES)))
+    act_bits = draw(st.sampled_from([1, 2, 3, 8]))
+    words = (k + 63) // 64
+    signs = rng.integers(0, 2, (m, words * 64), dtype=np.uint8)
+    signs[:, k:] = 0
+    vector = lambda: rng.standard_normal(m).astype(np.float32)  # noqa: E731
+    x = (rng.standard_normal((n, k)) * 1.5).astype(np.float32)
+    x[rng.random((n, k)) < 0.05] = 0.0  # exact zeros: sign +1, code 0
+    return {
+        "x": x, "sign_rows": np.packbits(signs, axis=1, bitorder="little").view(np.uint64),
+        "csr": csr, "act_bits": act_bits, "scale": 1.3 if act_bits > 1 else 1.0,
+        "dot_scale": vector(), "sparse_scale": vector() if draw(st.booleans()) else None,
+        "shift": vector() if draw(st.booleans()) else None,
+    }
+
+
+@settings(max_examples=120, deadline=None)
+@given(problem=linear_problems())
+def test_linear_matches_reference_and_is_identical_across_isas(problem: dict) -> None:
+    p = problem
+    t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    expected = reference.apb_linear(
+        t(p["x"]), t(p["sign_rows"]), *(t(a) for a in p["csr"]), p["act_bits"],
+        torch.tensor([p["scale"]], dtype=torch.float32), t(p["dot_scale"]),
+        t(p["sparse_scale"]), t(p["shift"])).numpy()
+    scale = np.abs(expected).max() + 1.0
+    results = {}
+    for isa in isas_under_test():
+        with kernels.use_isa(isa):
+            results[isa] = direct.apb_linear(p["x"], p["sign_rows"], *p["csr"], p["act_bits"],
+                                             p["scale"], p["dot_scale"], p["sparse_scale"],
+                                             p["shift"])
+        assert results[isa].shape == expected.shape and results[isa].dtype == np.float32
+        np.testing.assert_allclose(results[isa], expected, rtol=0, atol=2e-5 * scale,
+                                   err_msg=isa)
+    for isa, out in results.items():
+        np.testing.assert_array_equal(out, results["scalar"], err_msg=isa)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "words"),
+    [
+        ({"act_bits": 9}, ValueError, "act_bits"),
+        ({"act_bits": 3, "scale": float("nan")}, ValueError, "scale"),
+        ({"x": np.zeros((2, 65), np.float32)}, ValueError, r"\[3, 2\]"),
+        ({"x": np.zeros((2, 64), np.float64)}, TypeError, "float32"),
+        ({"sign_rows": np.zeros((4, 1), np.uint64)}, ValueError, r"\[3, 1\]"),
+        ({"indices": np.array([0, 64], np.int32)}, ValueError, "out of range"),
+        ({"dot_scale": np.ones(4, np.float32)}, ValueError, "one value per output channel"),
+    ],
+)
+def test_linear_extension_rejects(change: dict, error: type[Exception], words: str) -> None:
+    args = {"x": np.zeros((2, 64), np.float32), "sign_rows": ROWS, "indptr": CSR[0],
+            "indices": CSR[1], "values": CSR[2], "act_bits": 2, "scale": 1.0,
+            "dot_scale": ONES}
+    args.update(change)
+    with pytest.raises(error, match=words):
+        _C.apb_linear(args["x"], args["sign_rows"], args["indptr"], args["indices"],
+                      args["values"], args["act_bits"], args["scale"], args["dot_scale"], None,
+                      None)

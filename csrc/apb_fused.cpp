@@ -1,0 +1,136 @@
+// apb_conv2d and apb_linear: a packed layer's kernels in sequence, their intermediate
+// results in per-thread workspaces; compiled without ISA flags (each kernel dispatches
+// itself).
+#include "apb_fused.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "bgemm.h"
+#include "pack_signs.h"
+#include "workspace.h"
+
+namespace apb {
+
+namespace {
+
+struct BitsWorkspace;  // thread_workspace tags
+struct DotWorkspace;
+struct InputWorkspace;
+struct SparseWorkspace;
+struct TransposeWorkspace;
+
+void check_product(const BinaryProduct &p, const CsrMatrix &a, const SparseConvEpilogue &e,
+                   const char *fn) {
+    if (e.dot != nullptr) {
+        throw std::invalid_argument(std::string(fn) + ": the epilogue's dot is computed here");
+    }
+    if (e.dot_scale == nullptr) {
+        throw std::invalid_argument(std::string(fn) + ": dot_scale is required");
+    }
+    if (p.rows != a.rows) {
+        throw std::invalid_argument(std::string(fn) + ": " + std::to_string(p.rows) +
+                                    " sign rows but the sparse part has " +
+                                    std::to_string(a.rows) + " rows");
+    }
+}
+
+}  // namespace
+
+void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
+                const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
+    check_product(p, a, e, "apb_conv2d");
+    const bool signs = p.act_bits == 1;
+    // Both throw on a bad bit width or scale, before any work.
+    const ActivationQuantizer q = signs ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
+    const SparseConvInput in = signs ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
+                                     : sparse_conv_codes(p.scale, p.act_bits);
+    spmm_csr_validate(a, g.columns());
+    const int64_t M = p.rows;
+    const int64_t N = g.positions();
+    const int64_t W = g.words();
+    if (M == 0 || N == 0) return;
+    uint64_t *bits = thread_workspace<BitsWorkspace, uint64_t>(
+        static_cast<size_t>(q.planes) * static_cast<size_t>(N * W));
+    int32_t *dot = thread_workspace<DotWorkspace, int32_t>(static_cast<size_t>(M * N));
+    im2col_pack(x, g, q, ColumnOrder::hwc, bits);
+    if (signs) {
+        bgemm_1x1(p.sign_rows, bits, M, N, W, g.columns(), dot);
+        if (p.padding_correction != nullptr) {
+            // dot[m, b*L + l] -= corr[m, l], L = OH*OW.
+            const int64_t L = g.out_h * g.out_w;
+            for (int64_t m = 0; m < M; ++m) {
+                const int32_t *corr = p.padding_correction + m * L;
+                int32_t *row = dot + m * N;
+                for (int64_t b = 0; b < g.batch; ++b, row += L) {
+                    for (int64_t l = 0; l < L; ++l) row[l] -= corr[l];
+                }
+            }
+        }
+    } else {
+        bgemm_1x2(p.sign_rows, bits, M, N, W, q.planes, 64 * W, dot);
+    }
+    SparseConvEpilogue fused = e;
+    fused.dot = dot;
+    fused.dot_is_float = false;
+    sparse_conv2d(x, g, in, a, fused, out);
+}
+
+void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,
+                const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
+    check_product(p, a, e, "apb_linear");
+    if (p.padding_correction != nullptr) {
+        throw std::invalid_argument("apb_linear: a Linear layer has no padding correction");
+    }
+    const bool signs = p.act_bits == 1;
+    const ActivationQuantizer q = signs ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
+    const SparseConvInput in = signs ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
+                                     : sparse_conv_codes(p.scale, p.act_bits);
+    spmm_csr_validate(a, K);
+    const int64_t M = p.rows;
+    const int64_t W = (K + 63) / 64;
+    if (M == 0 || N == 0) return;
+    uint64_t *bits = thread_workspace<BitsWorkspace, uint64_t>(
+        static_cast<size_t>(q.planes) * static_cast<size_t>(N * W));
+    int32_t *dot = thread_workspace<DotWorkspace, int32_t>(static_cast<size_t>(M * N));
+    if (signs) {
+        pack_signs(x, N, K, bits);
+        bgemm_1x1(p.sign_rows, bits, M, N, W, K, dot);
+    } else {
+        quantize_pack(x, N, K, q, bits);
+        bgemm_1x2(p.sign_rows, bits, M, N, W, q.planes, 64 * W, dot);
+    }
+    float *acc = nullptr;
+    if (a.nnz > 0) {
+        // S ⊗ x^ as spmm_csr computes it, over x^ transposed to [K, N] (one row needs no
+        // transposition).
+        float *xq = thread_workspace<InputWorkspace, float>(static_cast<size_t>(K * N));
+        sparse_conv_quantize(x, N, K, in, xq);
+        const float *xt = xq;
+        if (N > 1) {
+            float *t = thread_workspace<TransposeWorkspace, float>(static_cast<size_t>(K * N));
+            for (int64_t n = 0; n < N; ++n) {
+                for (int64_t k = 0; k < K; ++k) t[k * N + n] = xq[n * K + k];
+            }
+            xt = t;
+        }
+        acc = thread_workspace<SparseWorkspace, float>(static_cast<size_t>(M * N));
+        std::fill(acc, acc + M * N, 0.0f);
+        spmm_csr(a, xt, K, N, acc);
+    }
+    for (int64_t m = 0; m < M; ++m) {
+        const float ds = e.dot_scale[m];
+        const float ss = e.sparse_scale != nullptr ? e.sparse_scale[m] : 1.0f;
+        const float sh = e.shift != nullptr ? e.shift[m] : 0.0f;
+        const int32_t *d = dot + m * N;
+        const float *sp = acc != nullptr ? acc + m * N : nullptr;
+        for (int64_t n = 0; n < N; ++n) {
+            float y = ds * static_cast<float>(d[n]) + sh;
+            if (sp != nullptr) y += ss * sp[n];
+            out[n * M + m] = y;
+        }
+    }
+}
+
+}  // namespace apb
