@@ -145,3 +145,31 @@ def test_input_order_weights_follow_load_state_dict(method):
         assert not torch.equal(a(x), b(x))
         b.load_state_dict(copy.deepcopy(a.state_dict()))
         assert torch.equal(a(x), b(x))
+
+
+def test_plain_linear_and_batchnorm1d_fold_for_2d_input_only():
+    """A full-precision Linear → BatchNorm1d (an MLP's first layer, which stays full
+    precision) folds into a FoldedLinear: the same logits, 3-D input refused, and a second
+    fold finds nothing left."""
+    from apb.pack.fold import FoldedLinear
+
+    torch.manual_seed(0)
+    model = apb.models.create("mlp", hidden=(32, 16))
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, 1, 28, 28) * 2 + 0.5)
+    model.eval()
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        want = model(x)
+        folded = fold_batchnorm_(copy.deepcopy(model))
+        got = folded(x)
+    assert isinstance(folded.fc1, FoldedLinear) and isinstance(folded.bn1, nn.Identity)
+    assert _batchnorms(folded) == 0
+    assert relative_error(got, want) < TOLERANCE
+    with pytest.raises(ValueError, match=r"\[batch, features\]"):
+        folded.fc1(torch.randn(2, 3, 784))
+    again = fold_batchnorm_(copy.deepcopy(folded))
+    with torch.no_grad():
+        assert torch.equal(again(x), got)

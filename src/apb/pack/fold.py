@@ -11,7 +11,9 @@ A BatchNorm in eval mode is a per-channel affine map,
 so when its input is a layer's output and nothing else reads that output, the layer can
 apply it itself: a packed layer adds it to its epilogue (for :class:`PackedAPBConv2d` the
 same kernel pass that adds the sparse correction, :func:`apb.kernels.sparse_conv2d`), a
-plain ``Conv2d`` gets the folded weights of :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`.
+plain ``Conv2d`` gets the folded weights of :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`
+and a plain ``Linear`` those of :func:`~torch.nn.utils.fusion.fuse_linear_bn_eval`, as a
+:class:`FoldedLinear`.
 The BatchNorm becomes ``nn.Identity``.
 
 **How it decides** (it folds only what the graph proves safe, and leaves the rest as it is,
@@ -20,7 +22,8 @@ BatchNorm follows which layer is read from the ``torch.fx`` graph (packed layers
 leaves), never from module order. A BatchNorm folds when, in that graph,
 
 * its input is the output of a packed layer (Conv2d → ``BatchNorm2d``, Linear →
-  ``BatchNorm1d``) or of a plain ``nn.Conv2d`` (→ ``BatchNorm2d``) with as many channels;
+  ``BatchNorm1d``) or of a plain ``nn.Conv2d`` (→ ``BatchNorm2d``) or ``nn.Linear``
+  (→ ``BatchNorm1d``) with as many channels;
 * that output has no other user, the layer and the BatchNorm are each called once, and
   neither is read as an attribute anywhere else in the graph;
 * the BatchNorm is in eval mode with running statistics (otherwise it normalises with
@@ -31,8 +34,9 @@ argument symbolic and with the arguments that have defaults at their defaults, a
 BatchNorm folds only if both graphs allow it. When the whole model does not trace (data-
 dependent control flow), each submodule that does is analysed on its own, largest first;
 this relies on what ordinary PyTorch code does: a submodule's own layers are called only
-through that submodule's ``forward``. A packed Linear followed by a ``BatchNorm1d`` then
-accepts only 2-D input (for ``[N, L, C]`` input the BatchNorm would normalise another axis).
+through that submodule's ``forward``. A Linear layer followed by a ``BatchNorm1d`` (packed,
+or a plain one, then a :class:`FoldedLinear`) then accepts only 2-D input (for
+``[N, L, C]`` input the BatchNorm would normalise another axis).
 
 Inference only: the folded model computes the same function up to float rounding, but it
 is no longer the model a packed file describes, so :func:`apb.pack.save_packed` refuses it
@@ -45,7 +49,7 @@ import inspect
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .geometry import ConvGeometry, LinearGeometry
 from .layer import PackedLayer
@@ -54,10 +58,12 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class _PackedLeafTracer(fx.Tracer):
-    """Packed layers check their inputs with Python control flow: keep them opaque."""
+    """Packed layers (and :class:`FoldedLinear`) check their inputs with Python control
+    flow: keep them opaque."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, PackedLayer) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (PackedLayer, FoldedLinear))
+                or super().is_leaf_module(m, qualname))
 
 
 def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +147,8 @@ def _fold_part(part: nn.Module, graphs: list[fx.Graph]) -> int:
             layer.fold_affine_(*batchnorm_affine(bn))
             if isinstance(layer, LinearGeometry):
                 layer.fold_input_dims = 2  # BatchNorm1d normalises dim 1: the features only in 2-D
+        elif isinstance(layer, nn.Linear):
+            part.set_submodule(layer_name, FoldedLinear.of(fuse_linear_bn_eval(layer, bn)))
         else:
             part.set_submodule(layer_name, fuse_conv_bn_eval(layer, bn))
         part.set_submodule(bn_name, nn.Identity())
@@ -181,8 +189,31 @@ def _fits(layer: nn.Module, bn: nn.Module) -> bool:
     if isinstance(layer, PackedLayer):
         expected = nn.BatchNorm2d if isinstance(layer, ConvGeometry) else nn.BatchNorm1d
         return type(bn) is expected and layer.rows == bn.num_features
+    if type(layer) is nn.Linear:
+        return type(bn) is nn.BatchNorm1d and layer.out_features == bn.num_features
     return (type(layer) is nn.Conv2d and type(bn) is nn.BatchNorm2d
             and layer.out_channels == bn.num_features)
+
+
+class FoldedLinear(nn.Linear):
+    """An ``nn.Linear`` with a ``BatchNorm1d`` folded in: the same layer, refusing input
+    that is not ``[batch, features]`` (where the BatchNorm normalised another axis, so the
+    fold would not compute the model)."""
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> FoldedLinear:
+        folded = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+        folded.load_state_dict(linear.state_dict())
+        return folded.train(linear.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise ValueError(
+                f"this Linear({self.in_features}->{self.out_features}) has a BatchNorm1d "
+                f"folded in (fold_batchnorm_), which is exact for [batch, features] input "
+                f"only, got shape {tuple(x.shape)}; run the model without folding")
+        return super().forward(x)
 
 
 def _hooked(module: nn.Module) -> bool:
