@@ -178,6 +178,30 @@ def test_backends_agree(method, act_bits):
     assert relative_error(outputs[1], outputs[0]) < 1e-5  # float sums in another order
 
 
+@pytest.mark.parametrize("act_bits", [2, 1])
+def test_direct_calls_and_operators_give_the_same_logits(act_bits, monkeypatch):
+    """In eager mode the packed APB layers call the fused kernels directly; under the
+    profiler (and torch.compile) they go through the torch.ops.apb operators. Both paths
+    must give the same bits, folded BatchNorms and batch > 1 included."""
+    activation = "hardtanh" if act_bits == 1 else "relu"
+    model = prepare(odd_model(activation), CONFIGS["apb"](act_bits), ODD_INPUT)
+    packed = apb.pack.fold_batchnorm_(packed_copy(model))
+    x = torch.randn(*ODD_INPUT)
+    calls = []
+    real = torch.ops.apb.apb_conv2d
+    monkeypatch.setattr(torch.ops.apb, "apb_conv2d",
+                        lambda *a: calls.append(1) or real(*a), raising=False)
+    with torch.no_grad():
+        direct = packed(x)
+        assert not calls  # eager: no operator call
+        with torch.profiler.profile():
+            through_ops = packed(x)
+        assert calls
+        want = model(x)
+    assert torch.equal(direct, through_ops)
+    assert relative_error(direct, want) < TOLERANCE
+
+
 def test_one_bit_padding_correction_is_needed():
     """With ±1 inputs a padded position's bit reads +1: the popcount product alone is wrong
     at the border, the packed layer (which subtracts the correction) is right."""

@@ -134,12 +134,16 @@ def test_fold_affine_composes_and_checks():
         layer.fold_affine_(torch.full((7,), float("nan")), torch.ones(7))
 
 
+@pytest.mark.parametrize("act_bits", [2, 1])
 @pytest.mark.parametrize("method", ["apb", "dorefa"])
-def test_input_order_weights_follow_load_state_dict(method):
-    config = (APBConfig(fp_fraction=0.1, act_bits=2) if method == "apb"
-              else DoReFaConfig(bits=2, act_bits=2))
-    a = packed_copy(prepare(odd_model("relu"), config, ODD_INPUT, seed=0))
-    b = packed_copy(prepare(odd_model("relu"), config, ODD_INPUT, seed=1))
+def test_input_order_weights_follow_load_state_dict(method, act_bits):
+    """The weights in input column order and, for ±1 inputs, the cached padding
+    corrections (computed from the weights on the first forward) follow new weights."""
+    config = (APBConfig(fp_fraction=0.1, act_bits=act_bits) if method == "apb"
+              else DoReFaConfig(bits=2, act_bits=act_bits))
+    activation = "hardtanh" if act_bits == 1 else "relu"
+    a = packed_copy(prepare(odd_model(activation), config, ODD_INPUT, seed=0))
+    b = packed_copy(prepare(odd_model(activation), config, ODD_INPUT, seed=1))
     x = torch.randn(*ODD_INPUT)
     with torch.no_grad():
         assert not torch.equal(a(x), b(x))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernels import direct
 from ..memory import FP16_BITS, FP32_BITS, LayerStorage, binary_sparse_storage
 from .bits import words_for
 from .csr import INDEX_DTYPES, INDPTR_DTYPES, check_csr
@@ -108,6 +109,22 @@ class _PackedAPB(PackedLayer):
         return self._constant(self._fused_scales, self.alpha, self.act_scale, self.bias,
                               self.out_scale, self.out_shift)
 
+    def _direct_args(self) -> tuple:
+        """What the direct fused kernels take after the input, computed once per state of
+        the buffers: numpy views of the sign rows (in input column order) and the CSR
+        arrays, the clip scale as a float, the epilogue's vectors."""
+        b = self._buffers
+        key = (b["sign_bits"], b["csr_indptr"], b["csr_indices"], b["csr_values"], b["alpha"],
+               b["act_scale"], b["bias"], b["out_scale"], b["out_shift"])
+        return self._constant(self._numpy_args, *key)
+
+    def _numpy_args(self) -> tuple:
+        s, dot_scale, sparse_scale, shift = self._scales()
+        views = [None if t is None else t.detach().numpy() for t in (
+            self._input_order_bits("sign_bits"), self.csr_indptr, self.csr_indices,
+            self.csr_values, dot_scale, sparse_scale, shift)]
+        return (*views[:4], 1.0 if s is None else float(s), *views[4:])
+
     def _weight_repr(self) -> str:
         scope = "per-channel" if self.alpha.shape[0] > 1 else "per-layer"
         frac = self.nnz / self.n_weights if self.n_weights else 0.0
@@ -134,6 +151,19 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
         self._init_common(method=method, act_bits=act_bits, act_scale=act_scale, bias=bias,
                           backend=backend)
         self._init_weights(sign_bits, alpha, csr, value_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.act_bits == 32 or not self._eager(x):
+            return super().forward(x)
+        x, restore = self._prepare_input(x)
+        w, indptr, indices, values, s, dot_scale, sparse_scale, shift = self._direct_args()
+        corr = None
+        if self.act_bits == 1 and max(self.padding) > 0:
+            corr = self._padding_correction(self.sign_bits_hwc, x.shape[2], x.shape[3], 0).numpy()
+        y = direct.apb_conv2d(x.detach().numpy(), w, indptr, indices, values, self.kernel_size,
+                              self.stride, self.padding, self.dilation, self.act_bits, s, corr,
+                              dot_scale, sparse_scale, shift)
+        return restore(torch.from_numpy(y))
 
     def _output(self, x: Tensor) -> Tensor:
         """The binary product, then everything after it in one kernel
@@ -207,6 +237,13 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
                                                             self.backend)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.act_bits <= 8 and self._eager(x):
+            rows = self._rows(x)
+            w, indptr, indices, values, s, dot_scale, sparse_scale, shift = self._direct_args()
+            y = torch.from_numpy(direct.apb_linear(rows.detach().numpy(), w, indptr, indices,
+                                                   values, self.act_bits, s, dot_scale,
+                                                   sparse_scale, shift))
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
         if self.act_bits <= 8:  # quantized inputs: one kernel call (apb_linear)
             rows = self._rows(x)
             s, dot_scale, sparse_scale, shift = self._scales()

@@ -134,6 +134,7 @@ class ConvGeometry(PackedLayer):
 
         def refresh(module, incompatible_keys):
             setattr(module, f"{name}_hwc", module._to_input_order(getattr(module, name)))
+            module._pad_cache.clear()  # computed from the weights just replaced
 
         self.register_load_state_dict_post_hook(refresh)
 

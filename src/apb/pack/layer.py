@@ -182,6 +182,16 @@ class PackedLayer(nn.Module):
             cached = self._constants[compute.__name__] = (key, compute())
         return cached[1]
 
+    def _eager(self, x: Tensor) -> bool:
+        """Whether this forward may call the compiled kernels directly (:mod:`apb.kernels.
+        direct`) instead of through their ``torch.ops.apb`` operators: with the ``"kernels"``
+        backend on a plain tensor, outside torch.compile / torch.export tracing and the
+        profiler (which should see the operators). The operator's dispatch costs about
+        5 µs a call, as much as a small layer's kernels; the result is the same."""
+        return (self.backend == "kernels" and type(x) is Tensor
+                and not torch.compiler.is_compiling()
+                and not torch.autograd._profiler_enabled())
+
     def _prepare_input(self, x: Tensor):
         raise NotImplementedError
 
