@@ -74,6 +74,7 @@ void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
     SparseConvEpilogue fused = e;
     fused.dot = dot;
     fused.dot_is_float = false;
+    fused.out_nchw = true;
     sparse_conv2d(x, g, in, a, fused, out);
 }
 

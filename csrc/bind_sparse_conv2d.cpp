@@ -140,7 +140,7 @@ NumpyMatrix<float> py_apb_linear(const AnyArray &x, const AnyArray &sign_rows,
     return out;
 }
 
-NumpyMatrix<float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
+nb::ndarray<nb::numpy, float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
                                  const AnyArray &indptr, const AnyArray &indices,
                                  const AnyArray &values, int64_t kernel_h, int64_t kernel_w,
                                  int64_t stride_h, int64_t stride_w, int64_t pad_h,
@@ -156,7 +156,6 @@ NumpyMatrix<float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
     check_act_bits(act_bits, fn);
     const apb::CsrMatrix a = csr_matrix(indptr, indices, values, fn);
     const int64_t M = a.rows;
-    const int64_t N = g.positions();
     apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, g.words(), "ceil(C*kh*kw/64)"), M,
                          static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
     if (padding_correction) {
@@ -178,7 +177,8 @@ NumpyMatrix<float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
     e.dot_scale = channel_vector(dot_scale, "dot_scale", M);
     e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", M);
     e.shift = channel_vector(shift, "shift", M);
-    NumpyMatrix<float> out = new_matrix<float>(M, N);
+    auto out = new_array<float>({static_cast<size_t>(g.batch), static_cast<size_t>(M),
+                                 static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)});
     const float *src = static_cast<const float *>(x.data());
     float *dst = out.data();
     apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
@@ -208,8 +208,9 @@ void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
           nb::arg("dilation_h"), nb::arg("dilation_w"), nb::arg("act_bits"), nb::arg("scale"),
           nb::arg("padding_correction").none(), nb::arg("dot_scale"),
           nb::arg("sparse_scale").none(), nb::arg("shift").none(),
-          "A packed convolution with quantized inputs in one call: float32 [M, B*OH*OW] = "
-          "dot_scale[m]*dot[m, n] + sparse_scale[m]*(S conv x^)[m, n] + shift[m], dot the "
+          "A packed convolution with quantized inputs in one call: float32 [B, M, OH, OW], "
+          "out[b, m, l] = dot_scale[m]*dot[m, n] + sparse_scale[m]*(S conv x^)[m, n] + "
+          "shift[m] for n = b*OH*OW + l, dot the "
           "popcount product of sign_rows (uint64 [M, ceil(K/64)], columns (dy, dx, c)) with "
           "x's packed im2col rows, x^ = sign(x) (act_bits 1; minus padding_correction, int32 "
           "[M, OH*OW], when padded) or code*scale/L (2..8), S the CSR matrix [M, C*kh*kw] "

@@ -56,6 +56,9 @@ struct SparseConvEpilogue {
     const float *dot_scale = nullptr;     // [M]; required when dot is given
     const float *sparse_scale = nullptr;  // [M] or null (1)
     const float *shift = nullptr;         // [M] or null (0)
+    // Where out[m, b*OH*OW + l] goes: [M, B*OH*OW] as dot (false), or [B, M, OH, OW], the
+    // layer's NCHW output (true; the same memory at batch 1).
+    bool out_nchw = false;
 };
 
 // Validates the CSR structure against K = C*kh*kw (spmm_csr_validate) and the size of
@@ -161,13 +164,16 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
             const auto rows = [&](int64_t oy, int64_t count_rows, int64_t lo, int64_t hi) {
                 if (count_rows <= 0 || lo >= hi) return;
                 const int64_t n = m * positions + t.b * image_positions + oy * g.out_w + lo;
+                const int64_t o = e.out_nchw ? (t.b * a.rows + m) * image_positions +
+                                                   oy * g.out_w + lo
+                                             : n;
                 const void *dot = nullptr;
                 if (e.dot != nullptr) {
                     const size_t bytes = e.dot_is_float ? sizeof(float) : sizeof(int32_t);
                     dot = static_cast<const char *>(e.dot) + static_cast<size_t>(n) * bytes;
                 }
                 epilogue(dot, e.dot_is_float, dot_scale, sparse_scale, shift,
-                         acc + (oy * wq + lo - t.n0), wq, t.out + n, count_rows, hi - lo);
+                         acc + (oy * wq + lo - t.n0), wq, t.out + o, count_rows, hi - lo);
             };
             const int64_t oy_last = (t.n1 - 1) / wq;
             int64_t whole_from = -1;  // the first of a run of whole rows, or -1

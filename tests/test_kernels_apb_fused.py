@@ -1,7 +1,8 @@
 """apb_conv2d and apb_linear, a packed layer with 1..8-bit inputs in one call.
 
 apb_conv2d is bit-identical to the three kernels it fuses (hwc im2col packing, binary
-GEMM minus the ±1 padding correction, sparse_conv2d with the epilogue) under every
+GEMM minus the ±1 padding correction, sparse_conv2d with the epilogue, then the layout
+change from [M, B·OH·OW] to the NCHW [B, M, OH, OW] it writes directly) under every
 instruction set this CPU has; both are within float32 rounding of the pure-torch reference
 backend and identical across instruction sets; and the extension checks its arguments."""
 
@@ -94,9 +95,11 @@ def _unfused(p: dict) -> np.ndarray:
     else:
         packed = direct.im2col_pack_codes(x, p["scale"], bits, *geometry, "hwc")
         dot = direct.bgemm_1x2(p["sign_rows"], packed)
-    return direct.sparse_conv2d(x, *p["csr"], *geometry, bits, p["scale"],
-                                np.ascontiguousarray(dot), p["dot_scale"], p["sparse_scale"],
-                                p["shift"])
+    out = direct.sparse_conv2d(x, *p["csr"], *geometry, bits, p["scale"],
+                               np.ascontiguousarray(dot), p["dot_scale"], p["sparse_scale"],
+                               p["shift"])  # [M, B·OH·OW]
+    b = x.shape[0]
+    return out.reshape(out.shape[0], b, -1).transpose(1, 0, 2).reshape(b, out.shape[0], -1)
 
 
 def _reference(p: dict) -> np.ndarray:
@@ -117,7 +120,7 @@ def test_identical_to_the_three_kernels_and_close_to_the_reference(problem: dict
         with kernels.use_isa(isa):
             fused, unfused = _fused(problem), _unfused(problem)
         assert fused.shape == expected.shape and fused.dtype == np.float32
-        np.testing.assert_array_equal(fused, unfused, err_msg=isa)
+        np.testing.assert_array_equal(fused.reshape(unfused.shape), unfused, err_msg=isa)
         np.testing.assert_allclose(fused, expected, rtol=0, atol=2e-5 * scale, err_msg=isa)
 
 
@@ -134,7 +137,7 @@ def test_the_op_runs_each_backend_and_traces() -> None:
     scales = [torch.full((8,), 0.5), None, torch.zeros(8)]
     outs = [apb_ops.apb_conv2d(*args, *map(list, p["geometry"]), 2, torch.tensor([1.1]), None,
                                *scales, backend) for backend in ("kernels", "reference")]
-    assert outs[0].shape == (8, 2 * 3 * 5)
+    assert outs[0].shape == (2, 8, 3, 5)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-4)
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fake = apb_ops.apb_conv2d(*(mode.from_tensor(a) for a in args),

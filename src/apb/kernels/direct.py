@@ -121,7 +121,8 @@ def apb_conv2d(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices
                sparse_scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
     """A packed convolution with 1..8-bit inputs in one call: the im2col packing (hwc), the
     binary product with ``sign_rows`` and :func:`sparse_conv2d`'s epilogue; float32
-    ``[M, B·OH·OW]``. ``padding_correction``: int32 ``[M, OH·OW]`` for padded ±1 inputs."""
+    ``[B, M, OH, OW]`` (the layer's output). ``padding_correction``: int32 ``[M, OH·OW]`` for
+    padded ±1 inputs."""
     return extension().apb_conv2d(x, sign_rows, indptr, indices, values, *kernel_size, *stride,
                                   *padding, *dilation, act_bits, scale, padding_correction,
                                   dot_scale, sparse_scale, shift)

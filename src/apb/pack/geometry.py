@@ -97,7 +97,9 @@ class ConvGeometry(PackedLayer):
         x = x.contiguous()
 
         def restore(y: Tensor) -> Tensor:
-            if b == 1:  # [M, 1·OH·OW] is already [1, M, OH, OW] in memory
+            if y.dim() == 4:  # already [B, M, OH, OW] (apb_conv2d writes it so)
+                out = y
+            elif b == 1:  # [M, 1·OH·OW] is already [1, M, OH, OW] in memory
                 out = y.view(1, self.rows, oh, ow)
             else:
                 out = y.view(self.rows, b, oh, ow).permute(1, 0, 2, 3).contiguous()

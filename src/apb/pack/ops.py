@@ -262,10 +262,11 @@ def apb_conv2d(
     act_bits: int, scale: Tensor | None, padding_correction: Tensor | None, dot_scale: Tensor,
     sparse_scale: Tensor | None, shift: Tensor | None, backend: str,
 ) -> Tensor:
-    """float32 ``[M, B·OH·OW]``: a packed APB convolution with 1..8-bit inputs in one call,
-    what ``im2col_pack_*`` (hwc), ``bgemm_1x1`` / ``bgemm_1x2`` (minus
-    ``padding_correction`` for padded ±1 inputs) and :func:`sparse_conv2d` compute in three
-    (``sign_rows``: the weights' sign bits in hwc column order)."""
+    """float32 ``[B, M, OH, OW]``: a packed APB convolution with 1..8-bit inputs in one
+    call, what ``im2col_pack_*`` (hwc), ``bgemm_1x1`` / ``bgemm_1x2`` (minus
+    ``padding_correction`` for padded ±1 inputs) and :func:`sparse_conv2d` compute in three,
+    written in the layer's NCHW layout (``sign_rows``: the weights' sign bits in hwc column
+    order)."""
     return kernel("apb_conv2d", backend)(
         x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
         act_bits, scale, padding_correction, dot_scale, sparse_scale, shift,
@@ -280,8 +281,9 @@ _define(
     apb_conv2d,
     lambda x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
     act_bits, scale, padding_correction, dot_scale, sparse_scale, shift, backend: x.new_empty(
-        (indptr.shape[0] - 1, _positions(x, kernel_size, stride, padding, dilation)),
-        dtype=torch.float32),
+        (x.shape[0], indptr.shape[0] - 1,
+         *(_conv_out(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
+           for i in range(2))), dtype=torch.float32),
 )
 
 

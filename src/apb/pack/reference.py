@@ -234,7 +234,8 @@ def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, paddi
                act_bits, scale, padding_correction, dot_scale, sparse_scale, shift):
     """The packed convolution with 1..8-bit inputs, as the three kernels it fuses: the
     hwc im2col packing, the binary product (minus ``padding_correction`` per batch item for
-    ±1 inputs) and :func:`sparse_conv2d` with that product as ``dot``."""
+    ±1 inputs) and :func:`sparse_conv2d` with that product as ``dot``; float32
+    ``[B, M, OH, OW]``."""
     if act_bits == 1:
         bits = im2col_pack_signs(x, kernel_size, stride, padding, dilation, "hwc")
         dot = bgemm_1x1(sign_rows, bits, x.shape[1] * kernel_size[0] * kernel_size[1])
@@ -245,8 +246,15 @@ def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, paddi
         bits = im2col_pack_codes(x, scale, act_bits, kernel_size, stride, padding, dilation,
                                  "hwc")
         dot = bgemm_1x2(sign_rows, bits)
-    return sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation,
-                         act_bits, scale, dot, dot_scale, sparse_scale, shift)
+    out = sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation,
+                        act_bits, scale, dot, dot_scale, sparse_scale, shift)
+    oh, ow = (_conv_out(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
+              for i in range(2))
+    return out.view(out.shape[0], x.shape[0], oh, ow).permute(1, 0, 2, 3).contiguous()
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def apb_linear(x, sign_rows, indptr, indices, values, act_bits, scale, dot_scale, sparse_scale,
