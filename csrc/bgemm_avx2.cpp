@@ -153,24 +153,33 @@ void run_block(const PopcountGemm &g, const Side &t, const Side &b, bool transpo
             const int64_t rows = std::min(kChunkRows, t.r1 - rc);
             for (int h = 0; h < pairs; ++h) {
                 const int largest = largest_entry(g.op, 2 * h + 1 < t.planes ? 2 : 1);
-                const int64_t span = 65535 / largest;  // digits per pass: 16-bit sums fit
-                for (int p = 0; p < b.planes; ++p) {
+                // The byte-side planes share one set of 16-bit sums (plane p at weight
+                // 2^p) when all their counts over the row fit: one epilogue then
+                // reads and writes out instead of one per plane (bgemm_1x2 with the
+                // activations on the byte side, as for small M).
+                const int together = D * largest * ((1 << b.planes) - 1) <= 65535 ? b.planes : 1;
+                const int64_t span = 65535 / (largest * ((1 << together) - 1));
+                for (int p0 = 0; p0 < b.planes; p0 += together) {
                     for (int64_t d0 = 0; d0 < D || d0 == 0; d0 += span) {
                         LutPass c;
                         c.w = table_digits + (h * t.count + rc - t.base) * D;
                         c.w_row = D;
                         c.tables = tables_of(g.op);
-                        c.x = b.panel + byte_digit_offset(b.count, D, p, j0, 0);
                         c.x_step = kGroupRows * nrv;
                         c.d0 = d0;
                         c.d1 = std::min(D, d0 + span);
                         c.flush = std::min<int64_t>(kMaxFlushDigits, 255 / largest);
                         c.rows = rows;
                         c.sums = sums;
-                        run_lut_pass(nrv, c);
-                        const int shift = 2 * h + p;
-                        const bool first = h == 0 && p == 0 && d0 == 0;
-                        const bool last = h == pairs - 1 && p == b.planes - 1 && c.d1 == D;
+                        for (int p = p0; p < p0 + together; ++p) {
+                            c.x = b.panel + byte_digit_offset(b.count, D, p, j0, 0);
+                            c.shift = p - p0;
+                            c.accumulate = p > p0;
+                            run_lut_pass(nrv, c);
+                        }
+                        const int shift = 2 * h + p0;
+                        const bool first = h == 0 && p0 == 0 && d0 == 0;
+                        const bool last = h == pairs - 1 && p0 + together == b.planes && c.d1 == D;
                         const int32_t constant = static_cast<int32_t>(g.epilogue.constant);
                         const int32_t scale = static_cast<int32_t>(g.epilogue.scale);
                         if (transposed) {
