@@ -110,17 +110,22 @@ void pack_activations(const PopcountGemm &g, int64_t n0, int64_t n1, uint64_t *p
     for (int64_t n = n1; (n - n0) % 8 != 0; ++n) code_sums[n - n0] = 0;
 }
 
-void run_lut_pass(int nrv, const LutPass &c) {
+template <bool kShifted>
+void run_lut_pass_of(int nrv, const LutPass &c) {
     switch (nrv) {
-        case 1: return lut_pass<1>(c);
-        case 2: return lut_pass<2>(c);
-        case 3: return lut_pass<3>(c);
-        case 4: return lut_pass<4>(c);
-        case 5: return lut_pass<5>(c);
-        case 6: return lut_pass<6>(c);
-        case 7: return lut_pass<7>(c);
-        default: return lut_pass<kNRV>(c);
+        case 1: return lut_pass<1, kShifted>(c);
+        case 2: return lut_pass<2, kShifted>(c);
+        case 3: return lut_pass<3, kShifted>(c);
+        case 4: return lut_pass<4, kShifted>(c);
+        case 5: return lut_pass<5, kShifted>(c);
+        case 6: return lut_pass<6, kShifted>(c);
+        case 7: return lut_pass<7, kShifted>(c);
+        default: return lut_pass<kNRV, kShifted>(c);
     }
+}
+
+void run_lut_pass(int nrv, const LutPass &c) {
+    return c.shift != 0 ? run_lut_pass_of<true>(nrv, c) : run_lut_pass_of<false>(nrv, c);
 }
 
 // One side of the product as a block sees it: its panel and rows [r0, r1) in it.
