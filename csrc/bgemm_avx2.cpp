@@ -110,17 +110,22 @@ void pack_activations(const PopcountGemm &g, int64_t n0, int64_t n1, uint64_t *p
     for (int64_t n = n1; (n - n0) % 8 != 0; ++n) code_sums[n - n0] = 0;
 }
 
-void run_lut_pass(int nrv, const LutPass &c) {
+template <bool kShifted>
+void run_lut_pass_of(int nrv, const LutPass &c) {
     switch (nrv) {
-        case 1: return lut_pass<1>(c);
-        case 2: return lut_pass<2>(c);
-        case 3: return lut_pass<3>(c);
-        case 4: return lut_pass<4>(c);
-        case 5: return lut_pass<5>(c);
-        case 6: return lut_pass<6>(c);
-        case 7: return lut_pass<7>(c);
-        default: return lut_pass<kNRV>(c);
+        case 1: return lut_pass<1, kShifted>(c);
+        case 2: return lut_pass<2, kShifted>(c);
+        case 3: return lut_pass<3, kShifted>(c);
+        case 4: return lut_pass<4, kShifted>(c);
+        case 5: return lut_pass<5, kShifted>(c);
+        case 6: return lut_pass<6, kShifted>(c);
+        case 7: return lut_pass<7, kShifted>(c);
+        default: return lut_pass<kNRV, kShifted>(c);
     }
+}
+
+void run_lut_pass(int nrv, const LutPass &c) {
+    return c.shift != 0 ? run_lut_pass_of<true>(nrv, c) : run_lut_pass_of<false>(nrv, c);
 }
 
 // One side of the product as a block sees it: its panel and rows [r0, r1) in it.
@@ -153,24 +158,33 @@ void run_block(const PopcountGemm &g, const Side &t, const Side &b, bool transpo
             const int64_t rows = std::min(kChunkRows, t.r1 - rc);
             for (int h = 0; h < pairs; ++h) {
                 const int largest = largest_entry(g.op, 2 * h + 1 < t.planes ? 2 : 1);
-                const int64_t span = 65535 / largest;  // digits per pass: 16-bit sums fit
-                for (int p = 0; p < b.planes; ++p) {
+                // The byte-side planes share one set of 16-bit sums (plane p at weight
+                // 2^p) when all their counts over the row fit: one epilogue then
+                // reads and writes out instead of one per plane (bgemm_1x2 with the
+                // activations on the byte side, as for small M).
+                const int together = D * largest * ((1 << b.planes) - 1) <= 65535 ? b.planes : 1;
+                const int64_t span = 65535 / (largest * ((1 << together) - 1));
+                for (int p0 = 0; p0 < b.planes; p0 += together) {
                     for (int64_t d0 = 0; d0 < D || d0 == 0; d0 += span) {
                         LutPass c;
                         c.w = table_digits + (h * t.count + rc - t.base) * D;
                         c.w_row = D;
                         c.tables = tables_of(g.op);
-                        c.x = b.panel + byte_digit_offset(b.count, D, p, j0, 0);
                         c.x_step = kGroupRows * nrv;
                         c.d0 = d0;
                         c.d1 = std::min(D, d0 + span);
                         c.flush = std::min<int64_t>(kMaxFlushDigits, 255 / largest);
                         c.rows = rows;
                         c.sums = sums;
-                        run_lut_pass(nrv, c);
-                        const int shift = 2 * h + p;
-                        const bool first = h == 0 && p == 0 && d0 == 0;
-                        const bool last = h == pairs - 1 && p == b.planes - 1 && c.d1 == D;
+                        for (int p = p0; p < p0 + together; ++p) {
+                            c.x = b.panel + byte_digit_offset(b.count, D, p, j0, 0);
+                            c.shift = p - p0;
+                            c.accumulate = p > p0;
+                            run_lut_pass(nrv, c);
+                        }
+                        const int shift = 2 * h + p0;
+                        const bool first = h == 0 && p0 == 0 && d0 == 0;
+                        const bool last = h == pairs - 1 && p0 + together == b.planes && c.d1 == D;
                         const int32_t constant = static_cast<int32_t>(g.epilogue.constant);
                         const int32_t scale = static_cast<int32_t>(g.epilogue.scale);
                         if (transposed) {

@@ -111,11 +111,22 @@ struct LutPass {
     int64_t flush;      // digits between widening the byte counters: 255 / largest entry
     int64_t rows;
     uint16_t *sums;     // [rows][kNRV][32]
+    // The counts are added at weight 2^shift; `accumulate`: into what sums holds (an
+    // earlier plane's pass over the same digits), else they replace it.
+    int shift = 0;
+    bool accumulate = false;
 };
 
-static inline void add_widened(uint16_t *sums, __m256i bytes, bool first) {
+// kShifted: shift the counts first (a pass of a later byte-side plane); a template
+// argument, so that the other passes do not pay for the shifts.
+template <bool kShifted>
+static inline void add_widened(uint16_t *sums, __m256i bytes, bool first, __m128i shift) {
     __m256i lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes));
     __m256i hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1));
+    if constexpr (kShifted) {
+        lo = _mm256_sll_epi16(lo, shift);
+        hi = _mm256_sll_epi16(hi, shift);
+    }
     __m256i *dst = reinterpret_cast<__m256i *>(sums);
     if (!first) {
         lo = _mm256_add_epi16(lo, _mm256_loadu_si256(dst));
@@ -134,13 +145,14 @@ static inline __attribute__((always_inline)) void add_bytes(__m256i &acc, __m256
 
 // Not inlined on purpose: in a function of its own the register allocator keeps every
 // counter in a register (inlined into the block loop, GCC 12 kept some on the stack).
-template <int NRV>
+template <int NRV, bool kShifted = false>
 static __attribute__((noinline)) void lut_pass(const LutPass &c) {
     static_assert(NRV >= 1 && NRV <= kNRV);
     const __m256i zero = _mm256_setzero_si256();
+    const __m128i shift = _mm_cvtsi32_si128(c.shift);
     if (c.d0 >= c.d1) {
-        for (int64_t r = 0; r < c.rows; ++r) {
-            for (int j = 0; j < NRV; ++j) add_widened(c.sums + (r * kNRV + j) * 32, zero, true);
+        for (int64_t r = 0; r < c.rows && !c.accumulate; ++r) {
+            for (int j = 0; j < NRV; ++j) add_widened<false>(c.sums + (r * kNRV + j) * 32, zero, true, shift);
         }
         return;
     }
@@ -162,7 +174,10 @@ static __attribute__((noinline)) void lut_pass(const LutPass &c) {
                     add_bytes(acc[j], _mm256_shuffle_epi8(table, x));
                 }
             }
-            for (int j = 0; j < NRV; ++j) add_widened(c.sums + (r * kNRV + j) * 32, acc[j], k0 == c.d0);
+            const bool first = k0 == c.d0 && !c.accumulate;
+            for (int j = 0; j < NRV; ++j) {
+                add_widened<kShifted>(c.sums + (r * kNRV + j) * 32, acc[j], first, shift);
+            }
         }
     }
 }

@@ -2,13 +2,14 @@
 // ISA flags.
 #include "pack_activations.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "cpu_features.h"
 #include "threads.h"
-#include "workspace.h"
 
 namespace apb {
 
@@ -18,13 +19,11 @@ using ImRowFn = void (*)(const float *, const Conv2dGeometry &, const Activation
                          int64_t, uint64_t *, int64_t);
 using RowFn = void (*)(const float *, int64_t, const ActivationQuantizer &, int64_t,
                        uint64_t *, int64_t);
-using PixelsFn = void (*)(const float *, int64_t, int64_t, const ActivationQuantizer &,
-                          int64_t, int64_t, int64_t, uint64_t *, int64_t);
 
 struct Packers {
     ImRowFn im2col_row;
     RowFn quantize_row;
-    PixelsFn pixels;
+    PackPixelsFn pixels;
 };
 
 // AVX-512 machines run the AVX2 packers: packing is a small share of a layer's time.
@@ -39,9 +38,6 @@ Packers packers_for(Isa isa) {
 }
 
 constexpr int64_t kMaxParameter = int64_t{1} << 31;
-
-// Byte copies of bit rows assume little-endian words (every target apb builds for).
-constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
 void check_range(const char *name, int64_t value, int64_t lowest) {
     if (value < lowest || value >= kMaxParameter) {
@@ -66,211 +62,42 @@ int64_t output_size(const char *axis, int64_t size, int64_t kernel, int64_t stri
     return (padded - span) / stride + 1;
 }
 
-// Appends bit strings to a packed row, 64-bit word by word. The row must have room
-// for every bit appended; finish() writes the last partial word (zero past the end).
-class BitRow {
-  public:
-    explicit BitRow(uint64_t *out) : out_(out) {}
-
-    // `bits` bits from `src` (ceil(bits/64) words, zero past `bits` in the last one).
-    void append(const uint64_t *src, int64_t bits) {
-        if (used_ == 0 && bits % 64 == 0) {  // whole words at a word boundary
-            for (int64_t w = 0; w < bits / 64; ++w) *out_++ = src[w];
-            return;
-        }
-        for (; bits >= 64; bits -= 64) push(*src++, 64);
-        if (bits > 0) push(*src, static_cast<int>(bits));
-    }
-
-    void append_zeros(int64_t bits) {
-        for (; bits >= 64; bits -= 64) push(0, 64);
-        if (bits > 0) push(0, static_cast<int>(bits));
-    }
-
-    void finish() {
-        if (used_ > 0) *out_++ = pending_;
-        used_ = 0;
-        pending_ = 0;
-    }
-
-  private:
-    // n in [1, 64] bits, the bits of `word` at and above n zero.
-    void push(uint64_t word, int n) {
-        pending_ |= word << used_;
-        if (used_ + n < 64) {
-            used_ += n;
-            return;
-        }
-        *out_++ = pending_;
-        pending_ = used_ == 0 ? 0 : word >> (64 - used_);
-        used_ = used_ + n - 64;
-    }
-
-    uint64_t *out_;
-    uint64_t pending_ = 0;
-    int used_ = 0;  // bits in pending_, < 64
-};
-
-// The hwc rows of output row oy when C % 64 == 0: every tap is pixel_words whole words.
-// A position whose kernel row lies inside the image (dilation 1) copies kw taps as one
-// run of contiguous words; only border positions test each tap.
-void gather_whole_words(const Conv2dGeometry &g, const uint64_t *image, int64_t pixel_words,
-                        int64_t oy, uint64_t *row_out, int64_t words) {
-    const int64_t run = g.kernel_w * pixel_words;
-    for (int64_t ox = 0; ox < g.out_w; ++ox) {
-        uint64_t *dst = row_out + ox * words;
-        const int64_t ix0 = ox * g.stride_w - g.pad_w;
-        const bool interior = g.dilation_w == 1 && ix0 >= 0 && ix0 + g.kernel_w <= g.width;
-        for (int64_t dy = 0; dy < g.kernel_h; ++dy, dst += run) {
-            const int64_t iy = pack_activations_detail::tap(oy, g.stride_h, g.pad_h, dy,
-                                                            g.dilation_h);
-            if (iy < 0 || iy >= g.height) {
-                for (int64_t w = 0; w < run; ++w) dst[w] = 0;
-                continue;
-            }
-            const uint64_t *line = image + iy * g.width * pixel_words;
-            if (interior) {
-                const uint64_t *src = line + ix0 * pixel_words;
-                for (int64_t w = 0; w < run; ++w) dst[w] = src[w];
-                continue;
-            }
-            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                const int64_t ix = ix0 + dx * g.dilation_w;
-                const bool inside = 0 <= ix && ix < g.width;
-                for (int64_t w = 0; w < pixel_words; ++w) {
-                    dst[dx * pixel_words + w] = inside ? line[ix * pixel_words + w] : 0;
-                }
-            }
-        }
-    }
+float float_of_bits(uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
-// The hwc rows of output row oy when C % 8 == 0 but C % 64 != 0: every tap is C/8 whole
-// bytes at byte offset t*C/8 of its row, because bit j of a row of little-endian words
-// is bit j % 8 of byte j / 8 (and the pixel's bits are the first C/8 bytes of its
-// words). Byte copies instead of BitRow's 64-bit shifts: measured 1.9-2.8x on ResNet-20's
-// 16- and 32-channel layers (docs/performance.md). TapBytes is C/8 as a constant for the
-// common widths, 0 for any other.
-template <int TapBytes>
-void gather_whole_bytes(const Conv2dGeometry &g, const uint64_t *image, int64_t pixel_words,
-                        int64_t oy, uint64_t *row_out, int64_t words) {
-    const int64_t tap_bytes = TapBytes > 0 ? TapBytes : g.channels / 8;
-    const int64_t pixel_bytes = pixel_words * 8;
-    const int64_t run = g.kernel_w * tap_bytes;  // one kernel row of taps
-    const int64_t row_bytes = words * 8;
-    const auto *pixels = reinterpret_cast<const unsigned char *>(image);
-    auto *out = reinterpret_cast<unsigned char *>(row_out);
-    // The 0-7 bytes past the last tap stay zero: the last word is cleared first.
-    for (int64_t ox = 0; ox < g.out_w; ++ox) row_out[ox * words + words - 1] = 0;
-    for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
-        const int64_t iy = pack_activations_detail::tap(oy, g.stride_h, g.pad_h, dy,
-                                                        g.dilation_h);
-        if (iy < 0 || iy >= g.height) {
-            for (int64_t ox = 0; ox < g.out_w; ++ox) {
-                std::memset(out + ox * row_bytes + dy * run, 0, static_cast<size_t>(run));
-            }
-            continue;
-        }
-        const unsigned char *line = pixels + iy * g.width * pixel_bytes;
-        for (int64_t ox = 0; ox < g.out_w; ++ox) {
-            unsigned char *dst = out + ox * row_bytes + dy * run;
-            const int64_t ix0 = ox * g.stride_w - g.pad_w;
-            if (g.dilation_w == 1 && ix0 >= 0 && ix0 + g.kernel_w <= g.width) {
-                const unsigned char *src = line + ix0 * pixel_bytes;
-                for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                    std::memcpy(dst + dx * tap_bytes, src + dx * pixel_bytes,
-                                static_cast<size_t>(tap_bytes));
-                }
-                continue;
-            }
-            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                const int64_t ix = ix0 + dx * g.dilation_w;
-                if (0 <= ix && ix < g.width) {
-                    std::memcpy(dst + dx * tap_bytes, line + ix * pixel_bytes,
-                                static_cast<size_t>(tap_bytes));
-                } else {
-                    std::memset(dst + dx * tap_bytes, 0, static_cast<size_t>(tap_bytes));
-                }
-            }
-        }
-    }
+uint32_t bits_of_float(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    return bits;
 }
 
-void gather_bytes(const Conv2dGeometry &g, const uint64_t *image, int64_t pixel_words,
-                  int64_t oy, uint64_t *row_out, int64_t words) {
-    switch (g.channels) {
-        case 8: return gather_whole_bytes<1>(g, image, pixel_words, oy, row_out, words);
-        case 16: return gather_whole_bytes<2>(g, image, pixel_words, oy, row_out, words);
-        case 32: return gather_whole_bytes<4>(g, image, pixel_words, oy, row_out, words);
-        default: return gather_whole_bytes<0>(g, image, pixel_words, oy, row_out, words);
+// T_k, the smallest float whose code is at least k (1 <= k <= L), by bisection over
+// the bit patterns of [0, s], which order non-negative floats as their values; code(0)
+// = 0 < k <= L = code(s). The bracket starts a few units in the last place around
+// s (k - 1/2) / L, where the rounded quotient crosses k - 1/2, and widens to all of
+// [0, s] if that guess was off, so the result does not depend on the guess.
+float code_threshold(const ActivationQuantizer &q, uint32_t k) {
+    const auto code_at = [&](uint32_t bits) {
+        return pack_activations_detail::quantize_code(float_of_bits(bits), q.scale, q.levels);
+    };
+    const uint32_t top = bits_of_float(q.scale);
+    const double guess = static_cast<double>(q.scale) * (k - 0.5) / q.levels;
+    const uint32_t mid = std::min(bits_of_float(static_cast<float>(guess)), top);
+    constexpr uint32_t kReach = 16;
+    uint32_t lo = mid > kReach ? mid - kReach : 0;  // code(lo) < k
+    uint32_t hi = top - mid > kReach ? mid + kReach : top;  // code(hi) >= k
+    if (code_at(lo) >= k || code_at(hi) < k) {
+        lo = 0;
+        hi = top;
     }
-}
-
-struct PixelWorkspace;  // thread_workspace tag
-
-// hwc im2col: (1) every pixel's C inputs quantized and packed once (C bits per plane
-// and pixel, ceil(C/64) words);
-// (2) each output position's row assembled from its kh*kw taps' pixel words, zeros
-// for taps in the padding. Step (2) only moves bits (whole words for C % 64 == 0, whole
-// bytes for C % 8 == 0, 64-bit shifts otherwise), so it has one portable implementation.
-void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
-                     PixelsFn pack_pixels, uint64_t *out) {
-    const int64_t image_pixels = g.height * g.width;
-    const int64_t pixel_words = (g.channels + 63) / 64;
-    const int64_t pixel_plane = g.batch * image_pixels * pixel_words;
-    const int64_t words = g.words();
-    const int64_t plane_stride = g.positions() * words;
-    if (pixel_words == 0) return;  // C = 0 cannot happen with words() > 0; kept for safety
-    uint64_t *packed = thread_workspace<PixelWorkspace, uint64_t>(
-        static_cast<size_t>(q.planes * pixel_plane));
-    // Blocks of pixels, a multiple of the SIMD width, so that the threads split them.
-    constexpr int64_t kPixelBlock = 256;
-    const int64_t blocks_per_image = (image_pixels + kPixelBlock - 1) / kPixelBlock;
-    const int pack_threads = threads_for(g.batch * image_pixels * g.channels);
-#pragma omp parallel for num_threads(pack_threads) schedule(static)
-    for (int64_t block = 0; block < g.batch * blocks_per_image; ++block) {
-        const int64_t b = block / blocks_per_image;
-        const int64_t p0 = block % blocks_per_image * kPixelBlock;
-        const int64_t p1 = p0 + kPixelBlock < image_pixels ? p0 + kPixelBlock : image_pixels;
-        pack_pixels(x, g.channels, image_pixels, q, b, p0, p1, packed, pixel_plane);
+    while (hi - lo > 1) {
+        const uint32_t m = lo + (hi - lo) / 2;
+        (code_at(m) >= k ? hi : lo) = m;
     }
-    const int64_t rows = g.batch * g.out_h;
-    const int gather_threads = threads_for(g.positions() * words * 64);
-#pragma omp parallel for num_threads(gather_threads) schedule(static)
-    for (int64_t row = 0; row < rows; ++row) {
-        const int64_t b = row / g.out_h;
-        const int64_t oy = row % g.out_h;
-        for (int p = 0; p < q.planes; ++p) {
-            const uint64_t *image = packed + p * pixel_plane + b * image_pixels * pixel_words;
-            uint64_t *row_out = out + p * plane_stride + row * g.out_w * words;
-            if (g.channels % 64 == 0) {
-                gather_whole_words(g, image, pixel_words, oy, row_out, words);
-                continue;
-            }
-            if (kLittleEndian && g.channels % 8 == 0) {
-                gather_bytes(g, image, pixel_words, oy, row_out, words);
-                continue;
-            }
-            for (int64_t ox = 0; ox < g.out_w; ++ox) {
-                BitRow bits(row_out + ox * words);
-                for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
-                    const int64_t iy = pack_activations_detail::tap(oy, g.stride_h, g.pad_h, dy,
-                                                                    g.dilation_h);
-                    const bool row_inside = 0 <= iy && iy < g.height;
-                    for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                        const int64_t ix = pack_activations_detail::tap(ox, g.stride_w, g.pad_w,
-                                                                        dx, g.dilation_w);
-                        if (row_inside && 0 <= ix && ix < g.width) {
-                            bits.append(image + (iy * g.width + ix) * pixel_words, g.channels);
-                        } else {
-                            bits.append_zeros(g.channels);
-                        }
-                    }
-                }
-                bits.finish();
-            }
-        }
-    }
+    return float_of_bits(hi);
 }
 
 }  // namespace
@@ -314,10 +141,14 @@ ActivationQuantizer code_quantizer(double scale, int64_t bits) {
                                     std::to_string(scale));
     }
     const int planes = static_cast<int>(bits);
-    return ActivationQuantizer{false, planes, s, static_cast<float>((1 << planes) - 1)};
+    ActivationQuantizer q{false, planes, s, static_cast<float>((1 << planes) - 1), {}};
+    if (planes <= kMaxThresholdPlanes) {
+        for (int k = 1; k < 1 << planes; ++k) q.thresholds[k - 1] = code_threshold(q, k);
+    }
+    return q;
 }
 
-ActivationQuantizer sign_quantizer() { return ActivationQuantizer{true, 1, 1.0f, 1.0f}; }
+ActivationQuantizer sign_quantizer() { return ActivationQuantizer{true, 1, 1.0f, 1.0f, {}}; }
 
 void im2col_pack(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
                  ColumnOrder order, uint64_t *out) {

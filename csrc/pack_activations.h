@@ -41,12 +41,22 @@ Conv2dGeometry conv2d_geometry(int64_t batch, int64_t channels, int64_t height, 
                                int64_t stride_w, int64_t pad_h, int64_t pad_w,
                                int64_t dilation_h, int64_t dilation_w);
 
+// Codes of up to kMaxThresholdPlanes planes can be decided by comparisons alone: the
+// code is a non-decreasing function of x (max, min, a correctly rounded division and
+// product, and rounding are all monotone), so code(x) >= k exactly when x >= T_k, the
+// smallest float whose code is k or more. L comparisons then replace the division,
+// the slowest step of the AVX2 packers (docs/performance.md).
+constexpr int kMaxThresholdPlanes = 3;
+
 // What to write per element: one sign plane, or `planes` code planes.
 struct ActivationQuantizer {
     bool signs;
     int planes;    // 1 for signs; P in [1, 8] for codes
     float scale;   // s > 0, finite (codes only)
     float levels;  // L = 2^P - 1 (codes only)
+    // thresholds[k - 1] = T_k for k = 1 .. L (codes of at most kMaxThresholdPlanes
+    // planes only): code(x) = #{k : x >= T_k}, NaN giving 0 as it fails every test.
+    float thresholds[(1 << kMaxThresholdPlanes) - 1];
 };
 
 // Throws std::invalid_argument unless 1 <= bits <= 8 and scale is finite and > 0.
@@ -56,9 +66,9 @@ ActivationQuantizer sign_quantizer();
 // Column order of the im2col rows:
 //   chw: j = (c*kh + dy)*kw + dx, as weight.reshape(M, -1) of a Conv2d weight [M, C, kh, kw];
 //   hwc: j = (dy*kw + dx)*C + c, as the weight permuted to [M, kh, kw, C].
-// hwc is the fast one: every input is quantized once, into per-pixel words of C bits
-// (ceil(C/64) words per plane), and the unfolding then only moves those words (whole
-// words when C % 64 == 0), instead of quantizing each input kh*kw times.
+// hwc is the fast one: every input is quantized once, into per-pixel strings of C bits,
+// and the unfolding then only moves those bits (runs of whole bytes when C % 8 == 0),
+// instead of quantizing each input kh*kw times (pack_activations_hwc.cpp).
 enum class ColumnOrder : int { chw, hwc };
 
 // out: uint64 [q.planes, g.positions(), g.words()].
@@ -82,15 +92,36 @@ void quantize_pack_row_scalar(const float *x, int64_t K, const ActivationQuantiz
                               int64_t n, uint64_t *out, int64_t plane_stride);
 void quantize_pack_row_avx2(const float *x, int64_t K, const ActivationQuantizer &q,
                             int64_t n, uint64_t *out, int64_t plane_stride);
-// Pixels: the C channels of every pixel of image b of x [B, C, H, W] as ceil(C/64)
-// words, for the pixels [p0, p1) of the H*W (hwc im2col, step 1): plane p of pixel
-// b*H*W + i at out + p*plane_stride + (b*H*W + i)*ceil(C/64).
+// Where the hwc im2col keeps the packed pixels (step 1): image rows with a zero border
+// on both sides, so that step 2 copies every tap without testing whether it lies in
+// the padding. Plane p, image b, input row y, column x (-border <= x < W + border)
+// starts at byte p*plane_bytes + (b*H + y)*row_bytes + lead_bytes + x*pixel_bytes and
+// holds the pixel's C bits in little-endian order, zero past C.
+struct PixelLayout {
+    int64_t width;        // W
+    int64_t pixel_bytes;  // C/8 when C % 8 == 0 and C < 64 (pixels packed densely, so
+                          // that a kernel row of taps is one run), else 8*ceil(C/64)
+    int64_t lead_bytes;   // the left border
+    int64_t row_bytes;    // a multiple of 8, with at least 8 bytes after the last pixel
+    int64_t plane_bytes;
+};
+
+// Pixels [p0, p1) of the H*W of image b of x [B, C, H, W] (p0 and p1 at the start of
+// an image row or p1 = H*W) into `out` as `layout` says; the borders are the caller's.
+// May write zeros over the 8 - pixel_bytes bytes after a pixel, never past its row.
 void pack_pixels_scalar(const float *x, int64_t channels, int64_t pixels,
-                        const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
-                        uint64_t *out, int64_t plane_stride);
+                        const ActivationQuantizer &q, const PixelLayout &layout, int64_t b,
+                        int64_t p0, int64_t p1, unsigned char *out);
 void pack_pixels_avx2(const float *x, int64_t channels, int64_t pixels,
-                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
-                      uint64_t *out, int64_t plane_stride);
+                      const ActivationQuantizer &q, const PixelLayout &layout, int64_t b,
+                      int64_t p0, int64_t p1, unsigned char *out);
+
+using PackPixelsFn = void (*)(const float *, int64_t, int64_t, const ActivationQuantizer &,
+                              const PixelLayout &, int64_t, int64_t, int64_t, unsigned char *);
+
+// The hwc im2col (pack_activations_hwc.cpp) with the pixel packer of the active ISA.
+void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
+                     PackPixelsFn pack_pixels, uint64_t *out);
 
 // Shared by the per-ISA files; `static` so each keeps its own copy (see pack_signs.h).
 namespace pack_activations_detail {

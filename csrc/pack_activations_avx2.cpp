@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "pack_activations.h"
 #include "simd_avx2.h"
@@ -216,94 +217,159 @@ void im2col_row(const float *x, const Conv2dGeometry &g, const Planes &planes, i
     }
 }
 
-// Pixels (hwc im2col): eight consecutive pixels per vector, one vector per channel
-// (contiguous in [B, C, H, W]), so no transposition is needed: each channel's bit of
-// plane p is shifted into place in eight 32-bit lanes, channels 0..31 of the word in
-// `low`, 32..63 in `high`, and the two are interleaved into the eight pixels' words.
-// Planes is a compile-time count so that the accumulators stay in registers.
-// Channels [c_begin, c_end) (at most 32) of eight pixels: bit c - c_begin of each lane
-// of acc[p] is plane p of channel c. Separate from the caller's other half so that the
-// Planes accumulators stay in registers.
+// Pixels (hwc im2col): sixteen consecutive pixels per step, two vectors per channel
+// (contiguous in [B, C, H, W]), so no transposition is needed: each plane's bits are
+// all-ones lanes (masks), shifted into 32-bit accumulators channel by channel,
+// channels 0..31 of a word in `low`, 32..63 in `high`, then interleaved into the
+// pixels' words. Sixteen pixels are one cache line of each channel: with the channels
+// 4 KiB apart (a 32 x 32 image) all of them fall in one L1 set, and eight pixels per
+// step fetched every line twice. Planes is a compile-time count so that the
+// accumulators stay in registers.
+constexpr int64_t kPixelStep = 16;
+
+// Channels [c_begin, c_end) (at most 32) of pixels [0, lanes) of the step: bit
+// c - c_begin of lane i of acc[i / 8][p] is plane p of channel c of pixel i. Channels
+// run downwards, so that doubling an accumulator and subtracting the mask (-1 where
+// the bit is set) is the whole update.
 template <int Planes, typename Bits>
 inline void pixel_bits(const float *src, int64_t channel_stride, int64_t c_begin,
-                       int64_t c_end, int64_t lanes, __m256i valid, const Bits &bits,
-                       __m256i *acc) {
-    _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) acc[p] = _mm256_setzero_si256();
-    for (int64_t c = c_begin; c < c_end; ++c) {
-        // The masked load reads nothing past pixel p1 - 1; zero lanes are unused.
+                       int64_t c_end, int64_t lanes, const Bits &bits, __m256i (*acc)[Planes]) {
+    // Masked loads read nothing past pixel p1 - 1 (an empty mask reads nothing at all).
+    const __m256i valid[2] = {avx2::first_lanes(lanes), avx2::first_lanes(lanes - 8)};
+    _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
+        acc[0][p] = _mm256_setzero_si256();
+        acc[1][p] = _mm256_setzero_si256();
+    }
+    for (int64_t c = c_end - 1; c >= c_begin; --c) {
         const float *at = src + c * channel_stride;
-        const __m256 v = lanes == 8 ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, valid);
-        __m256i plane_bits[Planes];
-        bits(v, plane_bits);
-        const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(c - c_begin));
-        _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
-            acc[p] = _mm256_or_si256(acc[p], _mm256_sll_epi32(plane_bits[p], shift));
+        for (int h = 0; h < 2; ++h) {
+            const __m256 v = lanes == kPixelStep ? _mm256_loadu_ps(at + 8 * h)
+                                                 : _mm256_maskload_ps(at + 8 * h, valid[h]);
+            __m256i masks[Planes];
+            bits(v, masks);
+            _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
+                acc[h][p] = _mm256_sub_epi32(_mm256_add_epi32(acc[h][p], acc[h][p]), masks[p]);
+            }
+        }
+    }
+}
+
+// The byte offsets (in a plane) of pixels i0 .. i0 + lanes - 1 as `layout` places
+// them, advancing the input row and column of pixel i0 (`y`, `col`).
+inline void pixel_offsets(const PixelLayout &layout, int64_t lanes, int64_t &y, int64_t &col,
+                          int64_t *at) {
+    for (int64_t i = 0; i < lanes; ++i) {
+        at[i] = y * layout.row_bytes + layout.lead_bytes + col * layout.pixel_bytes;
+        if (++col == layout.width) {
+            col = 0;
+            ++y;
         }
     }
 }
 
 template <int Planes, typename Bits>
 void pack_pixels_impl(const float *x, int64_t channels, int64_t pixels, const Bits &bits,
-                      int64_t b, int64_t p0, int64_t p1, uint64_t *out, int64_t plane_stride) {
+                      const PixelLayout &layout, int64_t b, int64_t p0, int64_t p1,
+                      unsigned char *out) {
     const int64_t words = (channels + 63) / 64;
     const float *image = x + b * channels * pixels;
-    uint64_t *image_out = out + b * pixels * words;
+    int64_t y = b * (pixels / layout.width) + p0 / layout.width;
+    int64_t col = p0 % layout.width;
     alignas(32) uint64_t lanes_out[Planes][8];
-    for (int64_t i0 = p0; i0 < p1; i0 += 8) {
-        const int64_t lanes = p1 - i0 < 8 ? p1 - i0 : 8;
-        const __m256i valid = avx2::first_lanes(lanes);
+    int64_t at[kPixelStep];
+    for (int64_t i0 = p0; i0 < p1; i0 += kPixelStep) {
+        const int64_t lanes = p1 - i0 < kPixelStep ? p1 - i0 : kPixelStep;
+        pixel_offsets(layout, lanes, y, col, at);
         for (int64_t w = 0; w < words; ++w) {
             const int64_t c0 = 64 * w;
             const int64_t count = channels - c0 < 64 ? channels - c0 : 64;
-            __m256i low[Planes], high[Planes];
+            __m256i low[2][Planes], high[2][Planes];
             const int64_t split = count < 32 ? count : 32;
-            pixel_bits<Planes>(image + c0 * pixels + i0, pixels, 0, split, lanes, valid, bits,
-                               low);
-            pixel_bits<Planes>(image + c0 * pixels + i0, pixels, split, count, lanes, valid,
-                               bits, high);
-            for (int p = 0; p < Planes; ++p) {
-                // Lanes (low_i, high_i) -> 64-bit words, pixel order restored across
-                // the two 128-bit halves.
-                const __m256i a = _mm256_unpacklo_epi32(low[p], high[p]);  // 0 1 | 4 5
-                const __m256i c = _mm256_unpackhi_epi32(low[p], high[p]);  // 2 3 | 6 7
-                _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p]),
-                                   _mm256_permute2x128_si256(a, c, 0x20));
-                _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p] + 4),
-                                   _mm256_permute2x128_si256(a, c, 0x31));
-                uint64_t *dst = image_out + p * plane_stride + i0 * words + w;
-                for (int64_t i = 0; i < lanes; ++i) dst[i * words] = lanes_out[p][i];
+            const float *src = image + c0 * pixels + i0;
+            pixel_bits<Planes>(src, pixels, 0, split, lanes, bits, low);
+            pixel_bits<Planes>(src, pixels, split, count, lanes, bits, high);
+            for (int h = 0; h < 2 && 8 * h < lanes; ++h) {
+                const int64_t n = lanes - 8 * h < 8 ? lanes - 8 * h : 8;
+                for (int p = 0; p < Planes; ++p) {
+                    // Lanes (low_i, high_i) -> 64-bit words, pixel order restored across
+                    // the two 128-bit halves.
+                    const __m256i a = _mm256_unpacklo_epi32(low[h][p], high[h][p]);  // 0 1 | 4 5
+                    const __m256i c = _mm256_unpackhi_epi32(low[h][p], high[h][p]);  // 2 3 | 6 7
+                    _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p]),
+                                       _mm256_permute2x128_si256(a, c, 0x20));
+                    _mm256_store_si256(reinterpret_cast<__m256i *>(lanes_out[p] + 4),
+                                       _mm256_permute2x128_si256(a, c, 0x31));
+                    // Whole words even for a dense pixel of fewer bytes: the zeros past
+                    // its C bits land on the next pixel of its row, written after it, or
+                    // on the 8 bytes after the row's last pixel, which the layout reserves.
+                    unsigned char *dst = out + p * layout.plane_bytes + 8 * w;
+                    for (int64_t i = 0; i < n; ++i) {
+                        std::memcpy(dst + at[8 * h + i], &lanes_out[p][i], 8);
+                    }
+                }
             }
         }
     }
 }
 
-// Bit 0 of each lane: plane p of the code (or the sign bit).
+// All-ones lanes where plane p of the code (or the sign bit) is set.
 struct SignBits {
-    void operator()(__m256 v, __m256i *out) const {
-        out[0] = _mm256_srli_epi32(negative_lanes(v), 31);
-    }
+    void operator()(__m256 v, __m256i *out) const { out[0] = negative_lanes(v); }
 };
 
+// Codes by division, as quantize_codes.
 template <int Planes>
 struct CodeBits {
     __m256 scale;
     __m256 levels;
 
+    explicit CodeBits(const ActivationQuantizer &q)
+        : scale(_mm256_set1_ps(q.scale)), levels(_mm256_set1_ps(q.levels)) {}
+
     void operator()(__m256 v, __m256i *out) const {
         const __m256i code = quantize_codes(v, scale, levels);
-        const __m256i one = _mm256_set1_epi32(1);
         _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
-            out[p] = _mm256_and_si256(_mm256_srli_epi32(code, p), one);
+            out[p] = _mm256_srai_epi32(_mm256_slli_epi32(code, 31 - p), 31);
+        }
+    }
+};
+
+// Codes by comparison with the thresholds T_k of pack_activations.h: c_k = x >= T_k
+// (false for NaN), and since c_k implies c_j for j < k, the code is the number of c_k
+// set and its bit p the parity of the c_k with k a multiple of 2^p.
+template <int Planes>
+struct ThresholdCodeBits {
+    static constexpr int kLevels = (1 << Planes) - 1;
+    __m256 thresholds[kLevels];
+
+    explicit ThresholdCodeBits(const ActivationQuantizer &q) {
+        for (int k = 0; k < kLevels; ++k) thresholds[k] = _mm256_set1_ps(q.thresholds[k]);
+    }
+
+    void operator()(__m256 v, __m256i *out) const {
+        _Pragma("GCC unroll 4") for (int p = 0; p < Planes; ++p) {
+            const int step = 1 << p;
+            __m256i parity = _mm256_setzero_si256();
+            for (int k = step; k <= kLevels; k += step) {
+                const __m256 at_least = _mm256_cmp_ps(v, thresholds[k - 1], _CMP_GE_OQ);
+                parity = _mm256_xor_si256(parity, _mm256_castps_si256(at_least));
+            }
+            out[p] = parity;
         }
     }
 };
 
 template <int Planes>
 void pack_code_pixels(const float *x, int64_t channels, int64_t pixels,
-                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
-                      uint64_t *out, int64_t plane_stride) {
-    const CodeBits<Planes> bits{_mm256_set1_ps(q.scale), _mm256_set1_ps(q.levels)};
-    pack_pixels_impl<Planes>(x, channels, pixels, bits, b, p0, p1, out, plane_stride);
+                      const ActivationQuantizer &q, const PixelLayout &layout, int64_t b,
+                      int64_t p0, int64_t p1, unsigned char *out) {
+    if constexpr (Planes <= kMaxThresholdPlanes) {
+        const ThresholdCodeBits<Planes> bits(q);
+        pack_pixels_impl<Planes>(x, channels, pixels, bits, layout, b, p0, p1, out);
+    } else {
+        const CodeBits<Planes> bits(q);
+        pack_pixels_impl<Planes>(x, channels, pixels, bits, layout, b, p0, p1, out);
+    }
 }
 
 }  // namespace
@@ -329,19 +395,17 @@ void quantize_pack_row_avx2(const float *x, int64_t K, const ActivationQuantizer
 }
 
 void pack_pixels_avx2(const float *x, int64_t channels, int64_t pixels,
-                      const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
-                      uint64_t *out, int64_t plane_stride) {
+                      const ActivationQuantizer &q, const PixelLayout &layout, int64_t b,
+                      int64_t p0, int64_t p1, unsigned char *out) {
     if (q.signs) {
-        pack_pixels_impl<1>(x, channels, pixels, SignBits{}, b, p0, p1, out, plane_stride);
+        pack_pixels_impl<1>(x, channels, pixels, SignBits{}, layout, b, p0, p1, out);
         return;
     }
-    using Fn = void (*)(const float *, int64_t, int64_t, const ActivationQuantizer &, int64_t,
-                        int64_t, int64_t, uint64_t *, int64_t);
-    static constexpr Fn by_planes[8] = {pack_code_pixels<1>, pack_code_pixels<2>,
+    static constexpr PackPixelsFn by_planes[8] = {pack_code_pixels<1>, pack_code_pixels<2>,
                                         pack_code_pixels<3>, pack_code_pixels<4>,
                                         pack_code_pixels<5>, pack_code_pixels<6>,
                                         pack_code_pixels<7>, pack_code_pixels<8>};
-    by_planes[q.planes - 1](x, channels, pixels, q, b, p0, p1, out, plane_stride);
+    by_planes[q.planes - 1](x, channels, pixels, q, layout, b, p0, p1, out);
 }
 
 }  // namespace apb

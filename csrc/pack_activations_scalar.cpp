@@ -1,6 +1,10 @@
 // Portable activation packing: one element at a time, bits collected into words.
 // Compiled without ISA flags.
 #include "pack_activations.h"
+
+#include <algorithm>
+#include <cstring>
+
 #include "pack_signs.h"
 
 namespace apb {
@@ -86,14 +90,29 @@ void quantize_pack_row_scalar(const float *x, int64_t K, const ActivationQuantiz
 }
 
 void pack_pixels_scalar(const float *x, int64_t channels, int64_t pixels,
-                        const ActivationQuantizer &q, int64_t b, int64_t p0, int64_t p1,
-                        uint64_t *out, int64_t plane_stride) {
+                        const ActivationQuantizer &q, const PixelLayout &layout, int64_t b,
+                        int64_t p0, int64_t p1, unsigned char *out) {
     const int64_t words = (channels + 63) / 64;
     const float *image = x + b * channels * pixels;
+    const int64_t first_row = b * (pixels / layout.width);
     for (int64_t i = p0; i < p1; ++i) {
-        PlaneRowWriter writer(out + (b * pixels + i) * words, plane_stride, q.planes);
-        for (int64_t c = 0; c < channels; ++c) writer.push(element_code(image + c * pixels + i, q));
-        writer.finish();
+        const int64_t at = (first_row + i / layout.width) * layout.row_bytes +
+                           layout.lead_bytes + i % layout.width * layout.pixel_bytes;
+        for (int64_t w = 0; w < words; ++w) {
+            uint64_t word[8] = {};
+            const int64_t c1 = std::min(channels, 64 * w + 64);
+            for (int64_t c = 64 * w; c < c1; ++c) {
+                const uint32_t code = element_code(image + c * pixels + i, q);
+                for (int p = 0; p < q.planes; ++p) {
+                    word[p] |= static_cast<uint64_t>((code >> p) & 1u) << (c - 64 * w);
+                }
+            }
+            // A dense pixel (little-endian targets only) keeps the first C/8 bytes.
+            const auto n = static_cast<size_t>(std::min<int64_t>(8, layout.pixel_bytes - 8 * w));
+            for (int p = 0; p < q.planes; ++p) {
+                std::memcpy(out + p * layout.plane_bytes + at + 8 * w, &word[p], n);
+            }
+        }
     }
 }
 

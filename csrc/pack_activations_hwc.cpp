@@ -1,0 +1,231 @@
+// The hwc im2col (ColumnOrder::hwc), in two steps:
+//   (1) every input pixel's C values quantized and packed once (the ISA's pack_pixels),
+//       into image rows with a zero border (PixelLayout in pack_activations.h);
+//   (2) each output position's row assembled from its kh*kw taps.
+// Step 2 only moves bits, so it has one portable implementation; compiled without ISA
+// flags.
+//
+// Why the border: with the padding stored as zero pixels, and input rows outside the
+// image pointing at a zero row, step 2 copies every tap the same way, without a test
+// per tap. Why dense pixels for C % 8 == 0 below 64 channels: a kernel row of taps is
+// then one run of kw*C/8 bytes, copied at once (ResNet-20's 16- and 32-channel layers).
+#include <algorithm>
+#include <cstring>
+
+#include "pack_activations.h"
+#include "threads.h"
+#include "workspace.h"
+
+namespace apb {
+
+namespace {
+
+using pack_activations_detail::tap;
+
+// Byte copies of bit rows assume little-endian words (every target apb builds for).
+constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+
+int64_t round_up(int64_t n, int64_t step) { return (n + step - 1) / step * step; }
+
+// Appends bit strings to a packed row, 64-bit word by word. The row must have room
+// for every bit appended; finish() writes the last partial word (zero past the end).
+class BitRow {
+  public:
+    explicit BitRow(uint64_t *out) : out_(out) {}
+
+    // `bits` bits from `src` (ceil(bits/64) words, zero past `bits` in the last one).
+    void append(const uint64_t *src, int64_t bits) {
+        for (; bits >= 64; bits -= 64) push(*src++, 64);
+        if (bits > 0) push(*src, static_cast<int>(bits));
+    }
+
+    void finish() {
+        if (used_ > 0) *out_++ = pending_;
+        used_ = 0;
+        pending_ = 0;
+    }
+
+  private:
+    // n in [1, 64] bits, the bits of `word` at and above n zero.
+    void push(uint64_t word, int n) {
+        pending_ |= word << used_;
+        if (used_ + n < 64) {
+            used_ += n;
+            return;
+        }
+        *out_++ = pending_;
+        pending_ = used_ == 0 ? 0 : word >> (64 - used_);
+        used_ = used_ + n - 64;
+    }
+
+    uint64_t *out_;
+    uint64_t pending_ = 0;
+    int used_ = 0;  // bits in pending_, < 64
+};
+
+int64_t kernel_span(int64_t kernel, int64_t dilation) { return dilation * (kernel - 1) + 1; }
+
+// A position whose kernel row touches the image reads at most span - 1 columns of
+// padding on either side (and never more than pad_w); positions that touch it nowhere
+// (padding at least a kernel wide) are written as zeros without reading.
+PixelLayout pixel_layout(const Conv2dGeometry &g) {
+    const int64_t words = (g.channels + 63) / 64;
+    const bool dense = kLittleEndian && g.channels % 8 == 0 && g.channels < 64;
+    PixelLayout l{};
+    l.width = g.width;
+    l.pixel_bytes = dense ? g.channels / 8 : 8 * words;
+    const int64_t border =
+        std::min(g.pad_w, kernel_span(g.kernel_w, g.dilation_w) - 1) * l.pixel_bytes;
+    l.lead_bytes = border;
+    // 8 bytes or more after the last pixel: the room pack_pixels may write zeros into.
+    l.row_bytes = round_up(border + g.width * l.pixel_bytes + std::max<int64_t>(border, 8), 8);
+    l.plane_bytes = g.batch * g.height * l.row_bytes;
+    return l;
+}
+
+// What step 2 needs besides the geometry: where plane p of image b starts, the zero
+// row, the positions [ox_lo, ox_hi) that touch the image, and the output row size.
+struct Gather {
+    const Conv2dGeometry &g;
+    const PixelLayout &l;
+    const unsigned char *zero_row;
+    int64_t ox_lo, ox_hi;
+    int64_t out_bytes;      // 8 * words
+    int64_t content_bytes;  // kh * kw * C / 8 when C % 8 == 0
+};
+
+// Output row oy of one plane of one image: for each kernel row dy and each run of
+// taps in it, the run's bytes for every position. `runs` runs per kernel row, `run`
+// bytes each, `run_step` bytes apart in the pixel rows; Run is `run` as a constant
+// for the common sizes (the copies then compile to a few moves), 0 for any other.
+template <int Run>
+void gather_runs(const Gather &s, const unsigned char *image, int64_t oy, int64_t runs,
+                 int64_t run, int64_t run_step, unsigned char *out) {
+    const Conv2dGeometry &g = s.g;
+    const int64_t size = Run > 0 ? Run : run;
+    const int64_t step = g.stride_w * s.l.pixel_bytes;
+    // Locals, not members: stores through unsigned char may alias s, which would
+    // otherwise be read again after every copy.
+    const int64_t out_bytes = s.out_bytes, ox_lo = s.ox_lo, ox_hi = s.ox_hi;
+    const int64_t first = s.l.lead_bytes + (s.ox_lo * g.stride_w - g.pad_w) * s.l.pixel_bytes;
+    unsigned char *at = out + ox_lo * out_bytes;
+    for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
+        const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
+        const unsigned char *line =
+            (0 <= iy && iy < g.height ? image + iy * s.l.row_bytes : s.zero_row) + first;
+        for (int64_t r = 0; r < runs; ++r, at += size, line += run_step) {
+            const unsigned char *src = line;
+            unsigned char *dst = at;
+            for (int64_t ox = ox_lo; ox < ox_hi; ++ox, dst += out_bytes, src += step) {
+                std::memcpy(dst, src, static_cast<size_t>(size));
+            }
+        }
+    }
+}
+
+// The same for any C: taps appended bit by bit (64-bit shifts).
+void gather_bits(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
+    const Conv2dGeometry &g = s.g;
+    const int64_t pixel_bytes = s.l.pixel_bytes;
+    for (int64_t ox = s.ox_lo; ox < s.ox_hi; ++ox) {
+        BitRow bits(reinterpret_cast<uint64_t *>(out + ox * s.out_bytes));
+        const int64_t first = s.l.lead_bytes + (ox * g.stride_w - g.pad_w) * pixel_bytes;
+        for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
+            const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
+            const unsigned char *line =
+                (0 <= iy && iy < g.height ? image + iy * s.l.row_bytes : s.zero_row) + first;
+            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
+                const auto *pixel = line + dx * g.dilation_w * pixel_bytes;
+                bits.append(reinterpret_cast<const uint64_t *>(pixel), g.channels);
+            }
+        }
+        bits.finish();
+    }
+}
+
+void gather_row(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
+    const Conv2dGeometry &g = s.g;
+    // Positions that touch no pixel are zero; the others get their last word cleared
+    // first, so the bytes past the last tap are zero (a store, not a call per position).
+    const int64_t ox_lo = s.ox_lo, ox_hi = std::max(s.ox_lo, s.ox_hi);
+    std::memset(out, 0, static_cast<size_t>(ox_lo * s.out_bytes));
+    std::memset(out + ox_hi * s.out_bytes, 0, static_cast<size_t>((g.out_w - ox_hi) * s.out_bytes));
+    if (s.content_bytes < s.out_bytes) {
+        auto *last = reinterpret_cast<uint64_t *>(out + s.out_bytes - 8);
+        const int64_t words = s.out_bytes / 8;
+        for (int64_t ox = ox_lo; ox < ox_hi; ++ox) last[ox * words] = 0;
+    }
+    if (!kLittleEndian || g.channels % 8 != 0) return gather_bits(s, image, oy, out);
+    const int64_t tap_bytes = g.channels / 8;
+    if (g.dilation_w != 1 || s.l.pixel_bytes != tap_bytes) {
+        return gather_runs<0>(s, image, oy, g.kernel_w, tap_bytes,
+                              g.dilation_w * s.l.pixel_bytes, out);
+    }
+    const int64_t run = g.kernel_w * tap_bytes;
+    switch (run) {  // 1 x 1 and 3 x 3 kernels over 16, 32 and 64 channels
+        case 2: return gather_runs<2>(s, image, oy, 1, run, 0, out);
+        case 4: return gather_runs<4>(s, image, oy, 1, run, 0, out);
+        case 6: return gather_runs<6>(s, image, oy, 1, run, 0, out);
+        case 8: return gather_runs<8>(s, image, oy, 1, run, 0, out);
+        case 12: return gather_runs<12>(s, image, oy, 1, run, 0, out);
+        case 24: return gather_runs<24>(s, image, oy, 1, run, 0, out);
+        default: return gather_runs<0>(s, image, oy, 1, run, 0, out);
+    }
+}
+
+struct PixelWorkspace;  // thread_workspace tag
+
+}  // namespace
+
+void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
+                     PackPixelsFn pack_pixels, uint64_t *out) {
+    const PixelLayout l = pixel_layout(g);
+    const int64_t planes_bytes = q.planes * l.plane_bytes;
+    // 64-bit words, so that gather_bits reads aligned words.
+    unsigned char *pixels = reinterpret_cast<unsigned char *>(thread_workspace<PixelWorkspace, uint64_t>(
+        static_cast<size_t>((planes_bytes + l.row_bytes) / 8)));
+    const unsigned char *zero_row = pixels + planes_bytes;
+    std::memset(pixels + planes_bytes, 0, static_cast<size_t>(l.row_bytes));
+    const int64_t image_pixels = g.height * g.width;
+    // Blocks of whole image rows (pack_pixels's contract), about 256 pixels each, so
+    // that the threads split them.
+    const int64_t block_rows = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.width));
+    const int64_t blocks_per_image = (g.height + block_rows - 1) / block_rows;
+    const int64_t right = l.lead_bytes + g.width * l.pixel_bytes;
+    const int pack_threads = threads_for(image_pixels * g.batch * g.channels);
+#pragma omp parallel for num_threads(pack_threads) schedule(static)
+    for (int64_t block = 0; block < g.batch * blocks_per_image; ++block) {
+        const int64_t b = block / blocks_per_image;
+        const int64_t y0 = block % blocks_per_image * block_rows;
+        const int64_t y1 = std::min(g.height, y0 + block_rows);
+        for (int p = 0; p < q.planes; ++p) {
+            for (int64_t y = y0; y < y1; ++y) {
+                unsigned char *row = pixels + p * l.plane_bytes + (b * g.height + y) * l.row_bytes;
+                std::memset(row, 0, static_cast<size_t>(l.lead_bytes));
+                std::memset(row + right, 0, static_cast<size_t>(l.row_bytes - right));
+            }
+        }
+        if (image_pixels > 0) {
+            pack_pixels(x, g.channels, image_pixels, q, l, b, y0 * g.width, y1 * g.width, pixels);
+        }
+    }
+    const int64_t span = kernel_span(g.kernel_w, g.dilation_w);
+    const int64_t ox_lo = g.pad_w < span ? 0 : (g.pad_w - span) / g.stride_w + 1;
+    const int64_t ox_hi = (g.width + g.pad_w + g.stride_w - 1) / g.stride_w;
+    const Gather s{g, l, zero_row, std::min(ox_lo, g.out_w), std::min(ox_hi, g.out_w),
+                   8 * g.words(), g.columns() / 8};
+    const int64_t rows = g.batch * g.out_h;
+    const int64_t plane_words = g.positions() * g.words();
+    const int gather_threads = threads_for(plane_words * 64);
+#pragma omp parallel for num_threads(gather_threads) schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+        const int64_t b = row / g.out_h;
+        for (int p = 0; p < q.planes; ++p) {
+            const unsigned char *image = pixels + p * l.plane_bytes + b * g.height * l.row_bytes;
+            uint64_t *row_out = out + p * plane_words + row * g.out_w * g.words();
+            gather_row(s, image, row % g.out_h, reinterpret_cast<unsigned char *>(row_out));
+        }
+    }
+}
+
+}  // namespace apb
