@@ -4,11 +4,13 @@
 #include "apb_fused.h"
 
 #include <algorithm>
+#include <exception>
 #include <stdexcept>
 #include <string>
 
 #include "bgemm.h"
 #include "pack_signs.h"
+#include "threads.h"
 #include "workspace.h"
 
 namespace apb {
@@ -38,35 +40,23 @@ void check_product(const BinaryProduct &p, const CsrMatrix &a, const SparseConvE
 
 }  // namespace
 
-void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
-                const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
-    check_product(p, a, e, "apb_conv2d");
-    const bool signs = p.act_bits == 1;
-    // Both throw on a bad bit width or scale, before any work.
-    const ActivationQuantizer q = signs ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
-    const SparseConvInput in = signs ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
-                                     : sparse_conv_codes(p.scale, p.act_bits);
-    spmm_csr_validate(a, g.columns());
+namespace {
+
+// One image (g.batch == 1): x its input, out its [M, OH, OW] output.
+void conv_image(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
+                const SparseConvInput &in, const BinaryProduct &p, const CsrMatrix &a,
+                const SparseConvEpilogue &e, float *out) {
     const int64_t M = p.rows;
     const int64_t N = g.positions();
     const int64_t W = g.words();
-    if (M == 0 || N == 0) return;
     uint64_t *bits = thread_workspace<BitsWorkspace, uint64_t>(
         static_cast<size_t>(q.planes) * static_cast<size_t>(N * W));
     int32_t *dot = thread_workspace<DotWorkspace, int32_t>(static_cast<size_t>(M * N));
     im2col_pack(x, g, q, ColumnOrder::hwc, bits);
-    if (signs) {
+    if (q.signs) {
         bgemm_1x1(p.sign_rows, bits, M, N, W, g.columns(), dot);
         if (p.padding_correction != nullptr) {
-            // dot[m, b*L + l] -= corr[m, l], L = OH*OW.
-            const int64_t L = g.out_h * g.out_w;
-            for (int64_t m = 0; m < M; ++m) {
-                const int32_t *corr = p.padding_correction + m * L;
-                int32_t *row = dot + m * N;
-                for (int64_t b = 0; b < g.batch; ++b, row += L) {
-                    for (int64_t l = 0; l < L; ++l) row[l] -= corr[l];
-                }
-            }
+            for (int64_t i = 0; i < M * N; ++i) dot[i] -= p.padding_correction[i];
         }
     } else {
         bgemm_1x2(p.sign_rows, bits, M, N, W, q.planes, 64 * W, dot);
@@ -76,6 +66,47 @@ void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
     fused.dot_is_float = false;
     fused.out_nchw = true;
     sparse_conv2d(x, g, in, a, fused, out);
+}
+
+}  // namespace
+
+void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
+                const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
+    check_product(p, a, e, "apb_conv2d");
+    const bool signs = p.act_bits == 1;
+    // Both throw on a bad bit width or scale, before any work.
+    const ActivationQuantizer q = signs ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
+    const SparseConvInput in = signs ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
+                                     : sparse_conv_codes(p.scale, p.act_bits);
+    spmm_csr_validate(a, g.columns());
+    if (p.rows == 0 || g.positions() == 0) return;
+    // Image by image: one image's packed bits, product and phase planes stay in cache,
+    // where a batch's would not (tens of MB at batch 64 on ResNet-20's first layers,
+    // streamed through memory three times). Images split over the threads, which then
+    // need no barrier inside a layer; one image alone splits inside its kernels.
+    Conv2dGeometry image = g;
+    image.batch = 1;
+    const int64_t in_stride = g.channels * g.height * g.width;
+    const int64_t out_stride = p.rows * g.out_h * g.out_w;
+    const int64_t team = g.batch > 1 ? threads_for(g.positions() * g.columns()) : 1;
+    const int nt = static_cast<int>(team < g.batch ? team : g.batch);
+    if (nt <= 1) {
+        for (int64_t b = 0; b < g.batch; ++b) {
+            conv_image(x + b * in_stride, image, q, in, p, a, e, out + b * out_stride);
+        }
+        return;
+    }
+    std::exception_ptr error;  // exceptions must not leave a parallel region
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t b = 0; b < g.batch; ++b) {
+        try {
+            conv_image(x + b * in_stride, image, q, in, p, a, e, out + b * out_stride);
+        } catch (...) {
+#pragma omp critical(apb_conv2d_error)
+            if (!error) error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
 }
 
 void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,

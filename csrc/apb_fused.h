@@ -31,8 +31,9 @@ struct BinaryProduct {
 // out float32 [B, M, OH, OW] (the layer's NCHW output: out[b, m, l] for n = b*OH*OW + l) =
 // dot_scale[m] * dot[m, n] + sparse_scale[m] * (S conv x^)[m, n] + shift[m], dot the
 // popcount product of the sign rows with x's packed im2col rows (hwc), x^ the quantized x.
-// e.dot must be null: it is computed here (e.out_nchw is set here). Throws
-// std::invalid_argument on a bad quantizer or CSR matrix (before writing anything).
+// e.dot must be null: it is computed here (e.out_nchw is set here). Runs image by image
+// (a batch splits over the threads by image). Throws std::invalid_argument on a bad
+// quantizer or CSR matrix (before writing anything).
 void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
                 const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
 

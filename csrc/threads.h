@@ -18,7 +18,8 @@ int get_num_threads();
 void set_num_threads(int n);
 
 // Threads worth using for `work` units of roughly one element each: small inputs
-// run on the calling thread, since waking a team costs more than they take.
+// run on the calling thread, since waking a team costs more than they take, and so does
+// a kernel called from inside a parallel region.
 int threads_for(int64_t work);
 
 }  // namespace apb

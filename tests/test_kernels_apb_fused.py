@@ -124,6 +124,36 @@ def test_identical_to_the_three_kernels_and_close_to_the_reference(problem: dict
         np.testing.assert_allclose(fused, expected, rtol=0, atol=2e-5 * scale, err_msg=isa)
 
 
+@pytest.mark.parametrize("act_bits", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_threads_split_the_batch_with_identical_results(batch: int, act_bits: int) -> None:
+    """Two threads: a batch splits by image (each image's kernels on one thread), a single
+    image splits inside its kernels; both give the one-thread result bit for bit."""
+    rng = np.random.default_rng(batch)
+    c, h, w, m = 16, 20, 20, 24
+    geometry = ((3, 3), (1, 1), (1, 1), (1, 1))
+    signs = rng.integers(0, 2, (m, 192), dtype=np.uint8)
+    signs[:, 144:] = 0
+    sign_rows = np.packbits(signs, axis=1, bitorder="little").view(np.uint64)
+    p = {"x": rng.standard_normal((batch, c, h, w)).astype(np.float32),
+         "sign_rows": sign_rows, "csr": random_csr(rng, m, 144, 0.05), "geometry": geometry,
+         "act_bits": act_bits, "scale": 1.1 if act_bits > 1 else 1.0,
+         "padding_correction": (padding_correction(sign_rows, c, h, w, geometry)
+                                if act_bits == 1 else None),
+         "dot_scale": rng.standard_normal(m).astype(np.float32), "sparse_scale": None,
+         "shift": rng.standard_normal(m).astype(np.float32)}
+    previous = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = _fused(p)
+        kernels.set_num_threads(2)
+        two = _fused(p)
+    finally:
+        kernels.set_num_threads(previous)
+    np.testing.assert_array_equal(two, one)
+    np.testing.assert_array_equal(one.reshape(batch, m, -1), _unfused(p))
+
+
 def test_the_op_runs_each_backend_and_traces() -> None:
     """``torch.ops.apb.apb_conv2d``: both backends agree, and its fake implementation
     gives the shape torch.compile / torch.export see."""
