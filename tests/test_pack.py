@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import apb
 from _packing import (
@@ -200,6 +201,28 @@ def test_direct_calls_and_operators_give_the_same_logits(act_bits, monkeypatch):
         want = model(x)
     assert torch.equal(direct, through_ops)
     assert relative_error(direct, want) < TOLERANCE
+
+
+def test_int8_input_linears_call_the_kernel_directly_with_the_same_result(monkeypatch):
+    """Full-precision inputs quantized to int8 (linear_1xf): the direct call in eager mode
+    and the operator under the profiler agree bit for bit, a folded BatchNorm included."""
+    model = prepare(nn.Sequential(nn.Linear(40, 30, bias=False), nn.BatchNorm1d(30),
+                                  nn.ReLU(), nn.Linear(30, 7)),
+                    APBConfig(fp_fraction=0.1), (16, 40), filter_fn=lambda m, name: True)
+    packed = apb.pack.fold_batchnorm_(packed_copy(model))
+    apb.pack.set_input_precision(packed, "int8")
+    calls = []
+    real = torch.ops.apb.linear_1xf
+    monkeypatch.setattr(torch.ops.apb, "linear_1xf",
+                        lambda *a: calls.append(1) or real(*a), raising=False)
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        direct = packed(x)
+        assert not calls
+        with torch.profiler.profile():
+            through_ops = packed(x)
+        assert len(calls) == 2
+    assert torch.equal(direct, through_ops)
 
 
 def test_one_bit_padding_correction_is_needed():

@@ -257,6 +257,12 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
         # Buffers read from the dict: nn.Module.__getattr__ costs ~0.6 µs a read, a tenth
         # of this layer's kernel time on one token.
         b = self._buffers
+        if self._eager(x):
+            args = self._constant(self._linear_1xf_args, b["linear_1xf_panel"], b["alpha"],
+                                  b["csr_indptr"], b["csr_indices"], b["csr_values"],
+                                  b["bias"], b["out_scale"], b["out_shift"])
+            y = torch.from_numpy(direct.linear_1xf(rows.detach().numpy(), *args))
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
         if b["out_scale"] is None:
             alpha, values, bias = b["alpha"], b["csr_values"], b["bias"]
         else:
@@ -268,6 +274,17 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
         y = apb_ops.linear_1xf(rows, b["linear_1xf_panel"], alpha, self.rows, *sparse, bias,
                                self.backend)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
+
+    def _linear_1xf_args(self) -> tuple:
+        """:func:`apb.kernels.direct.linear_1xf`'s arguments after the input, as numpy
+        views: the panel, α, M, the CSR part (or None) and the bias, a folded BatchNorm
+        multiplied in."""
+        alpha, values, bias = ((self.alpha, self.csr_values, self.bias) if self.out_scale is None
+                               else self._folded_epilogue())
+        sparse = (self.csr_indptr, self.csr_indices, values) if self.nnz else (None,) * 3
+        view = lambda t: None if t is None else t.detach().numpy()  # noqa: E731
+        return (view(self.linear_1xf_panel), view(alpha), self.rows, *map(view, sparse),
+                view(bias))
 
     def _folded_epilogue(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(α, S values, bias)`` of :func:`apb.kernels.linear_1xf` with the folded map
