@@ -28,48 +28,39 @@ import torch
 
 import apb
 import apb.kernels._ext as ext
-import apb.pack.apb_layers as apb_layers
 from apb.bench.model_peers import build_apb, input_shape
 from apb.pack import compiled
-
-
-class _Recorder:
-    """Stands in for ``torch.ops.apb`` in the packed layers and keeps the arguments of
-    the calls it is asked to record."""
-
-    def __init__(self, ops, names):
-        self._ops = ops
-        self.calls = {name: [] for name in names}
-
-    def __getattr__(self, name):
-        op = getattr(self._ops, name)
-        if name not in self.calls:
-            return op
-
-        def record(*args):
-            self.calls[name].append(args[:-1])  # without the backend name
-            return op(*args)
-        return record
+from apb.pack.apb_layers import PackedAPBConv2d
 
 
 def layer_calls(model_name: str, batch: int) -> list[dict]:
-    """One dict per packed convolution: its ``sparse_conv2d`` and ``bgemm_1x2`` args."""
+    """One dict per packed convolution: the arguments of its ``sparse_conv2d`` and
+    ``bgemm_1x2`` on the input it gets in a forward of a random batch (the packed layers
+    call the two fused in one kernel, ``apb_conv2d``; these are its stages)."""
     packed, _ = build_apb(model_name, 2)
     x = torch.randn(batch, *input_shape(model_name), generator=torch.Generator().manual_seed(0))
-    recorder = _Recorder(apb_layers.apb_ops, ("sparse_conv2d", "bgemm_1x2"))
-    saved, apb_layers.apb_ops = apb_layers.apb_ops, recorder
+    convs = [m for m in packed.modules() if isinstance(m, PackedAPBConv2d)]
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0].contiguous()))
+             for m in convs]
     try:
         with torch.inference_mode():
             packed(x)
     finally:
-        apb_layers.apb_ops = saved
+        for hook in hooks:
+            hook.remove()
     layers = []
-    for sparse, gemm in zip(recorder.calls["sparse_conv2d"], recorder.calls["bgemm_1x2"],
-                            strict=True):
-        x_in, indptr, _, _, kernel, stride = sparse[:6]
+    for conv in (m for m in convs if m in inputs):
+        x_in, geometry = inputs[conv], conv._geometry()
+        s, dot_scale, sparse_scale, shift = conv._scales()
+        w = conv._input_order_bits("sign_bits")
+        bits = compiled.im2col_pack_codes(x_in, s, 2, *geometry, "hwc")
+        dot = compiled.bgemm_1x2(w, bits)
         layers.append({
-            "shape": f"{tuple(x_in.shape[1:])} k{kernel[0]} s{stride[0]} M{indptr.shape[0] - 1}",
-            "nnz": int(sparse[2].shape[0]), "sparse": sparse, "gemm": gemm,
+            "shape": f"{tuple(x_in.shape[1:])} k{geometry[0][0]} s{geometry[1][0]} M{conv.rows}",
+            "nnz": conv.nnz, "gemm": (w, bits),
+            "sparse": (x_in, conv.csr_indptr, conv.csr_indices, conv.csr_values, *geometry, 2,
+                       s, dot, dot_scale, sparse_scale, shift),
         })
     return layers
 
