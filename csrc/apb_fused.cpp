@@ -4,6 +4,7 @@
 #include "apb_fused.h"
 
 #include <algorithm>
+#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -66,6 +67,44 @@ void conv_image(const float *x, const Conv2dGeometry &g, const ActivationQuantiz
     fused.dot_is_float = false;
     fused.out_nchw = true;
     sparse_conv2d(x, g, in, a, fused, out);
+}
+
+// acc[m] = sum of values[e] * x[indices[e]] over row m's nonzeros, four partial sums
+// in flight (their order, hence the rounding, is the same on every ISA).
+void sparse_dot_rows(const CsrMatrix &a, const float *x, float *acc) {
+    spmm_detail::with_csr_types(a, [&](auto indptr_tag, auto index_tag, auto value_tag) {
+        using P = decltype(indptr_tag);
+        using I = decltype(index_tag);
+        using V = decltype(value_tag);
+        const V *values = static_cast<const V *>(a.values);
+        const auto value = [&](int64_t e) {
+            if constexpr (sizeof(V) == 2) {
+                const uint32_t bits = spmm_detail::half_to_float_bits(values[e]);
+                float f;
+                std::memcpy(&f, &bits, sizeof f);
+                return f;
+            } else {
+                return values[e];
+            }
+        };
+        const auto term = [&](int64_t e) {
+            return value(e) * x[spmm_detail::load_index<I>(a.indices, e)];
+        };
+        for (int64_t m = 0; m < a.rows; ++m) {
+            const int64_t e0 = spmm_detail::load_index<P>(a.indptr, m);
+            const int64_t e1 = spmm_detail::load_index<P>(a.indptr, m + 1);
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+            int64_t e = e0;
+            for (; e + 4 <= e1; e += 4) {
+                s0 += term(e);
+                s1 += term(e + 1);
+                s2 += term(e + 2);
+                s3 += term(e + 3);
+            }
+            for (; e < e1; ++e) s0 += term(e);
+            acc[m] = (s0 + s1) + (s2 + s3);
+        }
+    });
 }
 
 }  // namespace
@@ -134,7 +173,14 @@ void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,
         bgemm_1x2(p.sign_rows, bits, M, N, W, q.planes, 64 * W, dot);
     }
     float *acc = nullptr;
-    if (a.nnz > 0) {
+    if (a.nnz > 0 && N == 1) {
+        // One row (a token, a batch-1 image): each output's nonzeros are a short dot
+        // product over x^; spmm_csr's column sweeps would handle one column at a time.
+        float *xq = thread_workspace<InputWorkspace, float>(static_cast<size_t>(K));
+        sparse_conv_quantize(x, 1, K, in, xq);
+        acc = thread_workspace<SparseWorkspace, float>(static_cast<size_t>(M));
+        sparse_dot_rows(a, xq, acc);
+    } else if (a.nnz > 0) {
         // S ⊗ x^ as spmm_csr computes it, over x^ transposed to [K, N] (one row needs no
         // transposition).
         float *xq = thread_workspace<InputWorkspace, float>(static_cast<size_t>(K * N));
