@@ -179,6 +179,53 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     }
 }
 
+// Tiles of columns x blocks of rows for the lanes kernel, tile-major and split
+// statically among the threads, so that a thread's blocks of one tile are consecutive:
+// it packs the tile into its own panel (which stays in L1 while the weight rows pass
+// over it) once and keeps it for them. Rows are split only as far as needed to give
+// every thread kBlocksPerThread blocks (few tiles, many rows).
+void run_lanes(const LanesPopcountGemmKernel &kernel, const PopcountGemm &g, int32_t *out) {
+    const int nt = gemm_threads(g);
+    const int64_t tiles = ceil_div(g.N, kernel.tile_columns);
+    int64_t parts_m = 1;
+    while (nt > 1 && tiles * parts_m < kBlocksPerThread * nt &&
+           2 * parts_m * kernel.row_step <= g.M) {
+        parts_m *= 2;
+    }
+    const int64_t mc = part_size(g.M, parts_m, kernel.row_step);
+    const int64_t blocks_m = ceil_div(g.M, mc);
+    const int64_t panel_words = part_size(kernel.panel_words, 1, 8);  // whole cache lines
+    const auto panels = uninitialized<uint64_t>(nt * panel_words);  // may throw: here
+#pragma omp parallel num_threads(nt)
+    {
+        uint64_t *panel = panels.get() + thread_index() * panel_words;
+        int64_t packed = -1;  // the tile the panel holds
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < tiles * blocks_m; ++b) {
+            const int64_t t = b / blocks_m, m0 = (b % blocks_m) * mc;
+            const int64_t n0 = t * kernel.tile_columns;
+            const int64_t n1 = std::min(g.N, n0 + kernel.tile_columns);
+            if (t != packed) {
+                kernel.pack(g, n0, n1, panel);
+                packed = t;
+            }
+            kernel.rows(g, n0, n1, m0, std::min(g.M, m0 + mc), panel, out);
+        }
+    }
+}
+
+// The lanes kernel runs bgemm_1x1 and bgemm_1x2 (one weight plane, one or two
+// activation planes) on AVX-512 CPUs unless rows are longer than this many words per
+// activation row: it was 1.4-2.6x faster than the AVX2 table lookup on every ResNet-20
+// and ResNet-18 GEMM and 1.1-3.5x faster than the in-place tiles from 3 columns on, but
+// those won at 1-2 columns of 36 words (0.45-0.9x) and 1-4 of 72 (Zen 4, one thread,
+// benchmarks/kernel_ab.py).
+constexpr int64_t kLanesMaxWordsPerColumn = 16;
+
+bool use_lanes(const PopcountGemm &g) {
+    return g.Q == 1 && g.P <= 2 && g.W >= 1 && g.W <= kLanesMaxWordsPerColumn * g.N;
+}
+
 // Fewer activation rows than this run the in-place kernel on AVX-512 CPUs.
 constexpr int64_t kInPlaceMaxColumns = 16;
 
@@ -187,6 +234,7 @@ void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
     switch (active_isa()) {  // may throw: outside any thread team
 #if defined(APB_HAVE_X86_KERNELS)
         case Isa::avx512:
+            if (use_lanes(g)) return run_lanes(lanes_popcount_gemm_kernel_avx512(g), g, out);
             // The AVX2 table-lookup kernel on its packed panels beats the in-place
             // 512-bit VPOPCNTQ tiles on every ResNet-18 GEMM (bgemm_1x2 1.5-5.7x, 3.9x
             // over the seven; Zen 4, one thread, benchmarks/kernel_ab.py); below
