@@ -31,20 +31,27 @@ __mmask8 lanes_below(int64_t n) {
                        : static_cast<__mmask8>(n <= 0 ? 0u : (1u << n) - 1u);
 }
 
-// Words [k0, k0 + 4) (those below W) of 8 activation rows, rows[j] = row j (rows at
-// or past `valid` are not read): out[i] holds word k0 + i of the 8 rows, one per lane.
-// Rows j and j + 4 share a register (masked loads: the lanes left out touch no
+// Words [k0, k0 + words) (words <= 4) of 8 activation rows of W words from `first`
+// (rows from `valid` on are not read): out[i] holds word k0 + i of the 8 rows, one per
+// lane. Rows j and j + 4 share a register (masked loads: the lanes left out touch no
 // memory), then a 4 x 4 transpose of both halves at once: 8 shuffles in place of a
 // gather per word, which took about 20 cycles on the Zen 4 and made packing a third
-// of the kernel's time.
-inline void transpose_words(const uint64_t *const (&rows)[8], int64_t k0, int words,
-                            int valid, __m512i (&out)[4]) {
+// of the kernel's time. kFull: all 8 rows valid (no per-row choices).
+template <bool kFull>
+inline __attribute__((always_inline)) void transpose_words(const uint64_t *first, int64_t W,
+                                                           int64_t k0, int words, int valid,
+                                                           __m512i (&out)[4]) {
     const __mmask8 lo = static_cast<__mmask8>((1u << words) - 1u);
-    const __mmask8 hi = static_cast<__mmask8>(lo << 4);
+    const auto load = [&](int j) {
+        if constexpr (kFull) {
+            return _mm256_maskz_loadu_epi64(lo, first + j * W + k0);
+        } else {
+            return _mm256_maskz_loadu_epi64(j < valid ? lo : 0, (j < valid ? first + j * W : first) + k0);
+        }
+    };
     __m512i z[4];
     for (int j = 0; j < 4; ++j) {
-        z[j] = _mm512_maskz_loadu_epi64(j < valid ? lo : 0, rows[j] + k0);
-        z[j] = _mm512_mask_loadu_epi64(z[j], j + 4 < valid ? hi : 0, rows[j + 4] + k0 - 4);
+        z[j] = _mm512_inserti64x4(_mm512_castsi256_si512(load(j)), load(j + 4), 1);
     }
     // z[j] = row j words 0-3 | row j+4 words 0-3. Pairs of rows per 128-bit lane:
     const __m512i u0 = _mm512_unpacklo_epi64(z[0], z[1]);  // r0.0 r1.0 | r0.2 r1.2 | r4.. | r4..
@@ -58,6 +65,27 @@ inline void transpose_words(const uint64_t *const (&rows)[8], int64_t k0, int wo
     out[1] = _mm512_permutex2var_epi64(u1, even, u3);
     out[2] = _mm512_permutex2var_epi64(u0, odd, u2);
     out[3] = _mm512_permutex2var_epi64(u1, odd, u3);
+}
+
+// All W words of 8 rows from `first` (as transpose_words) into to[k * stride], the last
+// masked with `last`; returns the per-lane popcount of the row.
+template <bool kFull>
+inline __m512i pack_rows(const uint64_t *first, int64_t W, int valid, __m512i last,
+                         uint64_t *to, int64_t stride) {
+    __m512i count = _mm512_setzero_si512();
+    for (int64_t k0 = 0; k0 < W; k0 += 4) {
+        const int words = static_cast<int>(std::min<int64_t>(4, W - k0));
+        __m512i v[4];
+        transpose_words<kFull>(first, W, k0, words, valid, v);
+        // Constant indices into v (a loop to `words` kept v on the stack).
+        for (int i = 0; i < 4; ++i) {
+            if (i >= words) break;
+            if (k0 + i == W - 1) v[i] = _mm512_and_si512(v[i], last);
+            _mm512_store_si512(to + (k0 + i) * stride, v[i]);
+            count = _mm512_add_epi64(count, _mm512_popcnt_epi64(v[i]));
+        }
+    }
+    return count;
 }
 
 // Packs columns [n0, n0 + cols) of x (cols <= C * 8) into panel[W][P][C][8], the last
@@ -81,21 +109,10 @@ void pack_tile(const PopcountGemm &g, int64_t n0, int64_t cols, uint64_t *panel,
                     _mm512_maskz_loadu_epi64(lanes_below(valid), first), last);
                 _mm512_store_si512(to, v);
                 count = _mm512_popcnt_epi64(v);
+            } else if (valid == kLanes) {
+                count = pack_rows<true>(first, W, valid, last, to, P * C * kLanes);
             } else {
-                const uint64_t *rows[8];
-                for (int j = 0; j < 8; ++j) rows[j] = j < valid ? first + j * W : first;
-                for (int64_t k0 = 0; k0 < W; k0 += 4) {
-                    const int words = static_cast<int>(std::min<int64_t>(4, W - k0));
-                    __m512i v[4];
-                    transpose_words(rows, k0, words, valid, v);
-                    // Constant indices into v (a loop to `words` kept v on the stack).
-                    for (int i = 0; i < 4; ++i) {
-                        if (i >= words) break;
-                        if (k0 + i == W - 1) v[i] = _mm512_and_si512(v[i], last);
-                        _mm512_store_si512(to + (k0 + i) * P * C * kLanes, v[i]);
-                        count = _mm512_add_epi64(count, _mm512_popcnt_epi64(v[i]));
-                    }
-                }
+                count = pack_rows<false>(first, W, valid, last, to, P * C * kLanes);
             }
             sum = _mm512_add_epi64(sum, _mm512_slli_epi64(count, p));
         }
@@ -152,8 +169,9 @@ inline __attribute__((always_inline)) void row_tile(const PopcountGemm &g, int64
     }
     for (int64_t k = 0; k < W - 1; ++k) count_word<op, P, C, R>(w, W, k, ~uint64_t{0}, panel, acc);
     count_word<op, P, C, R>(w, W, W - 1, g.last_mask, panel, acc);
-    // out = constant + code sum + scale * sum_p 2^p acc_p, in int32 (the caller
-    // guarantees the output fits, and so does every partial sum here).
+    // out = constant + code sum + scale * sum_p 2^p acc_p, in int32: the caller
+    // guarantees that out fits, and int32 arithmetic wraps, so a partial sum that does
+    // not fit still gives it.
     const __m256i scale = _mm256_set1_epi32(static_cast<int>(g.epilogue.scale));
     for (int r = 0; r < R; ++r) {
         int32_t *row = out + (m + r) * g.N + n0;
