@@ -63,6 +63,15 @@ int thread_index() {
 #endif
 }
 
+// Threads in the current team (at most the num_threads asked for).
+int team_size() {
+#if defined(_OPENMP)
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 void run_in_place(const PopcountGemmKernel &kernel, PopcountGemm g, int32_t *out) {
     // sum_p 2^p popcount(x[p, n]): the part of each output that does not depend on m.
     std::vector<int64_t> code_sums;
@@ -196,22 +205,24 @@ void run_lanes(const LanesPopcountGemmKernel &kernel, const PopcountGemm &g, int
     const int64_t blocks_m = ceil_div(g.M, mc);
     const int64_t panel_words = part_size(kernel.panel_words, 1, 8);  // whole cache lines
     const auto panels = uninitialized<uint64_t>(nt * panel_words);  // may throw: here
-#pragma omp parallel num_threads(nt)
-    {
-        uint64_t *panel = panels.get() + thread_index() * panel_words;
-        int64_t packed = -1;  // the tile the panel holds
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < tiles * blocks_m; ++b) {
-            const int64_t t = b / blocks_m, m0 = (b % blocks_m) * mc;
-            const int64_t n0 = t * kernel.tile_columns;
+    const int64_t blocks = tiles * blocks_m;
+    // Thread t's share of the blocks among `team`: consecutive, as with schedule(static).
+    const auto work = [&](int t, int team) {
+        uint64_t *panel = panels.get() + t * panel_words;
+        const int64_t per_thread = ceil_div(blocks, team);
+        for (int64_t b = t * per_thread; b < std::min(blocks, (t + 1) * per_thread); ++b) {
+            const int64_t tile = b / blocks_m, m0 = (b % blocks_m) * mc;
+            const int64_t n0 = tile * kernel.tile_columns;
             const int64_t n1 = std::min(g.N, n0 + kernel.tile_columns);
-            if (t != packed) {
-                kernel.pack(g, n0, n1, panel);
-                packed = t;
-            }
+            if (b == t * per_thread || b % blocks_m == 0) kernel.pack(g, n0, n1, panel);
             kernel.rows(g, n0, n1, m0, std::min(g.M, m0 + mc), panel, out);
         }
-    }
+    };
+    // One thread calls it directly: a team of one still cost futex calls, a tenth of a
+    // 1.5 us GEMM.
+    if (nt == 1) return work(0, 1);
+#pragma omp parallel num_threads(nt)
+    work(thread_index(), team_size());
 }
 
 // The lanes kernel runs bgemm_1x1 and bgemm_1x2 (one weight plane, one or two
