@@ -227,11 +227,13 @@ void run_lanes(const LanesPopcountGemmKernel &kernel, const PopcountGemm &g, int
 
 // The lanes kernel runs bgemm_1x1 and bgemm_1x2 (one weight plane, one or two
 // activation planes) on AVX-512 CPUs unless rows are longer than this many words per
-// activation row: it was 1.4-2.6x faster than the AVX2 table lookup on every ResNet-20
-// and ResNet-18 GEMM and 1.1-3.5x faster than the in-place tiles from 3 columns on, but
-// those won at 1-2 columns of 36 words (0.45-0.9x) and 1-4 of 72 (Zen 4, one thread,
-// benchmarks/kernel_ab.py).
-constexpr int64_t kLanesMaxWordsPerColumn = 16;
+// activation row. Measured on a Zen 4 (one thread, interleaved rounds of two builds):
+// against the AVX2 table lookup it was 1.05-2.3x faster on every ResNet-20 and
+// ResNet-18 bgemm_1x2 (benchmarks/kernel_ab.py) and 1.6-2.5x on bgemm_1x1; against the
+// in-place tiles at N < 16 it won up to 18 words per column (1.0-1.2x there, more
+// below) and lost from 24 on (0.93-0.96x at 72 words and 3 columns, 0.4-0.8x at 32-72
+// words per column).
+constexpr int64_t kLanesMaxWordsPerColumn = 20;
 
 bool use_lanes(const PopcountGemm &g) {
     return g.Q == 1 && g.P <= 2 && g.W >= 1 && g.W <= kLanesMaxWordsPerColumn * g.N;

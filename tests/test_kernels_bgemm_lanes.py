@@ -3,7 +3,7 @@ against the references, under every instruction set this CPU has: every remainde
 tiles and both sides of each switch that picks it.
 
 AVX-512 CPUs run it for bgemm_1x1 and bgemm_1x2 with one or two activation planes unless
-W > 16 N (W = ceil(K/64) words per row, N activation rows), where the in-place tiles
+W > 20 N (W = ceil(K/64) words per row, N activation rows), where the in-place tiles
 (N < 16) or the AVX2 table lookup (N >= 16) run instead; bgemm_2x2 with one weight plane
 takes it too. Tiles are 16 columns (two planes) or 32 (one plane), a last tile of at most
 8 (or 16) columns runs narrower; rows go 4 at a time (8 in the narrow tiles); rows are
@@ -63,12 +63,12 @@ def test_every_tile_remainder(isa: str, k: int) -> None:
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n", [1, 2, 4, 15, 16])
 def test_either_side_of_the_in_place_switch(isa: str, n: int) -> None:
-    """W = 16 N runs the lanes kernel, W = 16 N + 1 the in-place tiles (N < 16) or the
+    """W = 20 N runs the lanes kernel, W = 20 N + 1 the in-place tiles (N < 16) or the
     table lookup (N = 16), each with a partial last word."""
     require_isa(isa)
     rng = np.random.default_rng(n)
     with kernels.use_isa(isa):
-        for words in (16 * n, 16 * n + 1):
+        for words in (20 * n, 20 * n + 1):
             k = 64 * words - 5
             _check_all(_random(rng, (9, words)), _random(rng, (2, n, words)), k)
 
