@@ -63,6 +63,15 @@ int thread_index() {
 #endif
 }
 
+// Threads in the current team (at most the num_threads asked for).
+int team_size() {
+#if defined(_OPENMP)
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 void run_in_place(const PopcountGemmKernel &kernel, PopcountGemm g, int32_t *out) {
     // sum_p 2^p popcount(x[p, n]): the part of each output that does not depend on m.
     std::vector<int64_t> code_sums;
@@ -179,6 +188,57 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     }
 }
 
+// Tiles of columns x blocks of rows for the lanes kernel, tile-major and split
+// statically among the threads, so that a thread's blocks of one tile are consecutive:
+// it packs the tile into its own panel (which stays in L1 while the weight rows pass
+// over it) once and keeps it for them. Rows are split only as far as needed to give
+// every thread kBlocksPerThread blocks (few tiles, many rows).
+void run_lanes(const LanesPopcountGemmKernel &kernel, const PopcountGemm &g, int32_t *out) {
+    const int nt = gemm_threads(g);
+    const int64_t tiles = ceil_div(g.N, kernel.tile_columns);
+    int64_t parts_m = 1;
+    while (nt > 1 && tiles * parts_m < kBlocksPerThread * nt &&
+           2 * parts_m * kernel.row_step <= g.M) {
+        parts_m *= 2;
+    }
+    const int64_t mc = part_size(g.M, parts_m, kernel.row_step);
+    const int64_t blocks_m = ceil_div(g.M, mc);
+    const int64_t panel_words = part_size(kernel.panel_words, 1, 8);  // whole cache lines
+    const auto panels = uninitialized<uint64_t>(nt * panel_words);  // may throw: here
+    const int64_t blocks = tiles * blocks_m;
+    // Thread t's share of the blocks among `team`: consecutive, as with schedule(static).
+    const auto work = [&](int t, int team) {
+        uint64_t *panel = panels.get() + t * panel_words;
+        const int64_t per_thread = ceil_div(blocks, team);
+        for (int64_t b = t * per_thread; b < std::min(blocks, (t + 1) * per_thread); ++b) {
+            const int64_t tile = b / blocks_m, m0 = (b % blocks_m) * mc;
+            const int64_t n0 = tile * kernel.tile_columns;
+            const int64_t n1 = std::min(g.N, n0 + kernel.tile_columns);
+            if (b == t * per_thread || b % blocks_m == 0) kernel.pack(g, n0, n1, panel);
+            kernel.rows(g, n0, n1, m0, std::min(g.M, m0 + mc), panel, out);
+        }
+    };
+    // One thread calls it directly: a team of one still cost futex calls, a tenth of a
+    // 1.5 us GEMM.
+    if (nt == 1) return work(0, 1);
+#pragma omp parallel num_threads(nt)
+    work(thread_index(), team_size());
+}
+
+// The lanes kernel runs bgemm_1x1 and bgemm_1x2 (one weight plane, one or two
+// activation planes) on AVX-512 CPUs unless rows are longer than this many words per
+// activation row. Measured on a Zen 4 (one thread, interleaved rounds of two builds):
+// against the AVX2 table lookup it was 1.05-2.3x faster on every ResNet-20 and
+// ResNet-18 bgemm_1x2 (benchmarks/kernel_ab.py) and 1.6-2.5x on bgemm_1x1; against the
+// in-place tiles at N < 16 it won up to 18 words per column (1.0-1.2x there, more
+// below) and lost from 24 on (0.93-0.96x at 72 words and 3 columns, 0.4-0.8x at 32-72
+// words per column).
+constexpr int64_t kLanesMaxWordsPerColumn = 20;
+
+bool use_lanes(const PopcountGemm &g) {
+    return g.Q == 1 && g.P <= 2 && g.W >= 1 && g.W <= kLanesMaxWordsPerColumn * g.N;
+}
+
 // Fewer activation rows than this run the in-place kernel on AVX-512 CPUs.
 constexpr int64_t kInPlaceMaxColumns = 16;
 
@@ -187,6 +247,7 @@ void run_popcount_gemm(const PopcountGemm &g, int32_t *out) {
     switch (active_isa()) {  // may throw: outside any thread team
 #if defined(APB_HAVE_X86_KERNELS)
         case Isa::avx512:
+            if (use_lanes(g)) return run_lanes(lanes_popcount_gemm_kernel_avx512(g), g, out);
             // The AVX2 table-lookup kernel on its packed panels beats the in-place
             // 512-bit VPOPCNTQ tiles on every ResNet-18 GEMM (bgemm_1x2 1.5-5.7x, 3.9x
             // over the seven; Zen 4, one thread, benchmarks/kernel_ab.py); below

@@ -19,7 +19,7 @@
 // Structure, for the benefit of speed work (the hot loop is the microkernel):
 //   - bgemm.cpp, compiled without ISA flags: dispatch, cache blocking over M and N,
 //     OpenMP over independent output blocks, the epilogue's per-column constants.
-//   - Two kinds of ISA kernel:
+//   - Three kinds of ISA kernel:
 //     * packed (AVX2, bgemm_avx2.h): the ISA repacks both operands into panels laid
 //       out for its microkernel (PackedPopcountGemmKernel below); bgemm.cpp allocates
 //       the panels and runs the packing and the blocks on its threads.
@@ -28,6 +28,10 @@
 //       `tile<op, MR, NR>` that counts one MR x NR tile over all W words of the
 //       operands as given, loading each word once per tile. The block loop over tiles
 //       and plane pairs (popcount_gemm_block below) is shared by those ISAs.
+//     * lanes (AVX-512, bgemm_lanes_avx512.cpp): activation columns across the vector
+//       lanes, one weight word broadcast against 8 columns, per-lane sums; it packs a
+//       tile of columns at a time (LanesPopcountGemmKernel below). AVX-512 CPUs run it
+//       for one weight plane and up to two activation planes (see use_lanes).
 #pragma once
 
 #include <cstdint>
@@ -120,6 +124,22 @@ struct PackedPopcountGemmKernel {
 };
 
 PackedPopcountGemmKernel packed_popcount_gemm_kernel_avx2(const PopcountGemm &g);
+
+// A kernel with the activation columns across the vector lanes (AVX-512,
+// bgemm_lanes_avx512.cpp), for Q == 1 and P <= 2. It works in tiles of at most
+// tile_columns columns: `pack` writes columns [n0, n1) of x (and their epilogue
+// constants) into `panel` (panel_words, aligned to 64 bytes), `rows` computes rows
+// [m0, m1) of those columns of out from it (m0 a multiple of row_step).
+struct LanesPopcountGemmKernel {
+    int64_t tile_columns;
+    int64_t row_step;
+    int64_t panel_words;
+    void (*pack)(const PopcountGemm &g, int64_t n0, int64_t n1, uint64_t *panel);
+    void (*rows)(const PopcountGemm &g, int64_t n0, int64_t n1, int64_t m0, int64_t m1,
+                 const uint64_t *panel, int32_t *out);
+};
+
+LanesPopcountGemmKernel lanes_popcount_gemm_kernel_avx512(const PopcountGemm &g);
 
 // Helpers shared by the per-ISA files. `static` on purpose (see pack_signs.h): each
 // file is compiled with different -m flags and must keep its own copy.
