@@ -75,7 +75,10 @@ def _run(p: dict):
 
 def _bound(p: dict) -> np.ndarray:
     """Float32 rounding bound of each output: a chain of FMAs, one per nonzero of its row,
-    then two more, each rounding at most 2^-24 of the magnitudes involved."""
+    then two more, each rounding at most 2^-24 of the magnitudes involved. Codes add two
+    roundings: the kernel sums values times the codes themselves and multiplies the step
+    into sparse_scale (one rounding), while the oracle's x^ is code * step rounded to
+    float32 (one more)."""
     indptr, indices, values = p["csr"]
     magnitudes = sparse_conv2d_ref(
         np.abs(quantized_input_ref(p["x"], p["act_bits"], p["scale"])), indptr, indices,
@@ -86,7 +89,8 @@ def _bound(p: dict) -> np.ndarray:
         shift=None if p["shift"] is None else np.abs(p["shift"]),
     )
     row_nnz = np.diff(indptr.astype(np.int64))[:, None]
-    return (row_nnz + 3) * 2.0**-24 * magnitudes + 1e-30
+    roundings = row_nnz + (4 if 2 <= p["act_bits"] <= 8 else 3)
+    return roundings * 2.0**-24 * magnitudes + 1e-30
 
 
 @settings(max_examples=150, deadline=None)
