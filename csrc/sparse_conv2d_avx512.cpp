@@ -78,7 +78,14 @@ inline void store16(float *dst, __mmask16 valid, __m512 v) {
     _mm512_mask_storeu_ps(dst, valid, v);
 }
 inline void store16(uint8_t *dst, __mmask16 valid, __m512 v) {
-    _mm512_mask_cvtepi32_storeu_epi8(dst, valid, _mm512_cvtps_epi32(v));
+    const __m512i codes = _mm512_cvtps_epi32(v);
+    // vpmovdb to memory with a mask is slow on AMD cores: narrow in a register and store
+    // whole vectors plainly, only a row's last few bytes through the masked form.
+    if (valid == 0xffff) {
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(dst), _mm512_cvtepi32_epi8(codes));
+    } else {
+        _mm512_mask_cvtepi32_storeu_epi8(dst, valid, codes);
+    }
 }
 
 // dst[0, n) = 0, sixteen at a time.
