@@ -24,14 +24,15 @@
 // x itself instead of the kh*kw times larger unfolded matrix.
 //
 // Element type (PhaseType): quantized inputs are stored as bytes, a quarter of float32's
-// traffic (the sweep streams the planes from L2 once per nonzero, and two threads share
-// that bandwidth): codes as uint8 0..L, signs as int8 +-1. The sweeps widen them to
+// cache traffic (the sweep streams the planes, mostly from L2, once per nonzero): codes
+// as uint8 0..L, signs as int8 +-1. The sweeps widen them to
 // float32 (exact) before each FMA, so the planes hold x^ / unit with unit = step (codes)
 // or 1, and the epilogue multiplies unit into sparse_scale. Full-precision inputs keep
 // float32 planes. The byte buffer has kPhaseSlack bytes past the last plane: byte sweeps
-// load whole vectors (AVX2 has no byte-masked load, AVX-512F none without BW), so the
-// last vector of a row may read up to 15 bytes past the planes; those lanes feed only
-// accumulator lanes past the tile, which the epilogue never keeps.
+// load whole vectors of 8 (AVX2, which has no byte-masked load) or 16 bytes (AVX-512, the
+// same way), so a tile's last vector may read up to 15 bytes past its range, at the end
+// past the planes; those lanes feed only accumulator lanes past the tile, which the
+// epilogue never keeps.
 //
 // Accumulation: each output is a chain of float32 FMAs, one per nonzero of its row in
 // CSR order starting from 0, values[e] * (x^ / unit), then
@@ -175,7 +176,8 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
     const int64_t positions = g.positions();
     const int64_t image_positions = g.out_h * g.out_w;
     const int64_t length = t.n1 - t.n0;
-    // Sixteen floats of slack, zero: an epilogue may read a vector past a row's end.
+    // Sixteen floats of slack: byte sweeps store whole vectors, up to 15 floats past the
+    // tile. The epilogues mask their loads, so no slack value reaches an output.
     alignas(64) float acc[kSparseConvChunk + 16];
     for (int64_t i = kSparseConvChunk; i < kSparseConvChunk + 16; ++i) acc[i] = 0.0f;
     spmm_detail::with_csr_types(a, [&](auto indptr_tag, auto index_tag, auto value_tag) {
