@@ -3,6 +3,7 @@
 #include "sparse_conv2d.h"
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -18,19 +19,28 @@ namespace {
 using TileFn = void (*)(const SparseConvTile &);
 using BuildFn = void (*)(const float *, const Conv2dGeometry &, const PhaseLayout &,
                          const SparseConvInput &, int64_t, float *);
+using BuildBytesFn = void (*)(const float *, const Conv2dGeometry &, const PhaseLayout &,
+                              const SparseConvInput &, int64_t, uint8_t *);
 
 struct Kernels {
     TileFn tile;
     BuildFn build;
+    BuildBytesFn build_bytes;
 };
 
 Kernels kernels_for(Isa isa) {
     switch (isa) {
 #if defined(APB_HAVE_X86_KERNELS)
-        case Isa::avx512: return {sparse_conv2d_tile_avx512, sparse_conv2d_build_avx512};
-        case Isa::avx2: return {sparse_conv2d_tile_avx2, sparse_conv2d_build_avx2};
+        case Isa::avx512:
+            return {sparse_conv2d_tile_avx512, sparse_conv2d_build_avx512,
+                    sparse_conv2d_build_bytes_avx512};
+        case Isa::avx2:
+            return {sparse_conv2d_tile_avx2, sparse_conv2d_build_avx2,
+                    sparse_conv2d_build_bytes_avx2};
 #endif
-        default: return {sparse_conv2d_tile_scalar, sparse_conv2d_build_scalar};
+        default:
+            return {sparse_conv2d_tile_scalar, sparse_conv2d_build_scalar,
+                    sparse_conv2d_build_bytes_scalar};
     }
 }
 
@@ -78,7 +88,8 @@ std::vector<int64_t> column_offsets(const Conv2dGeometry &g, const PhaseLayout &
     return offsets;
 }
 
-struct PhaseWorkspace;  // thread_workspace tag
+struct PhaseWorkspace;       // thread_workspace tags
+struct PhaseBytesWorkspace;
 
 }  // namespace
 
@@ -106,17 +117,38 @@ void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInpu
     const int64_t positions = g.positions();
     if (a.rows == 0 || positions == 0) return;
     const Kernels k = kernels_for(active_isa());  // may throw: outside the team
-    const float *phase_data = nullptr;
+    // Quantized inputs go into byte planes, x^ / unit (the header comment).
+    const PhaseType type = in.kind == InputQuantizer::codes   ? PhaseType::u8
+                           : in.kind == InputQuantizer::signs ? PhaseType::i8
+                                                              : PhaseType::f32;
+    const float unit = in.kind == InputQuantizer::codes ? in.step : 1.0f;
+    const size_t element = type == PhaseType::f32 ? sizeof(float) : 1;
+    const char *phase_data = nullptr;
     std::vector<int64_t> offsets;
     if (a.nnz > 0) {
-        float *phases =
-            thread_workspace<PhaseWorkspace, float>(static_cast<size_t>(g.batch * layout.image));
+        const size_t count = static_cast<size_t>(g.batch * layout.image);
+        float *floats = nullptr;
+        uint8_t *bytes = nullptr;
+        if (type == PhaseType::f32) {
+            floats = thread_workspace<PhaseWorkspace, float>(count);
+            phase_data = reinterpret_cast<const char *>(floats);
+        } else {
+            bytes = thread_workspace<PhaseBytesWorkspace, uint8_t>(count + kPhaseSlack);
+            // The slack is only read into lanes that are discarded; zero keeps it tidy.
+            std::memset(bytes + count, 0, kPhaseSlack);
+            phase_data = reinterpret_cast<const char *>(bytes);
+        }
         offsets = column_offsets(g, layout);
         const int build_threads = threads_for(g.batch * layout.image);
         const int64_t planes = g.batch * g.channels;
 #pragma omp parallel for num_threads(build_threads) schedule(static)
-        for (int64_t bc = 0; bc < planes; ++bc) k.build(x, g, layout, in, bc, phases);
-        phase_data = phases;
+        for (int64_t bc = 0; bc < planes; ++bc) {
+            if (floats != nullptr) {
+                k.build(x, g, layout, in, bc, floats);
+            } else {
+                k.build_bytes(x, g, layout, in, bc, bytes);
+            }
+        }
     }
     const int64_t row_tiles = (a.rows + kTileRows - 1) / kTileRows;
     const int64_t chunks = (layout.span + kSparseConvChunk - 1) / kSparseConvChunk;
@@ -132,7 +164,11 @@ void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInpu
         const SparseConvTile t{&a,
                                &g,
                                &layout,
-                               phase_data == nullptr ? nullptr : phase_data + b * layout.image,
+                               phase_data == nullptr
+                                   ? nullptr
+                                   : phase_data + static_cast<size_t>(b * layout.image) * element,
+                               type,
+                               unit,
                                offset_data,
                                &e,
                                out,

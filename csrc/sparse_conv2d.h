@@ -20,15 +20,29 @@
 // a fixed offset from the output's own index oy*Wq + ox in a "wide" output of Wq >= OW
 // columns. One nonzero is then one contiguous AXPY over all output positions (plus
 // Wq - OW discarded columns per row), the inner loop of spmm_csr, and the epilogue
-// keeps the OW real ones. The planes hold C * sh*sw * Hq*Wq floats, about the size of
+// keeps the OW real ones. The planes hold C * sh*sw * Hq*Wq elements, about as many as
 // x itself instead of the kh*kw times larger unfolded matrix.
 //
+// Element type (PhaseType): quantized inputs are stored as bytes, a quarter of float32's
+// cache traffic (the sweep streams the planes, mostly from L2, once per nonzero): codes
+// as uint8 0..L, signs as int8 +-1. The sweeps widen them to
+// float32 (exact) before each FMA, so the planes hold x^ / unit with unit = step (codes)
+// or 1, and the epilogue multiplies unit into sparse_scale. Full-precision inputs keep
+// float32 planes. The byte buffer has kPhaseSlack bytes past the last plane: byte sweeps
+// load whole vectors of 8 (AVX2, which has no byte-masked load) or 16 bytes (AVX-512, the
+// same way), so a tile's last vector may read up to 15 bytes past its range, at the end
+// past the planes; those lanes feed only accumulator lanes past the tile, which the
+// epilogue never keeps.
+//
 // Accumulation: each output is a chain of float32 FMAs, one per nonzero of its row in
-// CSR order starting from 0, then fma(sparse_scale, acc, fma(dot_scale, dot, shift)):
-// every ISA gives bit-identical results.
+// CSR order starting from 0, values[e] * (x^ / unit), then
+// fma(sparse_scale * unit, acc, fma(dot_scale, dot, shift)) with the product
+// sparse_scale * unit rounded to float32 once per channel: every ISA gives bit-identical
+// results.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "pack_activations.h"
 #include "spmm_csr.h"
@@ -72,6 +86,13 @@ void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInpu
 void sparse_conv_quantize(const float *x, int64_t rows, int64_t cols,
                           const SparseConvInput &in, float *out);
 
+// The planes' element type (see the header comment): f32 for identity, u8 for codes, i8
+// for signs.
+enum class PhaseType : int { f32, u8, i8 };
+
+// Bytes past the byte planes that a byte sweep may read (its last vector's tail).
+constexpr int64_t kPhaseSlack = 64;
+
 // Geometry of the phase planes (see the header comment).
 struct PhaseLayout {
     int64_t phases_h, phases_w;  // sh, sw
@@ -87,14 +108,19 @@ struct SparseConvTile {
     const CsrMatrix *a;
     const Conv2dGeometry *g;
     const PhaseLayout *layout;
-    const float *phases;      // this batch item's planes
+    const void *phases;       // this batch item's planes, of element type `type`
+    PhaseType type;
+    float unit;               // the value of one unit of a plane element (step or 1)
     const int64_t *offsets;   // [K]: where column j reads, relative to the output index
     const SparseConvEpilogue *e;
     float *out;
     int64_t b, m0, m1, n0, n1;
 };
 
-constexpr int64_t kSparseConvChunk = 512;
+// Wide outputs per tile. With byte planes a row's per-chunk costs (its batch of nonzeros,
+// the sweep and epilogue calls) weigh more than cache residency: 256 measured 0.9x of 512,
+// 1024 1.06x on 56x56 and 28x28 layers, 2048 no better than 1024 and half the tiles.
+constexpr int64_t kSparseConvChunk = 1024;
 
 // Per ISA: one tile; and the phase planes of input plane bc = b*C + c (build_phases).
 void sparse_conv2d_tile_scalar(const SparseConvTile &t);
@@ -106,23 +132,46 @@ void sparse_conv2d_build_avx2(const float *x, const Conv2dGeometry &g, const Pha
                               const SparseConvInput &in, int64_t bc, float *phases);
 void sparse_conv2d_build_avx512(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
                                 const SparseConvInput &in, int64_t bc, float *phases);
+// The same as bytes (codes or signs only): x^ / unit, uint8 codes or int8 signs.
+void sparse_conv2d_build_bytes_scalar(const float *x, const Conv2dGeometry &g,
+                                      const PhaseLayout &p, const SparseConvInput &in,
+                                      int64_t bc, uint8_t *phases);
+void sparse_conv2d_build_bytes_avx2(const float *x, const Conv2dGeometry &g,
+                                    const PhaseLayout &p, const SparseConvInput &in,
+                                    int64_t bc, uint8_t *phases);
+void sparse_conv2d_build_bytes_avx512(const float *x, const Conv2dGeometry &g,
+                                      const PhaseLayout &p, const SparseConvInput &in,
+                                      int64_t bc, uint8_t *phases);
 
 // Shared by the per-ISA files; `static` so each keeps its own copy (see pack_signs.h).
 namespace sparse_conv_detail {
 
-// One tile, given the ISA's pieces: halves_to_floats(src, n, dst) (float16 values),
-// sweep(batch, acc, c0, c1) (spmm_csr's inner loop), sweep_fresh (the same from 0, for a
-// row's first batch) and
+// A batch of nonzeros over byte planes (T uint8_t or int8_t), as spmm's NonzeroBatch.
+template <typename T>
+struct ByteBatch {
+    float values[spmm_detail::kBatch];
+    const T *rows[spmm_detail::kBatch];
+    int64_t count;
+};
+
+template <typename T>
+using BatchOf =
+    std::conditional_t<std::is_same_v<T, float>, spmm_detail::NonzeroBatch, ByteBatch<T>>;
+
+// One tile over planes of element type T (t.type), given the ISA's pieces:
+// halves_to_floats(src, n, dst) (float16 values), sweep(batch, acc, c0, c1) (spmm_csr's
+// inner loop, or its byte-widening twin; it may write up to 15 floats past c1 into acc's
+// slack), sweep_fresh (the same from 0, for a row's first batch) and
 // epilogue(dot, dot_is_float, a, g, shift, acc, acc_stride, out, rows, count): `rows`
 // output rows of `count` values, contiguous in out and dot, acc_stride apart in acc. It
 // may read up to 16 floats past a row in acc (acc has the slack) and write past a row's
 // end into the run's next rows, which it writes after.
-template <typename HalvesToFloats, typename Sweep, typename SweepFresh, typename Epilogue>
+template <typename T, typename HalvesToFloats, typename Sweep, typename SweepFresh,
+          typename Epilogue>
 static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
                      Sweep &&sweep, SweepFresh &&sweep_fresh, Epilogue &&epilogue) {
     using spmm_detail::kBatch;
     using spmm_detail::load_index;
-    using spmm_detail::NonzeroBatch;
     const CsrMatrix &a = *t.a;
     const Conv2dGeometry &g = *t.g;
     const SparseConvEpilogue &e = *t.e;
@@ -130,15 +179,17 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
     const int64_t positions = g.positions();
     const int64_t image_positions = g.out_h * g.out_w;
     const int64_t length = t.n1 - t.n0;
-    // Sixteen floats of slack, zero: an epilogue may read a vector past a row's end.
+    // Sixteen floats of slack: byte sweeps store whole vectors, up to 15 floats past the
+    // tile. The epilogues mask their loads, so no slack value reaches an output.
     alignas(64) float acc[kSparseConvChunk + 16];
     for (int64_t i = kSparseConvChunk; i < kSparseConvChunk + 16; ++i) acc[i] = 0.0f;
     spmm_detail::with_csr_types(a, [&](auto indptr_tag, auto index_tag, auto value_tag) {
         using P = decltype(indptr_tag);
         using I = decltype(index_tag);
         using V = decltype(value_tag);
-        const auto row_of = [&](int64_t column) { return t.phases + t.offsets[column] + t.n0; };
-        NonzeroBatch batch;
+        const T *phases = static_cast<const T *>(t.phases);
+        const auto row_of = [&](int64_t column) { return phases + t.offsets[column] + t.n0; };
+        BatchOf<T> batch;
         for (int64_t m = t.m0; m < t.m1; ++m) {
             const int64_t e0 = load_index<P>(a.indptr, m);
             const int64_t e1 = load_index<P>(a.indptr, m + 1);
@@ -155,7 +206,9 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
                 }
             }
             const float dot_scale = e.dot == nullptr ? 0.0f : e.dot_scale[m];
-            const float sparse_scale = e.sparse_scale == nullptr ? 1.0f : e.sparse_scale[m];
+            // The planes' unit joins the channel's scale (exact when it is 1).
+            const float sparse_scale =
+                e.sparse_scale == nullptr ? t.unit : e.sparse_scale[m] * t.unit;
             const float shift = e.shift == nullptr ? 0.0f : e.shift[m];
             // The wide indices [n0, n1) cover output rows n0 / wq .. (n1-1) / wq, the first
             // and last maybe in part; columns ox >= OW of a row are the discarded ones. A
@@ -194,16 +247,27 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
     });
 }
 
-// x^ of one input, as every ISA computes it.
-static inline float quantize_input(float x, const SparseConvInput &in) {
+// x^ / unit of one input (the code, the sign or x), as every ISA computes it.
+static inline float quantize_units(float x, const SparseConvInput &in) {
     switch (in.kind) {
         case InputQuantizer::signs: return x < 0.0f ? -1.0f : 1.0f;
         case InputQuantizer::codes:
-            return static_cast<float>(pack_activations_detail::quantize_code(x, in.scale,
-                                                                             in.levels)) *
-                   in.step;
+            return static_cast<float>(
+                pack_activations_detail::quantize_code(x, in.scale, in.levels));
         default: return x;
     }
+}
+
+// x^ of one input, as every ISA computes it.
+static inline float quantize_input(float x, const SparseConvInput &in) {
+    const float units = quantize_units(x, in);
+    return in.kind == InputQuantizer::codes ? units * in.step : units;
+}
+
+// The byte a byte plane stores for x (codes or signs only): -1 wraps to 0xff, read back
+// as int8 by the sweep.
+static inline uint8_t quantize_byte(float x, const SparseConvInput &in) {
+    return static_cast<uint8_t>(static_cast<int32_t>(quantize_units(x, in)));
 }
 
 // Whether some kernel tap reads phase `phase` along one axis: (d * dilation) % stride.
@@ -223,9 +287,9 @@ static inline bool phase_is_read(int64_t phase, int64_t kernel, int64_t dilation
 // nor read. The ISA's row(src, sw, k_lo, k_hi, wq, dst) writes one phase row:
 // dst[k] = x^(src[sw*(k - k_lo)]) for k in [k_lo, k_hi), 0 for the rest of [0, wq);
 // src is null when k_lo == k_hi == 0 (a row of padding).
-template <typename Row>
+template <typename T, typename Row>
 static void build_phases(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
-                         int64_t bc, float *phases, Row &&row) {
+                         int64_t bc, T *phases, Row &&row) {
     const int64_t sh = p.phases_h, sw = p.phases_w;
     const float *image = x + bc * g.height * g.width;
     for (int64_t px = 0; px < sw; ++px) {
@@ -239,7 +303,7 @@ static void build_phases(const float *x, const Conv2dGeometry &g, const PhaseLay
         const int64_t ix_lo = px + sw * k_lo - g.pad_w;
         for (int64_t py = 0; py < sh; ++py) {
             if (!phase_is_read(py, g.kernel_h, g.dilation_h, g.stride_h)) continue;
-            float *dst = phases + ((bc * sh + py) * sw + px) * p.plane;
+            T *dst = phases + ((bc * sh + py) * sw + px) * p.plane;
             for (int64_t i = 0; i < p.hq; ++i, dst += p.wq) {
                 const int64_t iy = py + sh * i - g.pad_h;
                 if (empty || iy < 0 || iy >= g.height) {

@@ -1,11 +1,17 @@
 // sparse_conv2d with AVX2: spmm_csr's AVX2 sweep (64 outputs in 8 ymm accumulators per
-// batch of nonzeros) over the phase planes, and the epilogue and phase-row builder eight
-// lanes at a time, operation for operation as the scalar path. Compiled with -mavx2
+// batch of nonzeros) over float phase planes, a twin that widens eight bytes to floats
+// (vpmovzxbd/vpmovsxbd + vcvtdq2ps) over byte planes, and the epilogue and phase-row
+// builders eight lanes at a time, operation for operation as the scalar path. Compiled with -mavx2
 // -mfma; called only when cpu_features().avx2 is true.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "simd_avx2.h"
 #include "sparse_conv2d.h"
+
+// Full unrolling keeps the accumulators in registers (as in spmm_csr_avx2.cpp).
+#define APB_UNROLL _Pragma("GCC unroll 8")
 
 namespace apb {
 
@@ -66,9 +72,11 @@ void epilogue_avx2(const void *dot, bool dot_is_float, float dot_scale, float sp
 }
 
 // x^ of eight inputs: the quantizers of sparse_conv_detail::quantize_input.
+// With units, codes stay codes (x^ / step, for the byte planes).
 struct Quantize {
     InputQuantizer kind;
     __m256 scale, levels, step;
+    bool units;
 
     __m256 operator()(__m256 v) const {
         switch (kind) {
@@ -83,18 +91,47 @@ struct Quantize {
                 const __m256 q = _mm256_mul_ps(_mm256_div_ps(v, scale), levels);
                 const __m256 code =
                     _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                return _mm256_mul_ps(code, step);
+                return units ? code : _mm256_mul_ps(code, step);
             }
             default: return v;
         }
     }
 };
 
+// Eight quantized values as bytes: exact integers -1..255, narrowed to int16 (exact) and
+// then to their low bytes (int8 -1 for a negative sign), in the low 8 bytes.
+inline __m128i to_bytes(__m256 v) {
+    const __m256i i = _mm256_cvtps_epi32(v);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    return _mm_shuffle_epi8(w, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1,
+                                             -1, -1));
+}
+
+// The first n <= 8 of eight quantized values to dst, floats or bytes.
+inline void store8(float *dst, int64_t n, __m256 v) {
+    if (n >= 8) {
+        _mm256_storeu_ps(dst, v);
+    } else {
+        store_first(dst, n, v);
+    }
+}
+inline void store8(uint8_t *dst, int64_t n, __m256 v) {
+    const __m128i b = to_bytes(v);
+    if (n >= 8) {
+        _mm_storel_epi64(reinterpret_cast<__m128i *>(dst), b);
+    } else {
+        alignas(16) uint8_t lanes[16];
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes), b);
+        for (int64_t i = 0; i < n; ++i) dst[i] = lanes[i];
+    }
+}
+
 // dst[0, n) = 0.
-inline void zeros(float *dst, int64_t n) {
+template <typename T>
+inline void zeros(T *dst, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
-    for (; i < n; ++i) dst[i] = 0.0f;
+    for (; i + 8 <= n; i += 8) store8(dst + i, 8, _mm256_setzero_ps());
+    for (; i < n; ++i) dst[i] = 0;
 }
 
 // Inputs [0, n) of src as eight lanes (n may be <= 0 or >= 8), none past them read.
@@ -106,16 +143,17 @@ inline __m256 load_first(const float *src, int64_t n) {
 // One phase row (build_phases): dst[k] = x^(src[sw*(k - k_lo)]) on [k_lo, k_hi), 0 on the
 // rest of [0, wq). Stride 2 takes the even lanes of two quantized registers with a
 // shuffle and a 64-bit permute instead of a scalar gather.
+template <typename T>
 void phase_row(const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq,
-               const SparseConvInput &in, const Quantize &quantize, float *dst) {
+               const SparseConvInput &in, const Quantize &quantize, T *dst) {
     zeros(dst, k_lo);
     zeros(dst + k_hi, wq - k_hi);
     const int64_t n = k_hi - k_lo;
-    float *d = dst + k_lo;
+    T *d = dst + k_lo;
     if (sw == 1) {
         int64_t i = 0;
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, quantize(_mm256_loadu_ps(src + i)));
-        if (i < n) store_first(d + i, n - i, quantize(load_first(src + i, n - i)));
+        for (; i + 8 <= n; i += 8) store8(d + i, 8, quantize(_mm256_loadu_ps(src + i)));
+        if (i < n) store8(d + i, n - i, quantize(load_first(src + i, n - i)));
     } else if (sw == 2) {
         for (int64_t i = 0; i < n; i += 8) {
             // Outputs i.. read inputs 2i, 2i + 2, ..., the last 2(n - 1).
@@ -126,14 +164,62 @@ void phase_row(const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t
             const __m256 mixed = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
             const __m256 even = _mm256_castpd_ps(
                 _mm256_permute4x64_pd(_mm256_castps_pd(mixed), _MM_SHUFFLE(3, 1, 2, 0)));
-            if (n - i >= 8) {
-                _mm256_storeu_ps(d + i, even);
-            } else {
-                store_first(d + i, n - i, even);
-            }
+            store8(d + i, n - i, even);
         }
     } else {
-        for (int64_t k = 0; k < n; ++k) d[k] = sparse_conv_detail::quantize_input(src[sw * k], in);
+        for (int64_t k = 0; k < n; ++k) {
+            if constexpr (sizeof(T) == 1) {
+                d[k] = sparse_conv_detail::quantize_byte(src[sw * k], in);
+            } else {
+                d[k] = sparse_conv_detail::quantize_input(src[sw * k], in);
+            }
+        }
+    }
+}
+
+// Eight bytes as floats (exact). The load is whole: see kPhaseSlack.
+template <typename T>
+inline __m256 widen8(const T *p) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(p));
+    if constexpr (std::is_signed_v<T>) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+}
+
+// acc[c, c + 8*V) += batch over byte rows (Fresh: =, the chains from 0), whole vectors:
+// acc has 16 floats of slack past the tile and the planes kPhaseSlack bytes, and lanes
+// past the tile are never kept. One FMA per element and nonzero in batch order.
+template <typename T, int V, bool Fresh>
+inline void sweep_bytes(const sparse_conv_detail::ByteBatch<T> &batch, float *acc, int64_t c) {
+    __m256 sum[V];
+    APB_UNROLL for (int q = 0; q < V; ++q) {
+        sum[q] = Fresh ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + c + 8 * q);
+    }
+    for (int64_t k = 0; k < batch.count; ++k) {
+        const __m256 v = _mm256_set1_ps(batch.values[k]);
+        const T *x = batch.rows[k] + c;
+        APB_UNROLL for (int q = 0; q < V; ++q) {
+            sum[q] = _mm256_fmadd_ps(v, widen8(x + 8 * q), sum[q]);
+        }
+    }
+    APB_UNROLL for (int q = 0; q < V; ++q) _mm256_storeu_ps(acc + c + 8 * q, sum[q]);
+}
+
+// Columns [c0, c1) 64 at a time, the rest in one pass of ceil(n/8) vectors.
+template <typename T, bool Fresh>
+void sweep_bytes_columns(const sparse_conv_detail::ByteBatch<T> &batch, float *acc, int64_t c0,
+                         int64_t c1) {
+    int64_t c = c0;
+    for (; c + 64 <= c1; c += 64) sweep_bytes<T, 8, Fresh>(batch, acc, c);
+    if (c >= c1) return;
+    switch ((c1 - c + 7) / 8) {
+        case 1: return sweep_bytes<T, 1, Fresh>(batch, acc, c);
+        case 2: return sweep_bytes<T, 2, Fresh>(batch, acc, c);
+        case 3: return sweep_bytes<T, 3, Fresh>(batch, acc, c);
+        case 4: return sweep_bytes<T, 4, Fresh>(batch, acc, c);
+        case 5: return sweep_bytes<T, 5, Fresh>(batch, acc, c);
+        case 6: return sweep_bytes<T, 6, Fresh>(batch, acc, c);
+        case 7: return sweep_bytes<T, 7, Fresh>(batch, acc, c);
+        default: return sweep_bytes<T, 8, Fresh>(batch, acc, c);
     }
 }
 
@@ -142,7 +228,7 @@ void phase_row(const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t
 void sparse_conv2d_build_avx2(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
                               const SparseConvInput &in, int64_t bc, float *phases) {
     const Quantize quantize{in.kind, _mm256_set1_ps(in.scale), _mm256_set1_ps(in.levels),
-                            _mm256_set1_ps(in.step)};
+                            _mm256_set1_ps(in.step), false};
     sparse_conv_detail::build_phases(
         x, g, p, bc, phases,
         [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq, float *dst) {
@@ -150,10 +236,31 @@ void sparse_conv2d_build_avx2(const float *x, const Conv2dGeometry &g, const Pha
         });
 }
 
+void sparse_conv2d_build_bytes_avx2(const float *x, const Conv2dGeometry &g,
+                                    const PhaseLayout &p, const SparseConvInput &in,
+                                    int64_t bc, uint8_t *phases) {
+    const Quantize quantize{in.kind, _mm256_set1_ps(in.scale), _mm256_set1_ps(in.levels),
+                            _mm256_set1_ps(in.step), true};
+    sparse_conv_detail::build_phases(
+        x, g, p, bc, phases,
+        [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq,
+            uint8_t *dst) { phase_row(src, sw, k_lo, k_hi, wq, in, quantize, dst); });
+}
+
 void sparse_conv2d_tile_avx2(const SparseConvTile &t) {
-    sparse_conv_detail::run_tile(t, spmm_csr_halves_to_floats_avx2, spmm_csr_sweep_avx2,
-                                 spmm_csr_sweep_fresh_avx2,
-                                 epilogue_avx2);
+    using sparse_conv_detail::run_tile;
+    const auto halves = spmm_csr_halves_to_floats_avx2;
+    switch (t.type) {
+        case PhaseType::u8:
+            return run_tile<uint8_t>(t, halves, sweep_bytes_columns<uint8_t, false>,
+                                     sweep_bytes_columns<uint8_t, true>, epilogue_avx2);
+        case PhaseType::i8:
+            return run_tile<int8_t>(t, halves, sweep_bytes_columns<int8_t, false>,
+                                    sweep_bytes_columns<int8_t, true>, epilogue_avx2);
+        default:
+            return run_tile<float>(t, halves, spmm_csr_sweep_avx2, spmm_csr_sweep_fresh_avx2,
+                                   epilogue_avx2);
+    }
 }
 
 }  // namespace apb

@@ -127,11 +127,12 @@ static inline void halves_to_floats_portable(const uint16_t *src, int64_t n, flo
 }
 
 // Nonzeros [e, e + count) of the matrix into batch: values as float32 and, for each,
-// the row of x it scales, row_of(column index).
-template <typename I, typename V, typename HalvesToFloats, typename RowOf>
+// the row of x it scales, row_of(column index). Batch is NonzeroBatch or a batch of the
+// same shape over rows of another element type (sparse_conv2d's byte planes).
+template <typename I, typename V, typename HalvesToFloats, typename RowOf, typename Batch>
 static inline void fill_batch(const CsrMatrix &a, int64_t e, int64_t count,
                               HalvesToFloats &&halves_to_floats, RowOf &&row_of,
-                              NonzeroBatch &batch) {
+                              Batch &batch) {
     const V *values = static_cast<const V *>(a.values);
     batch.count = count;
     if constexpr (sizeof(V) == 2) {

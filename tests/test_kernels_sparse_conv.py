@@ -75,7 +75,10 @@ def _run(p: dict):
 
 def _bound(p: dict) -> np.ndarray:
     """Float32 rounding bound of each output: a chain of FMAs, one per nonzero of its row,
-    then two more, each rounding at most 2^-24 of the magnitudes involved."""
+    then two more, each rounding at most 2^-24 of the magnitudes involved. Codes add two
+    roundings: the kernel sums values times the codes themselves and multiplies the step
+    into sparse_scale (one rounding), while the oracle's x^ is code * step rounded to
+    float32 (one more)."""
     indptr, indices, values = p["csr"]
     magnitudes = sparse_conv2d_ref(
         np.abs(quantized_input_ref(p["x"], p["act_bits"], p["scale"])), indptr, indices,
@@ -86,7 +89,8 @@ def _bound(p: dict) -> np.ndarray:
         shift=None if p["shift"] is None else np.abs(p["shift"]),
     )
     row_nnz = np.diff(indptr.astype(np.int64))[:, None]
-    return (row_nnz + 3) * 2.0**-24 * magnitudes + 1e-30
+    roundings = row_nnz + (4 if 2 <= p["act_bits"] <= 8 else 3)
+    return roundings * 2.0**-24 * magnitudes + 1e-30
 
 
 @settings(max_examples=150, deadline=None)
@@ -224,6 +228,27 @@ def test_special_inputs_quantize_as_documented() -> None:
         np.testing.assert_array_equal(full, x.reshape(1, 8))
     np.testing.assert_array_equal(
         quantized_input_ref(x, 2, 1.0).reshape(1, 8), codes)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("scale", [1.0, 1.3, 0.1, 7.0, 3e-39])
+def test_codes_at_rounding_boundaries(bits: int, scale: float) -> None:
+    """Inputs within 40 ulps of every rounding midpoint s*(k - 1/2)/L and of s, where a
+    vector quantizer that rounds differently from the scalar one would show, quantize
+    exactly as the oracle on every ISA. One nonzero of 1 on a 1x1 kernel: out = x^."""
+    levels = 2**bits - 1
+    mids = np.float32(scale) * (np.arange(1, levels + 1, dtype=np.float64) - 0.5) / levels
+    mids = np.concatenate([mids.astype(np.float32), np.float32([scale])])
+    steps = np.arange(-40, 41, dtype=np.int32)
+    x = (mids.view(np.int32)[:, None] + steps[None, :]).view(np.float32)
+    x = x[np.isfinite(x) & (x >= 0)].reshape(1, 1, 1, -1)
+    indptr = np.array([0, 1], np.int32)
+    one = (np.zeros(1, np.int32), np.ones(1, np.float32))
+    expected = quantized_input_ref(x, bits, scale).reshape(1, -1)
+    for isa in isas_under_test():
+        with kernels.use_isa(isa):
+            out = kernels.sparse_conv2d(x, indptr, *one, 1, act_bits=bits, scale=scale)
+        np.testing.assert_array_equal(out, expected, err_msg=isa)
 
 
 # ---- bad input ------------------------------------------------------------------------
