@@ -47,7 +47,7 @@ def main() -> None:
                 for r in range(args.rounds):
                     for n in ((1, 2) if r % 2 == 0 else (2, 1)):
                         set_threads(n)
-                        times[n].append(time_ms(lambda: model(x), args.per_round, 1))
+                        times[n].append(time_ms(lambda m=model, x=x: m(x), args.per_round, 1))
             ratios = [a / b for a, b in zip(times[1], times[2])]
             print(f"{name:<10} {label:<6} {statistics.median(times[1]):>12.3f} "
                   f"{statistics.median(times[2]):>13.3f} {statistics.median(ratios):>8.2f}x "
