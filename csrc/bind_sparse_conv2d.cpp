@@ -33,6 +33,17 @@ const float *channel_vector(const OptionalArray &v, const char *arg, int64_t row
     return static_cast<const float *>(v->data());
 }
 
+// The fused layers' epilogue: dot_scale (required), sparse_scale and shift, each [M].
+apb::SparseConvEpilogue fused_epilogue(const AnyArray &dot_scale,
+                                       const OptionalArray &sparse_scale,
+                                       const OptionalArray &shift, int64_t rows) {
+    apb::SparseConvEpilogue e;
+    e.dot_scale = channel_vector(dot_scale, "dot_scale", rows);
+    e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", rows);
+    e.shift = channel_vector(shift, "shift", rows);
+    return e;
+}
+
 apb::SparseConvInput input_quantizer(int64_t act_bits, double scale) {
     if (act_bits == 32) return {apb::InputQuantizer::identity, 1.0f, 1.0f, 1.0f};
     if (act_bits == 1) return {apb::InputQuantizer::signs, 1.0f, 1.0f, 1.0f};
@@ -125,10 +136,7 @@ NumpyMatrix<float> py_apb_linear(const AnyArray &x, const AnyArray &sign_rows,
     const int64_t K = static_cast<int64_t>(x.shape(1));
     const apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, (K + 63) / 64, "ceil(K/64)"), M,
                                static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
-    apb::SparseConvEpilogue e;
-    e.dot_scale = channel_vector(dot_scale, "dot_scale", M);
-    e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", M);
-    e.shift = channel_vector(shift, "shift", M);
+    const apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
     NumpyMatrix<float> out = new_matrix<float>(N, M);
     const float *src = static_cast<const float *>(x.data());
     float *dst = out.data();
@@ -173,10 +181,7 @@ nb::ndarray<nb::numpy, float> py_apb_conv2d(const AnyArray &x, const AnyArray &s
         }
         p.padding_correction = static_cast<const int32_t *>(padding_correction->data());
     }
-    apb::SparseConvEpilogue e;
-    e.dot_scale = channel_vector(dot_scale, "dot_scale", M);
-    e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", M);
-    e.shift = channel_vector(shift, "shift", M);
+    const apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
     auto out = new_array<float>({static_cast<size_t>(g.batch), static_cast<size_t>(M),
                                  static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)});
     const float *src = static_cast<const float *>(x.data());

@@ -33,6 +33,14 @@ def padding_correction(sign_rows: np.ndarray, c: int, h: int, w: int, geometry) 
     return reference.bgemm_1x2(torch.from_numpy(sign_rows), mask).numpy()
 
 
+def random_sign_rows(rng: np.random.Generator, m: int, k: int) -> np.ndarray:
+    """uint64 ``[m, ceil(k/64)]`` random sign rows, zero bits past ``k`` (as packing a
+    weight gives)."""
+    signs = rng.integers(0, 2, (m, (k + 63) // 64 * 64), dtype=np.uint8)
+    signs[:, k:] = 0
+    return np.packbits(signs, axis=1, bitorder="little").view(np.uint64)
+
+
 @st.composite
 def problems(draw: st.DrawFn) -> dict:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -56,11 +64,7 @@ def problems(draw: st.DrawFn) -> dict:
                      draw(st.sampled_from(INDPTR_DTYPES)), index_dtype,
                      draw(st.sampled_from(VALUE_DTYPES)))
     act_bits = draw(st.sampled_from([1, 2, 3, 8]))
-    words = (k + 63) // 64
-    # Sign rows with zero bits past K, as packing a weight gives.
-    signs = rng.integers(0, 2, (m, words * 64), dtype=np.uint8)
-    signs[:, k:] = 0
-    sign_rows = np.packbits(signs, axis=1, bitorder="little").view(np.uint64)
+    sign_rows = random_sign_rows(rng, m, k)
     corr = None
     if act_bits == 1 and max(padding) > 0:
         corr = padding_correction(sign_rows, c, h, w, geometry)
@@ -132,9 +136,7 @@ def test_threads_split_the_batch_with_identical_results(batch: int, act_bits: in
     rng = np.random.default_rng(batch)
     c, h, w, m = 16, 20, 20, 24
     geometry = ((3, 3), (1, 1), (1, 1), (1, 1))
-    signs = rng.integers(0, 2, (m, 192), dtype=np.uint8)
-    signs[:, 144:] = 0
-    sign_rows = np.packbits(signs, axis=1, bitorder="little").view(np.uint64)
+    sign_rows = random_sign_rows(rng, m, 144)
     p = {"x": rng.standard_normal((batch, c, h, w)).astype(np.float32),
          "sign_rows": sign_rows, "csr": random_csr(rng, m, 144, 0.05), "geometry": geometry,
          "act_bits": act_bits, "scale": 1.1 if act_bits > 1 else 1.0,
@@ -225,14 +227,11 @@ def linear_problems(draw: st.DrawFn) -> dict:
                      draw(st.sampled_from(INDPTR_DTYPES)), index_dtype,
                      draw(st.sampled_from(VALUE_DTYPES)))
     act_bits = draw(st.sampled_from([1, 2, 3, 8]))
-    words = (k + 63) // 64
-    signs = rng.integers(0, 2, (m, words * 64), dtype=np.uint8)
-    signs[:, k:] = 0
     vector = lambda: rng.standard_normal(m).astype(np.float32)  # noqa: E731
     x = (rng.standard_normal((n, k)) * 1.5).astype(np.float32)
     x[rng.random((n, k)) < 0.05] = 0.0  # exact zeros: sign +1, code 0
     return {
-        "x": x, "sign_rows": np.packbits(signs, axis=1, bitorder="little").view(np.uint64),
+        "x": x, "sign_rows": random_sign_rows(rng, m, k),
         "csr": csr, "act_bits": act_bits, "scale": 1.3 if act_bits > 1 else 1.0,
         "dot_scale": vector(), "sparse_scale": vector() if draw(st.booleans()) else None,
         "shift": vector() if draw(st.booleans()) else None,
