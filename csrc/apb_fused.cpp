@@ -4,7 +4,6 @@
 #include "apb_fused.h"
 
 #include <algorithm>
-#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -79,9 +78,8 @@ void sparse_dot_rows(const CsrMatrix &a, const float *x, float *acc) {
         const V *values = static_cast<const V *>(a.values);
         const auto value = [&](int64_t e) {
             if constexpr (sizeof(V) == 2) {
-                const uint32_t bits = spmm_detail::half_to_float_bits(values[e]);
                 float f;
-                std::memcpy(&f, &bits, sizeof f);
+                spmm_detail::halves_to_floats_portable(values + e, 1, &f);
                 return f;
             } else {
                 return values[e];
@@ -107,16 +105,23 @@ void sparse_dot_rows(const CsrMatrix &a, const float *x, float *acc) {
     });
 }
 
+// The input's quantizer for the bit packing and for the sparse part's x^.
+ActivationQuantizer packing_quantizer(const BinaryProduct &p) {
+    return p.act_bits == 1 ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
+}
+
+SparseConvInput sparse_quantizer(const BinaryProduct &p) {
+    return p.act_bits == 1 ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
+                           : sparse_conv_codes(p.scale, p.act_bits);
+}
+
 }  // namespace
 
 void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
                 const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
     check_product(p, a, e, "apb_conv2d");
-    const bool signs = p.act_bits == 1;
-    // Both throw on a bad bit width or scale, before any work.
-    const ActivationQuantizer q = signs ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
-    const SparseConvInput in = signs ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
-                                     : sparse_conv_codes(p.scale, p.act_bits);
+    const ActivationQuantizer q = packing_quantizer(p);  // both throw on a bad bit width
+    const SparseConvInput in = sparse_quantizer(p);      // or scale, before any work
     spmm_csr_validate(a, g.columns());
     if (p.rows == 0 || g.positions() == 0) return;
     // Image by image: one image's packed bits, product and phase planes stay in cache,
@@ -154,10 +159,8 @@ void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,
     if (p.padding_correction != nullptr) {
         throw std::invalid_argument("apb_linear: a Linear layer has no padding correction");
     }
-    const bool signs = p.act_bits == 1;
-    const ActivationQuantizer q = signs ? sign_quantizer() : code_quantizer(p.scale, p.act_bits);
-    const SparseConvInput in = signs ? SparseConvInput{InputQuantizer::signs, 1.0f, 1.0f, 1.0f}
-                                     : sparse_conv_codes(p.scale, p.act_bits);
+    const ActivationQuantizer q = packing_quantizer(p);
+    const SparseConvInput in = sparse_quantizer(p);
     spmm_csr_validate(a, K);
     const int64_t M = p.rows;
     const int64_t W = (K + 63) / 64;
@@ -165,7 +168,7 @@ void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,
     uint64_t *bits = thread_workspace<BitsWorkspace, uint64_t>(
         static_cast<size_t>(q.planes) * static_cast<size_t>(N * W));
     int32_t *dot = thread_workspace<DotWorkspace, int32_t>(static_cast<size_t>(M * N));
-    if (signs) {
+    if (q.signs) {
         pack_signs(x, N, K, bits);
         bgemm_1x1(p.sign_rows, bits, M, N, W, K, dot);
     } else {

@@ -157,9 +157,9 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
             return super().forward(x)
         x, restore = self._prepare_input(x)
         w, indptr, indices, values, s, dot_scale, sparse_scale, shift = self._direct_args()
-        corr = None
-        if self.act_bits == 1 and max(self.padding) > 0:
-            corr = self._padding_correction(self.sign_bits_hwc, x.shape[2], x.shape[3], 0).numpy()
+        corr = self._sign_padding(x)
+        if corr is not None:
+            corr = corr.numpy()
         y = direct.apb_conv2d(x.detach().numpy(), w, indptr, indices, values, self.kernel_size,
                               self.stride, self.padding, self.dilation, self.act_bits, s, corr,
                               dot_scale, sparse_scale, shift)
@@ -178,14 +178,19 @@ class PackedAPBConv2d(_PackedAPB, ConvGeometry):
                 self.act_bits, s, self._binary_dot(x, s), dot_scale, sparse_scale, shift,
                 self.backend,
             )
-        w_bits = self._input_order_bits("sign_bits")
-        corr = None
-        if self.act_bits == 1 and max(self.padding) > 0:
-            corr = self._padding_correction(w_bits, x.shape[2], x.shape[3], 0)
         return apb_ops.apb_conv2d(
-            x, w_bits, self.csr_indptr, self.csr_indices, self.csr_values, *self._geometry(),
-            self.act_bits, s, corr, dot_scale, sparse_scale, shift, self.backend,
+            x, self._input_order_bits("sign_bits"), self.csr_indptr, self.csr_indices,
+            self.csr_values, *self._geometry(), self.act_bits, s, self._sign_padding(x),
+            dot_scale, sparse_scale, shift, self.backend,
         )
+
+    def _sign_padding(self, x: Tensor) -> Tensor | None:
+        """The padding correction of ±1 inputs (:meth:`_signed_dot`), or None: codes pad
+        with 0 exactly."""
+        if self.act_bits != 1 or max(self.padding) == 0:
+            return None
+        return self._padding_correction(self._input_order_bits("sign_bits"), x.shape[2],
+                                        x.shape[3], 0)
 
 
 class PackedAPBLinear(_PackedAPB, LinearGeometry):
@@ -237,20 +242,20 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
                                                             self.backend)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.act_bits <= 8 and self._eager(x):
-            rows = self._rows(x)
-            w, indptr, indices, values, s, dot_scale, sparse_scale, shift = self._direct_args()
-            y = torch.from_numpy(direct.apb_linear(rows.detach().numpy(), w, indptr, indices,
-                                                   values, self.act_bits, s, dot_scale,
-                                                   sparse_scale, shift))
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
         if self.act_bits <= 8:  # quantized inputs: one kernel call (apb_linear)
             rows = self._rows(x)
-            s, dot_scale, sparse_scale, shift = self._scales()
-            y = apb_ops.apb_linear(rows, self.sign_bits, self.csr_indptr, self.csr_indices,
-                                   self.csr_values, self.act_bits, s, dot_scale, sparse_scale,
-                                   shift, self.backend)
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
+            if self._eager(x):
+                w, indptr, indices, values, s, dot_scale, sparse_scale, shift = (
+                    self._direct_args())
+                y = torch.from_numpy(direct.apb_linear(rows.detach().numpy(), w, indptr,
+                                                       indices, values, self.act_bits, s,
+                                                       dot_scale, sparse_scale, shift))
+            else:
+                s, dot_scale, sparse_scale, shift = self._scales()
+                y = apb_ops.apb_linear(rows, self.sign_bits, self.csr_indptr, self.csr_indices,
+                                       self.csr_values, self.act_bits, s, dot_scale,
+                                       sparse_scale, shift, self.backend)
+            return self._leading(y, x)
         if self.input_precision == "exact":
             return super().forward(x)
         rows = self._rows(x)
@@ -261,8 +266,8 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
             args = self._constant(self._linear_1xf_args, b["linear_1xf_panel"], b["alpha"],
                                   b["csr_indptr"], b["csr_indices"], b["csr_values"],
                                   b["bias"], b["out_scale"], b["out_shift"])
-            y = torch.from_numpy(direct.linear_1xf(rows.detach().numpy(), *args))
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
+            return self._leading(torch.from_numpy(direct.linear_1xf(rows.detach().numpy(),
+                                                                    *args)), x)
         if b["out_scale"] is None:
             alpha, values, bias = b["alpha"], b["csr_values"], b["bias"]
         else:
@@ -273,6 +278,10 @@ class PackedAPBLinear(_PackedAPB, LinearGeometry):
                   else (None, None, None))
         y = apb_ops.linear_1xf(rows, b["linear_1xf_panel"], alpha, self.rows, *sparse, bias,
                                self.backend)
+        return self._leading(y, x)
+
+    def _leading(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y [N, M]`` with the leading dimensions of the input ``x [..., K]``."""
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.rows)
 
     def _linear_1xf_args(self) -> tuple:

@@ -28,6 +28,7 @@ from torch import Tensor
 from ..kernels.linear_fp import panel_shape
 from .backend import kernel
 from .bits import words_for
+from .reference import conv_out_size
 
 _LIBRARY = torch.library.Library("apb", "DEF")
 
@@ -40,14 +41,10 @@ def _define(schema: str, impl: Callable, fake: Callable) -> None:
     torch.library.register_fake(f"apb::{name}", fake, lib=_LIBRARY)
 
 
-def _conv_out(size, k: int, s: int, p: int, d: int):
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _positions(x: Tensor, kernel_size, stride, padding, dilation):
     b, _, h, w = x.shape
-    oh = _conv_out(h, kernel_size[0], stride[0], padding[0], dilation[0])
-    ow = _conv_out(w, kernel_size[1], stride[1], padding[1], dilation[1])
+    oh = conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
+    ow = conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
     return b * oh * ow
 
 
@@ -282,7 +279,7 @@ _define(
     lambda x, sign_rows, indptr, indices, values, kernel_size, stride, padding, dilation,
     act_bits, scale, padding_correction, dot_scale, sparse_scale, shift, backend: x.new_empty(
         (x.shape[0], indptr.shape[0] - 1,
-         *(_conv_out(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
+         *(conv_out_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
            for i in range(2))), dtype=torch.float32),
 )
 

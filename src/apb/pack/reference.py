@@ -62,6 +62,12 @@ def quantize_pack_codes(x: torch.Tensor, scale: torch.Tensor | float, bits: int)
     return pack_planes(codes.to(torch.uint8), bits)
 
 
+def conv_out_size(size, k: int, s: int, p: int, d: int):
+    """Output rows (or columns) of a convolution over ``size`` input rows, as
+    ``torch.nn.Conv2d`` computes them."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
 def _unfold_rows(x: torch.Tensor, kernel_size, stride, padding, dilation,
                  column_order: str = "chw") -> torch.Tensor:
     """im2col: ``[B, C, H, W]`` → ``[B·OH·OW, C·kh·kw]``, rows ``(b, oy, ox)``, columns
@@ -248,13 +254,9 @@ def apb_conv2d(x, sign_rows, indptr, indices, values, kernel_size, stride, paddi
         dot = bgemm_1x2(sign_rows, bits)
     out = sparse_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation,
                         act_bits, scale, dot, dot_scale, sparse_scale, shift)
-    oh, ow = (_conv_out(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
+    oh, ow = (conv_out_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
               for i in range(2))
     return out.view(out.shape[0], x.shape[0], oh, ow).permute(1, 0, 2, 3).contiguous()
-
-
-def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def apb_linear(x, sign_rows, indptr, indices, values, act_bits, scale, dot_scale, sparse_scale,
