@@ -145,3 +145,10 @@ def xor_gate_decode(table: np.ndarray, n_out: int, n_in: int, inputs: np.ndarray
     extension().xor_gate_decode(table, n_out, n_in, inputs, n_bits, patch_counts,
                                 patch_offsets, n_patches, out)
     return out
+
+
+def max_pool2d(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
+               padding: Sequence[int]) -> np.ndarray:
+    """``torch.nn.functional.max_pool2d`` of float32 NCHW ``x`` (floor mode, no dilation,
+    padding at most half the kernel): float32 ``[B, C, OH, OW]``, NaN propagated."""
+    return extension().max_pool2d(x, *kernel_size, *stride, *padding)
