@@ -37,6 +37,7 @@ from .. import models
 from ..console import table_text
 from ..io import write_figure
 from ..kernels import active_isa
+from ..pack import PackedRuntime
 from .model_peers import (
     INT8_ENGINE,
     build_apb,
@@ -89,7 +90,12 @@ def packed_fidelity(packed: nn.Module, training: nn.Module, x: torch.Tensor,
     random-weight binary networks amplify the sum-order differences themselves)."""
     quantizers = {name: m.act_quantizer for name, m in training.named_modules()
                   if getattr(m, "act_quantizer", None) is not None}
-    packed_layers = dict(packed.named_modules())
+    with torch.no_grad():
+        got = packed(x)  # what is timed: a PackedRuntime runs its plan
+    # The codes come from the packed layers' inputs, seen by hooks on the model itself
+    # (a runtime's plan, built before them, would not run them).
+    packed_model = packed.model if isinstance(packed, PackedRuntime) else packed
+    packed_layers = dict(packed_model.named_modules())
     inputs: dict[str, list[torch.Tensor]] = {name: [] for name in quantizers}
     hooks = [model.register_forward_pre_hook(
                  lambda _, args, name=name: inputs[name].append(args[0]))
@@ -97,7 +103,7 @@ def packed_fidelity(packed: nn.Module, training: nn.Module, x: torch.Tensor,
                                                   packed_layers[name])]
     try:
         with torch.no_grad():  # the quantizers' autograd functions refuse inference tensors
-            want, got = training(x), packed(x)
+            want, _ = training(x), packed_model(x)
             flips = [q(a) != q(b) for name, q in quantizers.items()
                      for a, b in [inputs[name]]]
     finally:

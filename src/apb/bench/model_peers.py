@@ -36,7 +36,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from .. import models
 from ..methods import APBConfig, compress_
-from ..pack import fold_batchnorm_, optimize_for_inference_, pack_
+from ..pack import PackedRuntime, fold_batchnorm_, optimize_for_inference_, pack_
 from .ort import static_int8_session
 from .timing import interleaved_ms, median_ratio
 
@@ -67,9 +67,9 @@ def _architecture(name: str, act_bits: int, seed: int) -> nn.Module:
 
 def build_apb(name: str, act_bits: int, fp_fraction: float = 0.02, seed: int = 0,
               calibration: list[torch.Tensor] | None = None) -> tuple[nn.Module, nn.Module]:
-    """``(packed, training)``: the packed APB model (prepared for inference:
-    :func:`~apb.pack.optimize_for_inference_`) and the eval-mode training model it
-    reproduces."""
+    """``(packed, training)``: the packed APB model prepared for inference
+    (:func:`~apb.pack.optimize_for_inference_`) and run by its plan
+    (:class:`~apb.pack.PackedRuntime`), and the eval-mode training model it reproduces."""
     model = _architecture(name, act_bits, seed)
     compress_(model, APBConfig(fp_fraction=fp_fraction, act_bits=act_bits))
     model.train()
@@ -78,7 +78,7 @@ def build_apb(name: str, act_bits: int, fp_fraction: float = 0.02, seed: int = 0
             model(x)
     model.eval()
     packed = pack_(copy.deepcopy(model))
-    return optimize_for_inference_(packed), model
+    return PackedRuntime(optimize_for_inference_(packed)), model
 
 
 def build_fp32(name: str, act_bits: int, seed: int = 0) -> nn.Module:

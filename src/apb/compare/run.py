@@ -36,7 +36,7 @@ from ..jobs.evaluate import load_for_inference
 from ..jobs.prune_quantized import QuantizedPruningJob, run_quantized_pruning_job
 from ..jobs.ptq import PTQJob, run_ptq_job
 from ..kernels import active_isa
-from ..pack import PackError, optimize_for_inference_, pack_, packed_layers
+from ..pack import PackedRuntime, PackError, optimize_for_inference_, pack_, packed_layers
 from ..prune import QuantizedPruningConfig
 from ..train import TrainConfig, train
 from ..train.pool import run_in_processes
@@ -222,13 +222,13 @@ def measure_latency(checkpoint: str, input_shape: tuple[int, ...], repeats: int,
     """``{"latency_ms_b1", "latency_ms_b64", "runs_on"}`` of a checkpoint on one thread: the
     packed model when every compressed layer has a packed form, else the dense model; either
     prepared by :func:`apb.pack.optimize_for_inference_` (BatchNorms folded, full-precision
-    convolutions channels-last, fast max-pooling)."""
+    convolutions channels-last, fast max-pooling) and run by :class:`apb.pack.PackedRuntime`."""
     model, _, _ = load_for_inference(checkpoint)
     try:
         pack_(model.eval())
     except PackError:
         pass  # no packed form: it runs as the dense model its layers compute with
-    optimize_for_inference_(model)
+    model = PackedRuntime(optimize_for_inference_(model))
     runs_on = "packed" if any(True for _ in packed_layers(model)) else "torch_fp32"
     result: dict = {"runs_on": runs_on}
     gen = torch.Generator().manual_seed(0)

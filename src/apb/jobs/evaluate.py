@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import data
-from ..pack import load_packed, read_packed_info
+from ..pack import PackedRuntime, load_packed, packed_layers, read_packed_info
 from ..summary import summary
 from ..train import build_model_from_checkpoint, predict
 
@@ -78,6 +78,10 @@ def evaluate_file(path: str | os.PathLike, dataset: str, *, data_dir: str | None
             f"{path} takes inputs of shape {tuple(expected)}, but {dataset} has "
             f"{tuple(split.input_shape)}"
         )
+    if any(True for _ in packed_layers(model)):
+        # The same layers, kernels and arithmetic (not optimized: the predictions stay
+        # the model's bit for bit), with the per-layer Python overhead planned away.
+        model = PackedRuntime(model)
     preds, acc = predict(model, split.test, batch_size)
     return {
         "test_acc": acc,

@@ -45,12 +45,13 @@ from .inference import FastMaxPool2d, optimize_for_inference_
 from .layer import INPUT_PRECISIONS, PackedLayer, check_input_precision
 from .layer_tensors import PACKED_TYPES
 from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
+from .runtime import PackedRuntime
 
 __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FORMAT", "FastMaxPool2d", "FORMAT_VERSION", "INPUT_PRECISIONS",
     "PACKED_TYPES", "PackError",
     "PackedAPBConv2d", "PackedAPBLinear", "PackedDoReFaConv2d", "PackedDoReFaLinear",
-    "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d",
+    "PackedFileInfo", "PackedFormatError", "PackedLayer", "PackedPrunedConv2d", "PackedRuntime",
     "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed",
     "optimize_for_inference_", "pack_",
     "pack_layer", "packed_bytes", "packed_layers", "read_packed_info", "save_packed",

@@ -1,0 +1,163 @@
+"""PackedRuntime: a packed model run by its plan gives the model's output bit for bit
+(zoo models, 1- and 2-bit activations, batch 1 and 3, optimized or not); the model runs
+instead wherever the plan must not (autograd, tracing, the profiler, untraceable models,
+other inputs, torch.export); bad input gets the model's own error; a reloaded state rebuilds the plan."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from _packing import (
+    one_thread,  # noqa: F401  (autouse fixture)
+    packed_copy,
+    prepare,
+)
+from apb.bench.model_peers import build_apb, input_shape
+from apb.methods import APBConfig
+from apb.pack import PackedRuntime, optimize_for_inference_
+
+
+def _refuse(*_):
+    raise AssertionError("the plan ran where the model should have")
+
+
+@pytest.mark.parametrize(("name", "act_bits"), [
+    ("lenet5", 1), ("lenet5", 2), ("mlp", 1), ("mlp", 2), ("resnet20", 1), ("resnet20", 2),
+    ("vgg_small", 2),
+])
+def test_zoo_models_match_their_packed_model_bit_for_bit(name, act_bits):
+    runtime, _ = build_apb(name, act_bits)
+    model = runtime.model
+    gen = torch.Generator().manual_seed(3)
+    for batch in (1, 3):
+        x = torch.randn(batch, *input_shape(name), generator=gen)
+        with torch.inference_mode():
+            want, got = model(x), runtime(x)
+        assert runtime.planned, runtime.plan_error
+        assert torch.equal(got, want)
+    summary = repr(runtime)
+    assert ("apb_linear" in summary) == (name in ("lenet5", "mlp"))  # packed classifiers
+    assert ("apb_conv2d" in summary) == (name != "mlp")
+
+
+def _stem_pool_model() -> nn.Module:
+    """A channels-last stem (after optimizing), a max-pool with padding, a residual-free
+    chain of packed layers, BatchNorms the optimizer folds and one it cannot."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2),
+        nn.BatchNorm2d(12),
+        nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 3 * 3, 10),
+    )
+
+
+def _packed_stem_pool(act_bits: int) -> nn.Module:
+    model = prepare(_stem_pool_model(), APBConfig(fp_fraction=0.05, act_bits=act_bits),
+                    (4, 3, 23, 25), filter_fn=lambda m, name: name not in ("0", "13"))
+    return packed_copy(model)
+
+
+@pytest.mark.parametrize("act_bits", [1, 2, 32])
+@pytest.mark.parametrize("optimize", [False, True])
+def test_layouts_pools_and_unfolded_batchnorms(act_bits, optimize):
+    packed = _packed_stem_pool(act_bits)
+    if optimize:
+        optimize_for_inference_(packed)
+    runtime = PackedRuntime(packed)
+    x = torch.randn(2, 3, 23, 25, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = packed(x), runtime(x)
+        # A channels-last caller's input: the same values.
+        got_cl = runtime(x.contiguous(memory_format=torch.channels_last))
+    assert runtime.planned, runtime.plan_error
+    assert torch.equal(got, want) and torch.equal(got_cl, want)
+
+
+def test_the_model_runs_where_the_plan_must_not():
+    packed = _packed_stem_pool(2)
+    runtime = PackedRuntime(packed)
+    x = torch.randn(2, 3, 23, 25)
+    with torch.no_grad():
+        want = runtime(x)
+    assert runtime.planned
+    runtime._plan.run = _refuse
+    # Autograd would record the forward: the stem's parameters require grad.
+    assert torch.equal(runtime(x), want)
+    # An input that requires grad, another dtype, the profiler, torch.export.
+    with torch.no_grad():
+        assert torch.equal(runtime(x.clone().requires_grad_(True)), want)
+        with pytest.raises(RuntimeError, match="double"):  # torch's stem refuses it
+            runtime(x.double())
+        with torch.profiler.profile() as prof:
+            assert torch.equal(runtime(x), want)
+    assert any(e.name.startswith("apb::") for e in prof.events())
+    with torch.no_grad():
+        exported = torch.export.export(runtime, (x,)).module()
+        torch.testing.assert_close(exported(x), want, rtol=1e-6, atol=1e-6)
+
+
+def test_hooks_present_when_the_plan_is_built_still_run():
+    packed = _packed_stem_pool(2)
+    seen = []
+    packed[4].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    runtime = PackedRuntime(packed)
+    with torch.no_grad():
+        runtime(torch.randn(1, 3, 23, 25))
+    assert runtime.planned and seen == [torch.Size([1, 12, 6, 7])]
+
+
+class _Branchy(nn.Module):
+    """Control flow on a tensor's values: fx cannot trace it."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) if x.sum() > -1e9 else -self.inner(x)
+
+
+def test_untraceable_models_run_as_they_are():
+    packed = _packed_stem_pool(2)
+    runtime = PackedRuntime(_Branchy(packed))
+    x = torch.randn(1, 3, 23, 25)
+    with torch.no_grad():
+        assert torch.equal(runtime(x), packed(x))
+    assert not runtime.planned and runtime.plan_error
+    assert "not planned" in repr(runtime)
+
+
+def test_bad_input_gets_the_models_error():
+    runtime = PackedRuntime(_packed_stem_pool(2))
+    with torch.no_grad():
+        runtime(torch.randn(1, 3, 23, 25))
+        with pytest.raises((ValueError, RuntimeError)) as caught:
+            runtime(torch.randn(1, 5, 23, 25))
+    with pytest.raises(type(caught.value)) as direct:
+        with torch.no_grad():
+            runtime.model(torch.randn(1, 5, 23, 25))
+    assert str(caught.value) == str(direct.value)
+
+
+def test_a_loaded_state_rebuilds_the_plan():
+    first, second = _packed_stem_pool(2), _packed_stem_pool(2)
+    runtime = PackedRuntime(copy.deepcopy(first))
+    x = torch.randn(2, 3, 23, 25)
+    with torch.no_grad():
+        assert torch.equal(runtime(x), first(x))
+        runtime.model.load_state_dict(second.state_dict())
+        runtime.refresh()  # a state loaded into the inner model: refresh by hand
+        assert torch.equal(runtime(x), second(x))
+        runtime.load_state_dict({f"model.{k}": v for k, v in first.state_dict().items()})
+        assert torch.equal(runtime(x), first(x))
+
+
+def test_refuses_what_is_not_a_module():
+    with pytest.raises(TypeError, match="nn.Module"):
+        PackedRuntime(lambda x: x)
