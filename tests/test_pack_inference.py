@@ -141,3 +141,41 @@ def test_activations_the_packed_quantizer_repeats_are_dropped(activation, act_bi
     assert not fast.act4.inplace  # its input is an activation's output
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(0.25), want.nan_to_num(0.25))  # bit for bit
+
+
+@pytest.mark.parametrize(("shape", "conv"), [
+    ((1, 1, 28, 28), nn.Conv2d(1, 6, 5, padding=2)),
+    ((2, 3, 17, 19), nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False)),
+    ((1, 4, 9, 9), nn.Conv2d(4, 5, (3, 2), stride=(1, 2), padding=(1, 0))),
+])
+def test_tuned_convolution_computes_the_convolution(shape, conv):
+    """Both algorithms (forced in turn) and the tuned choice agree with nn.Conv2d to float
+    rounding, in either input layout; with autograd it is nn.Conv2d itself."""
+    from apb.pack import TunedConv2d
+
+    tuned = TunedConv2d.from_module(conv)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = conv(x)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xl = x.contiguous(memory_format=layout)
+            key = (tuple(xl.shape), xl.is_contiguous())
+            for choice in ("onednn", "im2col"):
+                tuned._choices[key] = choice
+                torch.testing.assert_close(tuned(xl), want, rtol=1e-5, atol=1e-5)
+            del tuned._choices[key]
+            torch.testing.assert_close(tuned(xl), want, rtol=1e-5, atol=1e-5)
+            assert tuned._choices[key] in ("onednn", "im2col")
+    assert torch.equal(tuned(x), conv(x))  # grad mode, parameters requiring grad
+    assert tuned(x).requires_grad
+
+
+def test_optimizing_tunes_the_full_precision_convolutions():
+    from apb.pack import TunedConv2d
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, groups=2),
+                          nn.Conv2d(4, 4, 3, dilation=2)).eval()
+    optimize_for_inference_(model)
+    assert [type(m) for m in model] == [TunedConv2d, nn.Conv2d, nn.Conv2d]
+    optimize_for_inference_(model)  # idempotent
+    assert type(model[0]) is TunedConv2d

@@ -41,7 +41,7 @@ from .header import (
     PackedFormatError,
     UncheckedFileWarning,
 )
-from .inference import FastMaxPool2d, optimize_for_inference_
+from .inference import FastMaxPool2d, TunedConv2d, optimize_for_inference_
 from .layer import INPUT_PRECISIONS, PackedLayer, check_input_precision
 from .layer_tensors import PACKED_TYPES
 from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
@@ -55,7 +55,7 @@ __all__ = [
     "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed",
     "optimize_for_inference_", "pack_",
     "pack_layer", "packed_bytes", "packed_layers", "read_packed_info", "save_packed",
-    "set_backend", "set_input_precision", "xor",
+    "set_backend", "set_input_precision", "TunedConv2d", "xor",
 ]
 
 

@@ -48,7 +48,7 @@ from torch import Tensor, fx, nn
 from ..kernels import direct
 from .apb_layers import PackedAPBConv2d, PackedAPBLinear
 from .fold import FoldedLinear, _PackedLeafTracer
-from .inference import FastMaxPool2d, _pair
+from .inference import FastMaxPool2d, TunedConv2d, _pair
 
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 _ADD_FUNCTIONS = (operator.add, torch.add)
@@ -142,11 +142,12 @@ class PackedRuntime(nn.Module):
 
 
 class _RuntimeTracer(_PackedLeafTracer):
-    """Packed layers, folded Linear layers and the fast max-pool stay opaque: each
-    becomes one step."""
+    """Packed layers, folded Linear layers, the fast max-pool and the tuned convolution
+    stay opaque: each becomes one step."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, FastMaxPool2d) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (FastMaxPool2d, TunedConv2d))
+                or super().is_leaf_module(m, qualname))
 
 
 class _NotPlannable(Exception):
@@ -344,6 +345,13 @@ def _module_step(module: nn.Module, node: fx.Node) -> _Step | None:
         return _Step(node, _apb_linear(module), args, "array", "apb_linear")
     if kind in (nn.Linear, FoldedLinear):
         return _Step(node, _linear(module), args, "tensor", "linear")
+    if kind is TunedConv2d:
+        def tuned_conv2d(t):
+            if type(t) is Tensor and t.dim() == 4:
+                return module.inference(t)
+            return module(t)
+
+        return _Step(node, tuned_conv2d, args, "tensor", "conv2d")
     if kind is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(
             module.padding, str):
         weight, bias = module.weight, module.bias
