@@ -30,6 +30,11 @@ OTHER_GEOMETRIES = [  # (channels, (h, w), kernel, stride, padding, dilation)
     (40, (2, 3), (2, 2), (1, 1), (0, 0), (1, 1)),
     (128, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1)),
     (13, (5, 6), (3, 3), (1, 1), (1, 1), (1, 1)),  # bit shifts
+    (6, (14, 14), (5, 5), (1, 1), (0, 0), (1, 1)),  # LeNet-5: a kernel row in one word
+    (3, (7, 9), (3, 3), (2, 1), (1, 2), (1, 2)),  # one word, dilated and padded
+    (1, (5, 6), (5, 5), (1, 1), (2, 2), (1, 1)),  # one channel
+    (13, (4, 12), (2, 5), (1, 2), (0, 1), (1, 1)),  # 65 bits a row: bit by bit again
+    (7, (6, 20), (1, 9), (1, 1), (0, 4), (1, 1)),  # 63 bits a row: one word
 ]
 
 
