@@ -272,6 +272,7 @@ class _Plan:
             raise _NotPlannable("the output is not computed by the graph")
         lines.append(f"    return _as_tensor({names[output]})")
         self.source = "\n".join(lines)
+        self.scope = dict(scope)  # what the source names: benchmarks/runtime_lines.py
         exec(compile(self.source, "<apb packed runtime>", "exec"), scope)  # noqa: S102
         return scope["planned"]
 
@@ -290,14 +291,23 @@ def _attribute(model: nn.Module, target: str):
 
 
 # -- the planned steps ----------------------------------------------------------------
-# The elementwise steps take arrays or tensors: a channels-last tensor (a stem's output)
-# stays a tensor, computed by torch as the model computes it, instead of being copied to
-# NCHW before the packed layer that copies it anyway.
+# The elementwise steps and the max-pool take arrays or tensors: a channels-last tensor (a
+# stem's output) stays a tensor, computed by torch as the model computes it, instead of
+# being copied to NCHW before the packed layer that copies it anyway; a contiguous one
+# (a full-precision layer's NCHW output) becomes an array, without a copy.
+def _array_if_contiguous(a):
+    if type(a) is Tensor and a.dtype == torch.float32 and a.is_cpu and a.is_contiguous():
+        return a.numpy()
+    return a
+
+
 def _relu(a):
+    a = _array_if_contiguous(a)
     return np.maximum(a, np.float32(0)) if type(a) is np.ndarray else torch.relu(a)
 
 
 def _relu_in_place(a):
+    a = _array_if_contiguous(a)
     return np.maximum(a, np.float32(0), out=a) if type(a) is np.ndarray else torch.relu_(a)
 
 
@@ -305,6 +315,7 @@ def _hardtanh(low: float, high: float, inplace: bool) -> Callable:
     low32, high32 = np.float32(low), np.float32(high)
 
     def hardtanh(a):
+        a = _array_if_contiguous(a)
         if type(a) is np.ndarray:
             return np.clip(a, low32, high32, out=a if inplace else None)
         return F.hardtanh(a, low, high, inplace)
@@ -370,6 +381,7 @@ def _max_pool_step(pool: nn.MaxPool2d, node: fx.Node) -> _Step | None:
         return None
 
     def max_pool(a):
+        a = _array_if_contiguous(a)
         if type(a) is np.ndarray and a.ndim == 4:
             return direct.max_pool2d(a, k, s, p)
         # A channels-last map (an ImageNet stem's output) stays channels-last: torch pools

@@ -1,0 +1,69 @@
+"""Where a planned packed model's time goes: each line of its PackedRuntime plan timed
+inside whole forwards (``time.perf_counter`` between lines, median over forwards).
+
+    PYTHONPATH=src python benchmarks/runtime_lines.py --model mlp --batch 1
+
+Each line's time includes what it costs in a real forward: caches cooled by the lines
+before it, the array/tensor conversions the plan inserts. One thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from apb.bench.model_peers import build_apb, input_shape
+from apb.kernels import set_num_threads
+
+
+def line_times(model: str, act_bits: int, batch: int, forwards: int) -> list[tuple[str, float]]:
+    """``[(line, median µs)]`` of the plan of ``model``'s benchmark build."""
+    runtime, _ = build_apb(model, act_bits)
+    x = torch.randn(batch, *input_shape(model), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        runtime(x)
+    plan = runtime._plan
+    lines = plan.source.splitlines()
+    timed = [lines[0], "    _t = [_clock()]"]
+    labels = []
+    for line in lines[1:]:
+        timed.append(line)
+        body = line.strip()
+        if not body.startswith(("del", "return")):
+            timed.append("    _t.append(_clock())")
+            labels.append(body)
+    timed.insert(-1, "    _times.append(_t)")
+    scope = dict(plan.scope, _clock=time.perf_counter, _times=[])
+    exec("\n".join(timed), scope)  # noqa: S102  the plan's own source, instrumented
+    planned = scope["planned"]
+    with torch.inference_mode():
+        for _ in range(forwards):
+            planned(x)
+    deltas = np.diff(np.array(scope["_times"][forwards // 10:]), axis=1) * 1e6
+    names = ["(input)"] + [step.node.name for step in plan.steps]
+    return [(f"{name}: {label}", float(t))
+            for name, label, t in zip(names, labels, np.median(deltas, axis=0))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--act-bits", type=int, default=2, choices=[1, 2])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--forwards", type=int, default=2000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    set_num_threads(1)
+    rows = line_times(args.model, args.act_bits, args.batch, args.forwards)
+    total = sum(t for _, t in rows)
+    print(f"{args.model}, batch {args.batch}, {args.act_bits}-bit activations: "
+          f"{total:.1f} µs over {len(rows)} lines")
+    for label, t in rows:
+        print(f"{t:9.1f} µs {100 * t / total:5.1f} %  {label}")
+
+
+if __name__ == "__main__":
+    main()
