@@ -1,7 +1,9 @@
 """Where a planned packed model's time goes: each line of its PackedRuntime plan timed
-inside whole forwards (``time.perf_counter`` between lines, median over forwards).
+inside whole forwards (``time.perf_counter`` between lines, median over forwards); with
+``--vs-model``, the runtime against the model it plans, in interleaved rounds.
 
     PYTHONPATH=src python benchmarks/runtime_lines.py --model mlp --batch 1
+    PYTHONPATH=src python benchmarks/runtime_lines.py --model lenet5,mlp,resnet20 --vs-model
 
 Each line's time includes what it costs in a real forward: caches cooled by the lines
 before it, the array/tensor conversions the plan inserts. One thread.
@@ -48,15 +50,46 @@ def line_times(model: str, act_bits: int, batch: int, forwards: int) -> list[tup
             for name, label, t in zip(names, labels, np.median(deltas, axis=0))]
 
 
+def vs_model(model: str, act_bits: int, batch: int, rounds: int) -> tuple[float, float, list]:
+    """``(model ms, runtime ms, per-round ratios)``: the optimized packed model called as
+    a module and through its runtime, alternating in ``rounds`` rounds of ~50 ms each."""
+    runtime, _ = build_apb(model, act_bits)
+    x = torch.randn(batch, *input_shape(model), generator=torch.Generator().manual_seed(0))
+
+    def block(f, n):
+        start = time.perf_counter()
+        for _ in range(n):
+            f(x)
+        return (time.perf_counter() - start) / n * 1e3
+
+    with torch.inference_mode():
+        runtime(x)
+        n = max(3, int(50 / block(runtime.model, 3)))
+        times = [(block(runtime.model, n), block(runtime, n)) for _ in range(rounds)]
+    return (float(np.median([a for a, _ in times])), float(np.median([b for _, b in times])),
+            [a / b for a, b in times])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--act-bits", type=int, default=2, choices=[1, 2])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--forwards", type=int, default=2000)
+    parser.add_argument("--vs-model", action="store_true",
+                        help="time the runtime against the model instead (comma list of models)")
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(1)
     set_num_threads(1)
+    if args.vs_model:
+        for name in args.model.split(","):
+            model_ms, runtime_ms, ratios = vs_model(name, args.act_bits, args.batch,
+                                                    args.rounds)
+            print(f"{name}: model {model_ms:.3f} ms, runtime {runtime_ms:.3f} ms, "
+                  f"model/runtime {np.median(ratios):.2f}x "
+                  f"({min(ratios):.2f}-{max(ratios):.2f})")
+        return
     rows = line_times(args.model, args.act_bits, args.batch, args.forwards)
     total = sum(t for _, t in rows)
     print(f"{args.model}, batch {args.batch}, {args.act_bits}-bit activations: "
