@@ -45,6 +45,7 @@ def check_schema(report: dict, names: list[str], batch: int, act_bits: int) -> N
         assert s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
     assert report["unavailable"] == []
     assert set(report["layouts"]) == set(names)
+    assert all(report["apb_plan"][n].startswith("plan: ") for n in names)  # the runtime ran
     assert all(v["torch_fp32"] in ("contiguous", "channels_last")
                for v in report["layouts"].values())
     json.dumps(report)

@@ -171,8 +171,9 @@ def _measure(name: str, act_bits: int, batch: int, threads: int, rounds: int,
     say(f"{name}: {rounds} interleaved rounds of {per_round} forwards each")
     times = interleaved_ms({impl: runners[impl] for impl in IMPLS if impl in runners},
                            rounds, per_round, warmup=1, settle=1)
+    plan = packed.extra_repr() if isinstance(packed, PackedRuntime) else "no plan"
     return {"times": times, "layout": layout, "layout_ms": layout_ms, "errors": errors,
-            "fidelity": fidelity, "peer_rel_error": peer_error}
+            "fidelity": fidelity, "peer_rel_error": peer_error, "plan": plan}
 
 
 def run_model_benchmark(names: list[str], act_bits: int = 2, batch: int = 1,
@@ -186,6 +187,7 @@ def run_model_benchmark(names: list[str], act_bits: int = 2, batch: int = 1,
          "speedups": [{"model", "vs", "median", "min", "max", "q1", "q3"}],
          "round_ms": {model: {impl: [...]}}, "fidelity": {model: {...}},
          "peer_rel_error": {model: {impl: ...}}, "layouts": {model: {...}},
+         "apb_plan": {model: what PackedRuntime planned, e.g. "plan: 20 apb_conv2d, ..."},
          "unavailable": [{"model", "impl", "error"}], "rounds", "per_round",
          "fp_fraction", "int8_engine", "isa"}
 
@@ -205,7 +207,7 @@ def run_model_benchmark(names: list[str], act_bits: int = 2, batch: int = 1,
     say = progress or (lambda _: None)
     report = {"threads": threads, "batch": batch, "act_bits": act_bits, "results": [],
               "speedups": [], "round_ms": {}, "fidelity": {}, "peer_rel_error": {},
-              "layouts": {}, "unavailable": [], "rounds": rounds, "per_round": per_round,
+              "layouts": {}, "apb_plan": {}, "unavailable": [], "rounds": rounds, "per_round": per_round,
               "fp_fraction": fp_fraction, "int8_engine": INT8_ENGINE, "isa": active_isa()}
     with thread_count(threads), _quantized_engine_restored():
         for name in names:
@@ -224,6 +226,7 @@ def run_model_benchmark(names: list[str], act_bits: int = 2, batch: int = 1,
             report["peer_rel_error"][name] = m["peer_rel_error"]
             report["layouts"][name] = {"torch_fp32": m["layout"],
                                        "probe_ms": m["layout_ms"]}
+            report["apb_plan"][name] = m["plan"]
             report["unavailable"] += [{"model": name, "impl": impl, "error": error}
                                       for impl, error in m["errors"].items()]
     return report

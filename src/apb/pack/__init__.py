@@ -15,8 +15,10 @@ without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear
 (:mod:`apb.pack.ops`) on the backend each layer holds: ``"reference"`` (pure torch) or
 ``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
 fastest inference, :func:`optimize_for_inference_` folds BatchNorms into the packed layers'
-epilogues (:func:`fold_batchnorm_`), runs full-precision convolutions channels-last and
-max-pooling on strided views (after saving: a folded model is not saved). For transformers,
+epilogues (:func:`fold_batchnorm_`), runs a full-precision stem channels-last, each
+full-precision convolution on torch's faster algorithm (:class:`TunedConv2d`) and
+max-pooling with a compiled kernel (after saving: a folded model is not saved); then
+:class:`PackedRuntime` runs the network as one planned function of direct kernel calls. For transformers,
 :func:`set_input_precision` ``(model, "int8")`` runs the Linear layers with float inputs on
 the int8 fast path (:func:`apb.kernels.linear_1xf`), at about 1 % relative error.
 """
