@@ -123,16 +123,15 @@ void gather_runs(const Gather &s, const unsigned char *image, int64_t oy, int64_
     }
 }
 
-// Any C below 64 whose kernel row fits a word (kw*C <= 64, LeNet-5's 6 channels times
-// 5 taps): each kernel row's taps are or-ed into one word in a register, then appended
-// at once, kh appends per position instead of kh*kw.
-void gather_row_words(const Gather &s, const unsigned char *image, int64_t oy,
-                      unsigned char *out) {
+// The same for any C: taps appended bit by bit (64-bit shifts). Where a kernel row has
+// at most 64 bits (LeNet-5's 6 channels times 5 taps) its taps are or-ed into one word
+// in a register and appended at once: kh appends per position instead of kh*kw.
+void gather_bits(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
     const Conv2dGeometry &g = s.g;
     const int64_t pixel_bytes = s.l.pixel_bytes;
-    const int c = static_cast<int>(g.channels);
-    const int64_t row_bits = g.kernel_w * g.channels;
     const int64_t tap_step = g.dilation_w * pixel_bytes;
+    const bool row_word = g.channels < 64 && g.kernel_w * g.channels <= 64;
+    const int c = static_cast<int>(g.channels);
     for (int64_t ox = s.ox_lo; ox < s.ox_hi; ++ox) {
         BitRow bits(reinterpret_cast<uint64_t *>(out + ox * s.out_bytes));
         const int64_t first = s.l.lead_bytes + (ox * g.stride_w - g.pad_w) * pixel_bytes;
@@ -140,35 +139,18 @@ void gather_row_words(const Gather &s, const unsigned char *image, int64_t oy,
             const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
             const unsigned char *pixel =
                 (0 <= iy && iy < g.height ? image + iy * s.l.row_bytes : s.zero_row) + first;
-            uint64_t word = 0;
-            for (int64_t dx = 0; dx < g.kernel_w; ++dx, pixel += tap_step) {
-                uint64_t p;
-                std::memcpy(&p, pixel, sizeof p);  // C < 64: one word, zero above C bits
-                word |= p << (dx * c);
-            }
-            bits.append(&word, row_bits);
-        }
-        bits.finish();
-    }
-}
-
-// The same for any C: taps appended bit by bit (64-bit shifts).
-void gather_bits(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
-    const Conv2dGeometry &g = s.g;
-    if (g.channels < 64 && g.kernel_w * g.channels <= 64) {
-        return gather_row_words(s, image, oy, out);
-    }
-    const int64_t pixel_bytes = s.l.pixel_bytes;
-    for (int64_t ox = s.ox_lo; ox < s.ox_hi; ++ox) {
-        BitRow bits(reinterpret_cast<uint64_t *>(out + ox * s.out_bytes));
-        const int64_t first = s.l.lead_bytes + (ox * g.stride_w - g.pad_w) * pixel_bytes;
-        for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
-            const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
-            const unsigned char *line =
-                (0 <= iy && iy < g.height ? image + iy * s.l.row_bytes : s.zero_row) + first;
-            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                const auto *pixel = line + dx * g.dilation_w * pixel_bytes;
-                bits.append(reinterpret_cast<const uint64_t *>(pixel), g.channels);
+            if (row_word) {
+                uint64_t word = 0;
+                for (int64_t dx = 0; dx < g.kernel_w; ++dx, pixel += tap_step) {
+                    uint64_t p;
+                    std::memcpy(&p, pixel, sizeof p);  // C < 64: one word, zero above C bits
+                    word |= p << (dx * c);
+                }
+                bits.append(&word, g.kernel_w * g.channels);
+            } else {
+                for (int64_t dx = 0; dx < g.kernel_w; ++dx, pixel += tap_step) {
+                    bits.append(reinterpret_cast<const uint64_t *>(pixel), g.channels);
+                }
             }
         }
         bits.finish();
