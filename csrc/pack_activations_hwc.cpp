@@ -123,41 +123,73 @@ void gather_runs(const Gather &s, const unsigned char *image, int64_t oy, int64_
     }
 }
 
-// The same for any C: taps appended bit by bit (64-bit shifts). Where a kernel row has
-// at most 64 bits (LeNet-5's 6 channels times 5 taps) its taps are or-ed into one word
-// in a register and appended at once: kh appends per position instead of kh*kw.
-void gather_bits(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
+// Whether a kernel row's taps fit one word (kw*C <= 64 bits, LeNet-5's 6 channels times
+// 5 taps) where pixels are not whole bytes: the rows are then gathered from strips.
+bool uses_strips(const Conv2dGeometry &g) {
+    return (!kLittleEndian || g.channels % 8 != 0) && g.channels < 64 &&
+           g.kernel_w * g.channels <= 64;
+}
+
+// Strips: for each input row and each output column ox, the kernel row's taps or-ed into
+// one word (tap dx at bit dx*C). Each strip serves the kh output rows whose window covers
+// that input row, so a tap is read once per input row, not once per output row, and an
+// output position takes kh appends instead of kh*kw.
+void build_strips(const Gather &s, const unsigned char *pixel_row, uint64_t *strips) {
     const Conv2dGeometry &g = s.g;
     const int64_t pixel_bytes = s.l.pixel_bytes;
     const int64_t tap_step = g.dilation_w * pixel_bytes;
-    const bool row_word = g.channels < 64 && g.kernel_w * g.channels <= 64;
     const int c = static_cast<int>(g.channels);
+    for (int64_t ox = s.ox_lo; ox < s.ox_hi; ++ox) {
+        const unsigned char *pixel =
+            pixel_row + s.l.lead_bytes + (ox * g.stride_w - g.pad_w) * pixel_bytes;
+        uint64_t word = 0;
+        for (int64_t dx = 0; dx < g.kernel_w; ++dx, pixel += tap_step) {
+            uint64_t p;
+            std::memcpy(&p, pixel, sizeof p);  // C < 64: one word, zero above C bits
+            word |= p << (dx * c);
+        }
+        strips[ox] = word;
+    }
+}
+
+// Output row oy from an image's strips (uses_strips): kh words per position.
+void gather_strips(const Gather &s, const uint64_t *strips, int64_t oy, unsigned char *out) {
+    const Conv2dGeometry &g = s.g;
+    const int64_t row_bits = g.kernel_w * g.channels;
+    for (int64_t ox = s.ox_lo; ox < s.ox_hi; ++ox) {
+        BitRow bits(reinterpret_cast<uint64_t *>(out + ox * s.out_bytes));
+        for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
+            const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
+            const uint64_t word = 0 <= iy && iy < g.height ? strips[iy * g.out_w + ox] : 0;
+            bits.append(&word, row_bits);
+        }
+        bits.finish();
+    }
+}
+
+// The same for any C: taps appended bit by bit (64-bit shifts).
+void gather_bits(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
+    const Conv2dGeometry &g = s.g;
+    const int64_t pixel_bytes = s.l.pixel_bytes;
     for (int64_t ox = s.ox_lo; ox < s.ox_hi; ++ox) {
         BitRow bits(reinterpret_cast<uint64_t *>(out + ox * s.out_bytes));
         const int64_t first = s.l.lead_bytes + (ox * g.stride_w - g.pad_w) * pixel_bytes;
         for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
             const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
-            const unsigned char *pixel =
+            const unsigned char *line =
                 (0 <= iy && iy < g.height ? image + iy * s.l.row_bytes : s.zero_row) + first;
-            if (row_word) {
-                uint64_t word = 0;
-                for (int64_t dx = 0; dx < g.kernel_w; ++dx, pixel += tap_step) {
-                    uint64_t p;
-                    std::memcpy(&p, pixel, sizeof p);  // C < 64: one word, zero above C bits
-                    word |= p << (dx * c);
-                }
-                bits.append(&word, g.kernel_w * g.channels);
-            } else {
-                for (int64_t dx = 0; dx < g.kernel_w; ++dx, pixel += tap_step) {
-                    bits.append(reinterpret_cast<const uint64_t *>(pixel), g.channels);
-                }
+            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
+                const auto *pixel = line + dx * g.dilation_w * pixel_bytes;
+                bits.append(reinterpret_cast<const uint64_t *>(pixel), g.channels);
             }
         }
         bits.finish();
     }
 }
 
-void gather_row(const Gather &s, const unsigned char *image, int64_t oy, unsigned char *out) {
+// `strips`: the image's strips where uses_strips, else null.
+void gather_row(const Gather &s, const unsigned char *image, const uint64_t *strips, int64_t oy,
+                unsigned char *out) {
     const Conv2dGeometry &g = s.g;
     // Positions that touch no pixel are zero; the others get their last word cleared
     // first, so the bytes past the last tap are zero (a store, not a call per position).
@@ -169,6 +201,7 @@ void gather_row(const Gather &s, const unsigned char *image, int64_t oy, unsigne
         const int64_t words = s.out_bytes / 8;
         for (int64_t ox = ox_lo; ox < ox_hi; ++ox) last[ox * words] = 0;
     }
+    if (strips != nullptr) return gather_strips(s, strips, oy, out);
     if (!kLittleEndian || g.channels % 8 != 0) return gather_bits(s, image, oy, out);
     const int64_t tap_bytes = g.channels / 8;
     if (g.dilation_w != 1 || s.l.pixel_bytes != tap_bytes) {
@@ -187,7 +220,8 @@ void gather_row(const Gather &s, const unsigned char *image, int64_t oy, unsigne
     }
 }
 
-struct PixelWorkspace;  // thread_workspace tag
+struct PixelWorkspace;  // thread_workspace tags
+struct StripWorkspace;
 
 }  // namespace
 
@@ -231,13 +265,30 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
     const int64_t rows = g.batch * g.out_h;
     const int64_t plane_words = g.positions() * g.words();
     const int gather_threads = threads_for(plane_words * 64);
+    // Strips (uses_strips): one word per input row and output column, per plane.
+    uint64_t *strips = nullptr;
+    const int64_t strip_plane = g.batch * g.height * g.out_w;
+    if (uses_strips(g)) {
+        strips = thread_workspace<StripWorkspace, uint64_t>(
+            static_cast<size_t>(q.planes * strip_plane));
+        const int64_t input_rows = q.planes * g.batch * g.height;
+#pragma omp parallel for num_threads(gather_threads) schedule(static)
+        for (int64_t r = 0; r < input_rows; ++r) {
+            const int64_t p = r / (g.batch * g.height), by = r % (g.batch * g.height);
+            build_strips(s, pixels + p * l.plane_bytes + by * l.row_bytes,
+                         strips + p * strip_plane + by * g.out_w);
+        }
+    }
 #pragma omp parallel for num_threads(gather_threads) schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t b = row / g.out_h;
         for (int p = 0; p < q.planes; ++p) {
             const unsigned char *image = pixels + p * l.plane_bytes + b * g.height * l.row_bytes;
+            const uint64_t *image_strips =
+                strips == nullptr ? nullptr : strips + p * strip_plane + b * g.height * g.out_w;
             uint64_t *row_out = out + p * plane_words + row * g.out_w * g.words();
-            gather_row(s, image, row % g.out_h, reinterpret_cast<unsigned char *>(row_out));
+            gather_row(s, image, image_strips, row % g.out_h,
+                       reinterpret_cast<unsigned char *>(row_out));
         }
     }
 }
