@@ -102,6 +102,23 @@ def test_the_model_runs_where_the_plan_must_not():
         torch.testing.assert_close(exported(x), want, rtol=1e-6, atol=1e-6)
 
 
+def test_global_module_hooks_see_the_model_run():
+    runtime = PackedRuntime(_packed_stem_pool(2))
+    x = torch.randn(1, 3, 23, 25)
+    with torch.no_grad():
+        want = runtime(x)
+    assert runtime.planned
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, a, out: seen.append(type(m).__name__))
+    try:
+        with torch.no_grad():
+            assert torch.equal(runtime(x), want)
+    finally:
+        handle.remove()
+    assert "PackedAPBConv2d" in seen and "Sequential" in seen
+
+
 def test_hooks_present_when_the_plan_is_built_still_run():
     packed = _packed_stem_pool(2)
     seen = []

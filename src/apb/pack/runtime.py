@@ -26,8 +26,10 @@ output is the model's bit for bit (``tests/test_pack_runtime.py``).
 When the plan is not used: under ``torch.compile`` / ``torch.export`` / fx and jit
 tracing and the profiler (they see the model and its operators, as before), when
 autograd would record the forward (a parameter or the input requires grad and grad mode
-is on), for inputs that are not a plain float32 CPU tensor, and for models that do not
-trace (the model then runs as it is). Then ``forward`` is ``model(x)``. The runtime
+is on), while a global module hook is registered (``nn.modules.module.
+register_module_forward_hook``: the hooks see every module call), for inputs that are not
+a plain float32 CPU tensor, and for models that do not trace (the model then runs as it
+is). Then ``forward`` is ``model(x)``. The runtime
 takes one input, as the zoo's models do.
 
 A plan is a snapshot of the weights' derived values (``α`` times a folded scale, the
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.modules import module as _module_globals  # global hooks: every module's
 
 from ..kernels import direct
 from .apb_layers import PackedAPBConv2d, PackedAPBLinear
@@ -117,7 +120,9 @@ class PackedRuntime(nn.Module):
         return (type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu
                 and not x.requires_grad and not torch.compiler.is_compiling()
                 and not torch.autograd._profiler_enabled()
-                and torch._C._get_tracing_state() is None)
+                and torch._C._get_tracing_state() is None
+                and not _module_globals._global_forward_hooks
+                and not _module_globals._global_forward_pre_hooks)
 
     def _build(self) -> bool:
         try:
