@@ -1,9 +1,7 @@
 // Bitwise GEMM with AVX-512: VPOPCNTQ counts the eight 64-bit lanes of a 512-bit
 // vector in one instruction, summed per lane across chunks. Compiled with
 // -mavx512f -mavx512vpopcntdq (and friends); called only when cpu_features().avx512.
-#include <immintrin.h>
-
-#include "bgemm.h"
+#include "bgemm_avx512.h"
 
 namespace apb {
 
@@ -21,14 +19,7 @@ inline int64_t sum_lanes(__m512i v) {
     return s;
 }
 
-template <BitOp op>
-inline __m512i apply(__m512i a, __m512i b) {
-    if constexpr (op == BitOp::Xor) {
-        return _mm512_xor_si512(a, b);
-    } else {
-        return _mm512_and_si512(a, b);
-    }
-}
+using bgemm_avx512_detail::apply;
 
 struct Avx512Kernels {
     // 16 accumulators + 4 activation vectors + 1 weight vector of the 32 zmm registers.

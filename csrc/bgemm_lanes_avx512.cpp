@@ -7,8 +7,7 @@
 // counting. Compiled with the AVX-512 flags; called only when cpu_features().avx512.
 #include <algorithm>
 
-#include "bgemm.h"
-#include "simd_avx512.h"
+#include "bgemm_avx512.h"
 
 namespace apb {
 
@@ -120,14 +119,7 @@ void pack_tile(const PopcountGemm &g, int64_t n0, int64_t cols, uint64_t *panel,
     }
 }
 
-template <BitOp op>
-inline __m512i apply(__m512i a, __m512i b) {
-    if constexpr (op == BitOp::Xor) {
-        return _mm512_xor_si512(a, b);
-    } else {
-        return _mm512_and_si512(a, b);
-    }
-}
+using bgemm_avx512_detail::apply;
 
 // One word k of rows [m, m + R): acc[r][p][c] += popcount(op(w[m + r, k] & mask, x)).
 template <BitOp op, int P, int C, int R>

@@ -270,6 +270,17 @@ static inline uint8_t quantize_byte(float x, const SparseConvInput &in) {
     return static_cast<uint8_t>(static_cast<int32_t>(quantize_units(x, in)));
 }
 
+// x^ as a phase plane of element type T stores it: quantize_byte for byte planes,
+// quantize_input for float planes.
+template <typename T>
+static inline T quantize_as(float x, const SparseConvInput &in) {
+    if constexpr (sizeof(T) == 1) {
+        return quantize_byte(x, in);
+    } else {
+        return quantize_input(x, in);
+    }
+}
+
 // Whether some kernel tap reads phase `phase` along one axis: (d * dilation) % stride.
 // A 1x1 stride-2 shortcut reads one phase of four; the others are never built.
 static inline bool phase_is_read(int64_t phase, int64_t kernel, int64_t dilation,

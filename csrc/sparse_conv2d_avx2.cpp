@@ -168,11 +168,7 @@ void phase_row(const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t
         }
     } else {
         for (int64_t k = 0; k < n; ++k) {
-            if constexpr (sizeof(T) == 1) {
-                d[k] = sparse_conv_detail::quantize_byte(src[sw * k], in);
-            } else {
-                d[k] = sparse_conv_detail::quantize_input(src[sw * k], in);
-            }
+            d[k] = sparse_conv_detail::quantize_as<T>(src[sw * k], in);
         }
     }
 }

@@ -46,34 +46,32 @@ void sweep_bytes_fresh(const sparse_conv_detail::ByteBatch<T> &batch, float *out
     sweep_bytes(batch, out, c0, c1);
 }
 
+// Phase rows of element type T (float x^ or byte codes / signs), zero outside the image.
+template <typename T>
+void build_phase_rows(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
+                      const SparseConvInput &in, int64_t bc, T *phases) {
+    sparse_conv_detail::build_phases(
+        x, g, p, bc, phases,
+        [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq, T *dst) {
+            for (int64_t k = 0; k < k_lo; ++k) dst[k] = T(0);
+            for (int64_t k = k_lo; k < k_hi; ++k) {
+                dst[k] = sparse_conv_detail::quantize_as<T>(src[sw * (k - k_lo)], in);
+            }
+            for (int64_t k = k_hi; k < wq; ++k) dst[k] = T(0);
+        });
+}
+
 }  // namespace
 
 void sparse_conv2d_build_bytes_scalar(const float *x, const Conv2dGeometry &g,
                                       const PhaseLayout &p, const SparseConvInput &in,
                                       int64_t bc, uint8_t *phases) {
-    sparse_conv_detail::build_phases(
-        x, g, p, bc, phases,
-        [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq,
-            uint8_t *dst) {
-            for (int64_t k = 0; k < k_lo; ++k) dst[k] = 0;
-            for (int64_t k = k_lo; k < k_hi; ++k) {
-                dst[k] = sparse_conv_detail::quantize_byte(src[sw * (k - k_lo)], in);
-            }
-            for (int64_t k = k_hi; k < wq; ++k) dst[k] = 0;
-        });
+    build_phase_rows(x, g, p, in, bc, phases);
 }
 
 void sparse_conv2d_build_scalar(const float *x, const Conv2dGeometry &g, const PhaseLayout &p,
                                 const SparseConvInput &in, int64_t bc, float *phases) {
-    sparse_conv_detail::build_phases(
-        x, g, p, bc, phases,
-        [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq, float *dst) {
-            for (int64_t k = 0; k < k_lo; ++k) dst[k] = 0.0f;
-            for (int64_t k = k_lo; k < k_hi; ++k) {
-                dst[k] = sparse_conv_detail::quantize_input(src[sw * (k - k_lo)], in);
-            }
-            for (int64_t k = k_hi; k < wq; ++k) dst[k] = 0.0f;
-        });
+    build_phase_rows(x, g, p, in, bc, phases);
 }
 
 void sparse_conv2d_tile_scalar(const SparseConvTile &t) {

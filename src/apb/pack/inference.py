@@ -78,15 +78,15 @@ class FastMaxPool2d(nn.MaxPool2d):
                    return_indices=pool.return_indices, ceil_mode=pool.ceil_mode)
 
     def forward(self, x: Tensor):
-        k, s, p = (_pair(v) for v in (self.kernel_size, self.stride, self.padding))
-        if self._direct(x, k, p):
-            return torch.from_numpy(direct.max_pool2d(x.detach().numpy(), k, s, p))
-        if (self.return_indices or self.ceil_mode or _pair(self.dilation) != (1, 1)
-                or (x.requires_grad and torch.is_grad_enabled())
-                or x.dim() != 4 or not x.is_floating_point() or not x.is_contiguous()
-                or x.shape[2] + 2 * p[0] < k[0]
-                or x.shape[3] + 2 * p[1] < k[1] or p[0] > k[0] // 2 or p[1] > k[1] // 2):
+        windows = pool_windows(self)
+        if (windows is None or x.dim() != 4 or not x.is_floating_point()
+                or not x.is_contiguous() or (x.requires_grad and torch.is_grad_enabled())
+                or x.shape[2] + 2 * windows[2][0] < windows[0][0]
+                or x.shape[3] + 2 * windows[2][1] < windows[0][1]):
             return super().forward(x)  # max_pool2d, with its own argument errors
+        k, s, p = windows
+        if self._direct(x):
+            return torch.from_numpy(direct.max_pool2d(x.detach().numpy(), k, s, p))
         if p != (0, 0):
             x = F.pad(x, (p[1], p[1], p[0], p[0]), value=float("-inf"))
         h, w = x.shape[2], x.shape[3]
@@ -99,20 +99,28 @@ class FastMaxPool2d(nn.MaxPool2d):
                 out = window.clone() if out is None else torch.maximum(out, window, out=out)
         return out
 
-
-    def _direct(self, x: Tensor, k: tuple[int, int], p: tuple[int, int]) -> bool:
+    @staticmethod
+    def _direct(x: Tensor) -> bool:
         """Whether the compiled kernel (:func:`apb.kernels.direct.max_pool2d`) computes
-        this call: a plain float32 NCHW CPU tensor outside autograd, torch.compile /
-        torch.export tracing and the profiler, in the window shapes it takes. At batch 1
-        it costs 1-3 µs where the strided maxima cost 20-25 µs on LeNet-5's maps."""
-        return (type(x) is Tensor and x.dtype == torch.float32 and x.dim() == 4
-                and x.device.type == "cpu" and x.is_contiguous()
-                and not (x.requires_grad and torch.is_grad_enabled())
-                and not self.return_indices and not self.ceil_mode
-                and _pair(self.dilation) == (1, 1) and 2 * p[0] <= k[0] and 2 * p[1] <= k[1]
-                and x.shape[2] + 2 * p[0] >= k[0] and x.shape[3] + 2 * p[1] >= k[1]
+        this call (the windows fit, the input is a contiguous 4-D float tensor outside
+        autograd): a plain float32 CPU tensor outside torch.compile / torch.export
+        tracing and the profiler. At batch 1 it costs 1-3 µs where the strided maxima
+        cost 20-25 µs on LeNet-5's maps."""
+        return (type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu
                 and not torch.compiler.is_compiling()
                 and not torch.autograd._profiler_enabled())
+
+
+def pool_windows(pool: nn.MaxPool2d) -> tuple[tuple[int, int], ...] | None:
+    """``(kernel, stride, padding)`` pairs of a max-pool that the strided maxima and the
+    compiled kernel compute (no indices, floor mode, no dilation, padding at most half
+    the kernel), else None."""
+    k, s, p = (_pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size,
+                                  pool.padding))
+    if (pool.return_indices or pool.ceil_mode or _pair(pool.dilation) != (1, 1)
+            or 2 * p[0] > k[0] or 2 * p[1] > k[1]):
+        return None
+    return k, s, p
 
 
 class TunedConv2d(nn.Conv2d):

@@ -51,7 +51,7 @@ from torch.nn.modules import module as _module_globals  # global hooks: every mo
 from ..kernels import direct
 from .apb_layers import PackedAPBConv2d, PackedAPBLinear
 from .fold import FoldedLinear, _PackedLeafTracer
-from .inference import FastMaxPool2d, TunedConv2d, _pair
+from .inference import FastMaxPool2d, TunedConv2d, pool_windows
 
 _RELU_FUNCTIONS = (F.relu, torch.relu)
 _ADD_FUNCTIONS = (operator.add, torch.add)
@@ -180,10 +180,9 @@ class _Step:
 
     def __init__(self, node: fx.Node, fn: Callable, inputs: list[fx.Node], takes: str,
                  kind: str):
+        # A step returns what it takes: a step on arrays an array (its fallbacks convert
+        # back), one on tensors whatever torch gives, one on either ("any") either.
         self.node, self.fn, self.inputs, self.takes, self.kind = node, fn, inputs, takes, kind
-        # What it returns: a step on arrays an array (its fallbacks convert back), one on
-        # tensors whatever torch gives, one on either ("any") either.
-        self.makes = "array" if takes == "array" else takes
 
 
 class _Plan:
@@ -219,7 +218,7 @@ class _Plan:
     # -- building ----------------------------------------------------------------------
     def _step(self, model: nn.Module, node: fx.Node) -> _Step:
         if node.op == "get_attr":
-            value = _attribute(model, str(node.target))
+            value = operator.attrgetter(str(node.target))(model)
             return _Step(node, lambda: value, [], "tensor", "attribute")
         if node.op == "call_module":
             module = self.modules[str(node.target)]
@@ -228,7 +227,7 @@ class _Plan:
                 planned = _module_step(module, node)
             if planned is not None:
                 return planned
-            return _generic(node, module, f"module {type(module).__name__}")
+            return _generic(node, module)
         if node.op == "call_function":
             if node.target in _RELU_FUNCTIONS and len(node.args) == 1 and not node.kwargs:
                 return _Step(node, _relu, list(node.args), "any", "relu")
@@ -238,12 +237,10 @@ class _Plan:
             if (node.target is torch.flatten and node.args[1:] == (1,) and not node.kwargs
                     and isinstance(node.args[0], fx.Node)):
                 return _Step(node, _flatten, [node.args[0]], "any", "flatten")
-            name = getattr(node.target, "__name__", str(node.target))
-            return _generic(node, node.target, f"function {name}")
+            return _generic(node, node.target)
         if node.op == "call_method":
             method = str(node.target)
-            return _generic(node, lambda obj, *a, **k: getattr(obj, method)(*a, **k),
-                            f"method {method}")
+            return _generic(node, lambda obj, *a, **k: getattr(obj, method)(*a, **k))
         raise _NotPlannable(f"graph node {node.op} is not supported")
 
     def _generate(self, placeholder: fx.Node, output: fx.Node) -> Callable:
@@ -269,7 +266,7 @@ class _Plan:
             name = f"v{i + 1}"
             scope[f"f{i}"] = step.fn
             lines.append(f"    {name} = f{i}({', '.join(args)})")
-            names[step.node], kinds[step.node] = name, step.makes
+            names[step.node], kinds[step.node] = name, step.takes
             dead = [names[n] for n in step.inputs if last_use.get(n) == i]
             if dead:
                 lines.append(f"    del {', '.join(sorted(set(dead)))}")
@@ -286,13 +283,6 @@ class _Plan:
         for step in self.steps:
             kinds[step.kind] = kinds.get(step.kind, 0) + 1
         return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
-
-
-def _attribute(model: nn.Module, target: str):
-    value = model
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 # -- the planned steps ----------------------------------------------------------------
@@ -379,11 +369,10 @@ def _module_step(module: nn.Module, node: fx.Node) -> _Step | None:
 
 
 def _max_pool_step(pool: nn.MaxPool2d, node: fx.Node) -> _Step | None:
-    k, s, p = (_pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size,
-                                  pool.padding))
-    if (pool.return_indices or pool.ceil_mode or _pair(pool.dilation) != (1, 1)
-            or 2 * p[0] > k[0] or 2 * p[1] > k[1]):
+    windows = pool_windows(pool)
+    if windows is None:
         return None
+    k, s, p = windows
 
     def max_pool(a):
         a = _array_if_contiguous(a)
@@ -440,12 +429,10 @@ def _linear(layer: nn.Linear) -> Callable:
     return linear
 
 
-def _generic(node: fx.Node, target: Callable, label: str) -> _Step:
+def _generic(node: fx.Node, target: Callable) -> _Step:
     """A step that calls ``target`` with the node's arguments, its graph values as torch
     tensors: what the model itself would do."""
-    inputs: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
-    inputs = list(dict.fromkeys(inputs))
+    inputs = list(node.all_input_nodes)
     position = {n: i for i, n in enumerate(inputs)}
     template_args, template_kwargs = node.args, node.kwargs
 
@@ -454,5 +441,4 @@ def _generic(node: fx.Node, target: Callable, label: str) -> _Step:
         kwargs = fx.node.map_arg(template_kwargs, lambda n: values[position[n]])
         return target(*args, **kwargs)
 
-    call.__name__ = label.replace(" ", "_")
     return _Step(node, call, inputs, "tensor", "generic")
