@@ -61,7 +61,7 @@ void conv_image(const float *x, const Conv2dGeometry &g, const ActivationQuantiz
     } else {
         bgemm_1x2(p.sign_rows, bits, M, N, W, q.planes, 64 * W, dot);
     }
-    SparseConvEpilogue fused = e;
+    SparseConvEpilogue fused = e;  // e.residual is this image's (apb_conv2d)
     fused.dot = dot;
     fused.dot_is_float = false;
     fused.out_nchw = true;
@@ -134,17 +134,20 @@ void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
     const int64_t out_stride = p.rows * g.out_h * g.out_w;
     const int64_t team = g.batch > 1 ? threads_for(g.positions() * g.columns()) : 1;
     const int nt = static_cast<int>(team < g.batch ? team : g.batch);
+    const auto run_image = [&](int64_t b) {
+        SparseConvEpilogue item = e;  // the residual is laid out as out: image b's part
+        if (e.residual != nullptr) item.residual = e.residual + b * out_stride;
+        conv_image(x + b * in_stride, image, q, in, p, a, item, out + b * out_stride);
+    };
     if (nt <= 1) {
-        for (int64_t b = 0; b < g.batch; ++b) {
-            conv_image(x + b * in_stride, image, q, in, p, a, e, out + b * out_stride);
-        }
+        for (int64_t b = 0; b < g.batch; ++b) run_image(b);
         return;
     }
     std::exception_ptr error;  // exceptions must not leave a parallel region
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int64_t b = 0; b < g.batch; ++b) {
         try {
-            conv_image(x + b * in_stride, image, q, in, p, a, e, out + b * out_stride);
+            run_image(b);
         } catch (...) {
 #pragma omp critical(apb_conv2d_error)
             if (!error) error = std::current_exception();
@@ -204,12 +207,13 @@ void apb_linear(const float *x, int64_t N, int64_t K, const BinaryProduct &p,
         const float ds = e.dot_scale[m];
         const float ss = e.sparse_scale != nullptr ? e.sparse_scale[m] : 1.0f;
         const float sh = e.shift != nullptr ? e.shift[m] : 0.0f;
+        const ChannelEpilogue channel{ds, ss, sh, e.lower, e.upper, e.residual};
         const int32_t *d = dot + m * N;
         const float *sp = acc != nullptr ? acc + m * N : nullptr;
         for (int64_t n = 0; n < N; ++n) {
             float y = ds * static_cast<float>(d[n]) + sh;
             if (sp != nullptr) y += ss * sp[n];
-            out[n * M + m] = y;
+            out[n * M + m] = finish_output(y, channel, n * M + m);
         }
     }
 }

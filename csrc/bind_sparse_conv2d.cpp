@@ -4,7 +4,11 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
+#include <cmath>
+#include <limits>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "bind.h"
 #include "bind_util.h"
@@ -42,6 +46,32 @@ apb::SparseConvEpilogue fused_epilogue(const AnyArray &dot_scale,
     e.sparse_scale = channel_vector(sparse_scale, "sparse_scale", rows);
     e.shift = channel_vector(shift, "shift", rows);
     return e;
+}
+
+// The fused end of a residual block: out = min(max(out + residual, lower), upper), with
+// residual (or None) float32, C-contiguous, of the output's shape.
+void set_finish(apb::SparseConvEpilogue &e, const OptionalArray &residual, double lower,
+                double upper, const char *fn, const std::vector<size_t> &out_shape) {
+    if (std::isnan(lower) || std::isnan(upper) || lower > upper) {
+        throw std::invalid_argument(std::string(fn) + ": need lower <= upper (not NaN), got " +
+                                    std::to_string(lower) + " and " + std::to_string(upper));
+    }
+    e.lower = static_cast<float>(lower);
+    e.upper = static_cast<float>(upper);
+    if (!residual) return;
+    check_array<float>(*residual, fn, "residual", "float32", out_shape.size());
+    bool same = true;
+    for (size_t i = 0; i < out_shape.size(); ++i) same = same && residual->shape(i) == out_shape[i];
+    if (!same) {
+        std::string expected = "(";
+        for (size_t i = 0; i < out_shape.size(); ++i) {
+            expected += (i ? ", " : "") + std::to_string(out_shape[i]);
+        }
+        throw std::invalid_argument(std::string(fn) + ": residual has shape " +
+                                    shape_string(*residual) + ", expected the output's " +
+                                    expected + ")");
+    }
+    e.residual = static_cast<const float *>(residual->data());
 }
 
 apb::SparseConvInput input_quantizer(int64_t act_bits, double scale) {
@@ -126,7 +156,8 @@ NumpyMatrix<float> py_apb_linear(const AnyArray &x, const AnyArray &sign_rows,
                                  const AnyArray &indptr, const AnyArray &indices,
                                  const AnyArray &values, int64_t act_bits, double scale,
                                  const AnyArray &dot_scale, const OptionalArray &sparse_scale,
-                                 const OptionalArray &shift) {
+                                 const OptionalArray &shift, const OptionalArray &residual,
+                                 double lower, double upper) {
     constexpr const char *fn = "apb_linear";
     check_matrix<float>(x, fn, "x", "float32");
     check_act_bits(act_bits, fn);
@@ -136,7 +167,8 @@ NumpyMatrix<float> py_apb_linear(const AnyArray &x, const AnyArray &sign_rows,
     const int64_t K = static_cast<int64_t>(x.shape(1));
     const apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, (K + 63) / 64, "ceil(K/64)"), M,
                                static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
-    const apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
+    apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
+    set_finish(e, residual, lower, upper, fn, {static_cast<size_t>(N), static_cast<size_t>(M)});
     NumpyMatrix<float> out = new_matrix<float>(N, M);
     const float *src = static_cast<const float *>(x.data());
     float *dst = out.data();
@@ -156,7 +188,8 @@ nb::ndarray<nb::numpy, float> py_apb_conv2d(const AnyArray &x, const AnyArray &s
                                  int64_t act_bits, double scale,
                                  const OptionalArray &padding_correction,
                                  const AnyArray &dot_scale, const OptionalArray &sparse_scale,
-                                 const OptionalArray &shift) {
+                                 const OptionalArray &shift, const OptionalArray &residual,
+                                 double lower, double upper) {
     constexpr const char *fn = "apb_conv2d";
     const apb::Conv2dGeometry g = conv2d_geometry_of(x, fn, kernel_h, kernel_w, stride_h,
                                                      stride_w, pad_h, pad_w, dilation_h,
@@ -181,9 +214,11 @@ nb::ndarray<nb::numpy, float> py_apb_conv2d(const AnyArray &x, const AnyArray &s
         }
         p.padding_correction = static_cast<const int32_t *>(padding_correction->data());
     }
-    const apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
-    auto out = new_array<float>({static_cast<size_t>(g.batch), static_cast<size_t>(M),
-                                 static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)});
+    apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
+    const std::vector<size_t> shape{static_cast<size_t>(g.batch), static_cast<size_t>(M),
+                                    static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)};
+    set_finish(e, residual, lower, upper, fn, shape);
+    auto out = new_array<float>({shape[0], shape[1], shape[2], shape[3]});
     const float *src = static_cast<const float *>(x.data());
     float *dst = out.data();
     apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
@@ -213,19 +248,27 @@ void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
           nb::arg("dilation_h"), nb::arg("dilation_w"), nb::arg("act_bits"), nb::arg("scale"),
           nb::arg("padding_correction").none(), nb::arg("dot_scale"),
           nb::arg("sparse_scale").none(), nb::arg("shift").none(),
+          nb::arg("residual").none() = nb::none(),
+          nb::arg("lower") = -std::numeric_limits<double>::infinity(),
+          nb::arg("upper") = std::numeric_limits<double>::infinity(),
           "A packed convolution with quantized inputs in one call: float32 [B, M, OH, OW], "
           "out[b, m, l] = dot_scale[m]*dot[m, n] + sparse_scale[m]*(S conv x^)[m, n] + "
           "shift[m] for n = b*OH*OW + l, dot the "
           "popcount product of sign_rows (uint64 [M, ceil(K/64)], columns (dy, dx, c)) with "
           "x's packed im2col rows, x^ = sign(x) (act_bits 1; minus padding_correction, int32 "
           "[M, OH*OW], when padded) or code*scale/L (2..8), S the CSR matrix [M, C*kh*kw] "
-          "(columns (c, dy, dx)).");
+          "(columns (c, dy, dx)); then min(max(out + residual, lower), upper), residual "
+          "float32 of the output's shape or None (NaN kept).");
     m.def("apb_linear", &py_apb_linear, nb::arg("x"), nb::arg("sign_rows"), nb::arg("indptr"),
           nb::arg("indices"), nb::arg("values"), nb::arg("act_bits"), nb::arg("scale"),
           nb::arg("dot_scale"), nb::arg("sparse_scale").none(), nb::arg("shift").none(),
+          nb::arg("residual").none() = nb::none(),
+          nb::arg("lower") = -std::numeric_limits<double>::infinity(),
+          nb::arg("upper") = std::numeric_limits<double>::infinity(),
           "A packed Linear layer with quantized inputs in one call: float32 [N, M] = "
           "dot_scale[m]*dot[m, n] + sparse_scale[m]*(S x^_n)[m] + shift[m] for x float32 "
           "[N, K], dot the popcount product of sign_rows (uint64 [M, ceil(K/64)]) with x's "
           "packed rows, x^ = sign(x) (act_bits 1) or code*scale/L (2..8), S the CSR matrix "
-          "[M, K].");
+          "[M, K]; then min(max(out + residual, lower), upper), residual float32 [N, M] or "
+          "None (NaN kept).");
 }

@@ -42,6 +42,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "pack_activations.h"
@@ -73,7 +74,29 @@ struct SparseConvEpilogue {
     // Where out[m, b*OH*OW + l] goes: [M, B*OH*OW] as dot (false), or [B, M, OH, OW], the
     // layer's NCHW output (true; the same memory at batch 1).
     bool out_nchw = false;
+    // Then out = min(max(out + residual, lower), upper): the end of a residual block,
+    // act(conv(x) + shortcut), in the layer's epilogue (docs/design.md, "The packed
+    // runtime"). residual (or null: nothing added) is laid out as out; the bounds are
+    // applied as max(lower, y), min(upper, y), which keep a NaN y, so the defaults leave
+    // every value as it is.
+    const float *residual = nullptr;
+    float lower = -std::numeric_limits<float>::infinity();
+    float upper = std::numeric_limits<float>::infinity();
 };
+
+// One output channel's epilogue constants (SparseConvEpilogue's, per channel m) and
+// where the residual of the epilogue's first output is (null when none).
+struct ChannelEpilogue {
+    float dot_scale, sparse_scale, shift, lower, upper;
+    const float *residual;
+};
+
+// y + residual, then the bounds, as every ISA applies them (see SparseConvEpilogue).
+static inline float finish_output(float y, const ChannelEpilogue &c, int64_t i) {
+    if (c.residual != nullptr) y += c.residual[i];
+    y = c.lower > y ? c.lower : y;
+    return c.upper < y ? c.upper : y;
+}
 
 // Validates the CSR structure against K = C*kh*kw (spmm_csr_validate) and the size of
 // the phase planes, then writes out [a.rows, g.positions()]. Dispatches to the active
@@ -162,10 +185,10 @@ using BatchOf =
 // halves_to_floats(src, n, dst) (float16 values), sweep(batch, acc, c0, c1) (spmm_csr's
 // inner loop, or its byte-widening twin; it may write up to 15 floats past c1 into acc's
 // slack), sweep_fresh (the same from 0, for a row's first batch) and
-// epilogue(dot, dot_is_float, a, g, shift, acc, acc_stride, out, rows, count): `rows`
-// output rows of `count` values, contiguous in out and dot, acc_stride apart in acc. It
-// may read up to 16 floats past a row in acc (acc has the slack) and write past a row's
-// end into the run's next rows, which it writes after.
+// epilogue(dot, dot_is_float, channel, acc, acc_stride, out, rows, count): `rows` output
+// rows of `count` values, contiguous in out, dot and the channel's residual, acc_stride
+// apart in acc. It may read up to 16 floats past a row in acc (acc has the slack) and
+// write past a row's end into the run's next rows, which it writes after.
 template <typename T, typename HalvesToFloats, typename Sweep, typename SweepFresh,
           typename Epilogue>
 static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
@@ -205,11 +228,13 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
                     sweep(batch, acc, int64_t{0}, length);
                 }
             }
-            const float dot_scale = e.dot == nullptr ? 0.0f : e.dot_scale[m];
+            ChannelEpilogue channel{};
+            channel.dot_scale = e.dot == nullptr ? 0.0f : e.dot_scale[m];
             // The planes' unit joins the channel's scale (exact when it is 1).
-            const float sparse_scale =
-                e.sparse_scale == nullptr ? t.unit : e.sparse_scale[m] * t.unit;
-            const float shift = e.shift == nullptr ? 0.0f : e.shift[m];
+            channel.sparse_scale = e.sparse_scale == nullptr ? t.unit : e.sparse_scale[m] * t.unit;
+            channel.shift = e.shift == nullptr ? 0.0f : e.shift[m];
+            channel.lower = e.lower;
+            channel.upper = e.upper;
             // The wide indices [n0, n1) cover output rows n0 / wq .. (n1-1) / wq, the first
             // and last maybe in part; columns ox >= OW of a row are the discarded ones. A
             // run of whole rows is one epilogue call, however short the rows (a 7x7 image
@@ -225,8 +250,9 @@ static void run_tile(const SparseConvTile &t, HalvesToFloats &&halves_to_floats,
                     const size_t bytes = e.dot_is_float ? sizeof(float) : sizeof(int32_t);
                     dot = static_cast<const char *>(e.dot) + static_cast<size_t>(n) * bytes;
                 }
-                epilogue(dot, e.dot_is_float, dot_scale, sparse_scale, shift,
-                         acc + (oy * wq + lo - t.n0), wq, t.out + o, count_rows, hi - lo);
+                channel.residual = e.residual == nullptr ? nullptr : e.residual + o;
+                epilogue(dot, e.dot_is_float, channel, acc + (oy * wq + lo - t.n0), wq,
+                         t.out + o, count_rows, hi - lo);
             };
             const int64_t oy_last = (t.n1 - 1) / wq;
             int64_t whole_from = -1;  // the first of a run of whole rows, or -1

@@ -37,12 +37,22 @@ inline __m256 load_dot(const void *dot, bool is_float, int64_t i, __m256i valid,
     return _mm256_cvtepi32_ps(v);
 }
 
-void epilogue_avx2(const void *dot, bool dot_is_float, float dot_scale, float sparse_scale,
-                   float shift, const float *acc, int64_t acc_stride, float *out, int64_t rows,
+// y + residual (lanes `valid` read), then the bounds: see SparseConvEpilogue. max/min
+// return their second operand when one is NaN, so a NaN y stays NaN.
+inline __m256 finish8(__m256 y, const ChannelEpilogue &c, int64_t i, __m256i valid, bool full) {
+    if (c.residual != nullptr) {
+        y = _mm256_add_ps(y, full ? _mm256_loadu_ps(c.residual + i)
+                                  : _mm256_maskload_ps(c.residual + i, valid));
+    }
+    return _mm256_min_ps(_mm256_set1_ps(c.upper), _mm256_max_ps(_mm256_set1_ps(c.lower), y));
+}
+
+void epilogue_avx2(const void *dot, bool dot_is_float, const ChannelEpilogue &c,
+                   const float *acc, int64_t acc_stride, float *out, int64_t rows,
                    int64_t count) {
-    const __m256 a = _mm256_set1_ps(dot_scale);
-    const __m256 g = _mm256_set1_ps(sparse_scale);
-    const __m256 s = _mm256_set1_ps(shift);
+    const __m256 a = _mm256_set1_ps(c.dot_scale);
+    const __m256 g = _mm256_set1_ps(c.sparse_scale);
+    const __m256 s = _mm256_set1_ps(c.shift);
     const __m256i all = _mm256_set1_epi32(-1);
     // Lanes past a row's end run into the next rows of the run (written after, so they
     // end right): only the run's last vector is partial.
@@ -57,7 +67,8 @@ void epilogue_avx2(const void *dot, bool dot_is_float, float dot_scale, float sp
                 dot == nullptr
                     ? s
                     : _mm256_fmadd_ps(a, load_dot(dot, dot_is_float, row + i, all, true), s);
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(g, _mm256_loadu_ps(acc + i), base));
+            _mm256_storeu_ps(out + i, finish8(_mm256_fmadd_ps(g, _mm256_loadu_ps(acc + i), base),
+                                              c, row + i, all, true));
         }
         if (i < count) {  // the run's last vector
             const __m256i valid = avx2::first_lanes(total - row - i);
@@ -66,7 +77,8 @@ void epilogue_avx2(const void *dot, bool dot_is_float, float dot_scale, float sp
                     ? s
                     : _mm256_fmadd_ps(a, load_dot(dot, dot_is_float, row + i, valid, false), s);
             store_first(out + i, total - row - i,
-                        _mm256_fmadd_ps(g, _mm256_maskload_ps(acc + i, valid), base));
+                        finish8(_mm256_fmadd_ps(g, _mm256_maskload_ps(acc + i, valid), base),
+                                c, row + i, valid, false));
         }
     }
 }

@@ -22,12 +22,13 @@ inline __mmask16 first_lanes(int64_t n) {
     return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
-void epilogue_avx512(const void *dot, bool dot_is_float, float dot_scale, float sparse_scale,
-                     float shift, const float *acc, int64_t acc_stride, float *out,
-                     int64_t rows, int64_t count) {
-    const __m512 a = _mm512_set1_ps(dot_scale);
-    const __m512 g = _mm512_set1_ps(sparse_scale);
-    const __m512 s = _mm512_set1_ps(shift);
+void epilogue_avx512(const void *dot, bool dot_is_float, const ChannelEpilogue &c,
+                     const float *acc, int64_t acc_stride, float *out, int64_t rows,
+                     int64_t count) {
+    const __m512 a = _mm512_set1_ps(c.dot_scale);
+    const __m512 g = _mm512_set1_ps(c.sparse_scale);
+    const __m512 s = _mm512_set1_ps(c.shift);
+    const __m512 lower = _mm512_set1_ps(c.lower), upper = _mm512_set1_ps(c.upper);
     // Lanes past a row's end run into the next rows of the run (written after, so they
     // end right): only the run's last vector is partial, short rows (a 7x7 image's) do
     // not make every store a masked one.
@@ -45,8 +46,13 @@ void epilogue_avx512(const void *dot, bool dot_is_float, float dot_scale, float 
                               valid, static_cast<const int32_t *>(dot) + row + i));
                 base = _mm512_fmadd_ps(a, d, s);
             }
-            _mm512_mask_storeu_ps(out + i, valid,
-                                  _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(valid, acc + i), base));
+            __m512 y = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(valid, acc + i), base);
+            if (c.residual != nullptr) {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(valid, c.residual + row + i));
+            }
+            // max/min return their second operand when one is NaN: a NaN y stays NaN.
+            y = _mm512_min_ps(upper, _mm512_max_ps(lower, y));
+            _mm512_mask_storeu_ps(out + i, valid, y);
         }
     }
 }

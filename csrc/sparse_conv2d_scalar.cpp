@@ -9,20 +9,20 @@ namespace apb {
 
 namespace {
 
-void epilogue_scalar(const void *dot, bool dot_is_float, float dot_scale, float sparse_scale,
-                     float shift, const float *acc, int64_t acc_stride, float *out,
-                     int64_t rows, int64_t count) {
+void epilogue_scalar(const void *dot, bool dot_is_float, const ChannelEpilogue &c,
+                     const float *acc, int64_t acc_stride, float *out, int64_t rows,
+                     int64_t count) {
     for (int64_t r = 0; r < rows; ++r, acc += acc_stride) {
         for (int64_t i = 0; i < count; ++i) {
             const int64_t n = r * count + i;
-            float base = shift;
+            float base = c.shift;
             if (dot != nullptr) {
                 const float d =
                     dot_is_float ? static_cast<const float *>(dot)[n]
                                  : static_cast<float>(static_cast<const int32_t *>(dot)[n]);
-                base = std::fma(dot_scale, d, shift);
+                base = std::fma(c.dot_scale, d, c.shift);
             }
-            out[n] = std::fma(sparse_scale, acc[i], base);
+            out[n] = finish_output(std::fma(c.sparse_scale, acc[i], base), c, n);
         }
     }
 }

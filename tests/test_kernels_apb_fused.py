@@ -79,10 +79,10 @@ def problems(draw: st.DrawFn) -> dict:
     }
 
 
-def _fused(p: dict) -> np.ndarray:
+def _fused(p: dict, **finish) -> np.ndarray:
     return direct.apb_conv2d(p["x"], p["sign_rows"], *p["csr"], *p["geometry"],
                              p["act_bits"], p["scale"], p["padding_correction"], p["dot_scale"],
-                             p["sparse_scale"], p["shift"])
+                             p["sparse_scale"], p["shift"], **finish)
 
 
 def _unfused(p: dict) -> np.ndarray:
@@ -282,3 +282,62 @@ def test_linear_extension_rejects(change: dict, error: type[Exception], words: s
         _C.apb_linear(args["x"], args["sign_rows"], args["indptr"], args["indices"],
                       args["values"], args["act_bits"], args["scale"], args["dot_scale"], None,
                       None)
+
+
+BOUNDS = [(-np.inf, np.inf), (0.0, np.inf), (-1.0, 1.0), (0.5, 0.5)]
+"""No bounds, ReLU, Hardtanh, and a degenerate interval."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv=problems(), linear=linear_problems(), bounds=st.sampled_from(BOUNDS),
+       with_residual=st.booleans())
+def test_residual_and_bounds_end_the_epilogue_as_numpy_would(
+        conv: dict, linear: dict, bounds: tuple[float, float], with_residual: bool) -> None:
+    """``min(max(out + residual, lower), upper)`` in the epilogue equals numpy's
+    ``np.clip(out + residual, lower, upper)`` on the plain output bit for bit, under every
+    ISA, NaN and infinite residuals included (a NaN stays NaN, as torch's ReLU keeps it)."""
+    lower, upper = bounds
+    rng = np.random.default_rng(0)
+    for p, call in ((conv, _fused), (linear, _linear_call)):
+        for isa in isas_under_test():
+            with kernels.use_isa(isa):
+                plain = call(p)
+                residual = None
+                if with_residual:
+                    residual = rng.standard_normal(plain.shape).astype(np.float32)
+                    residual.flat[rng.integers(0, residual.size, 3)] = [np.nan, np.inf, -np.inf]
+                got = call(p, residual=residual, lower=lower, upper=upper)
+            expected = np.clip(plain + residual if with_residual else plain,
+                               np.float32(lower), np.float32(upper))
+            np.testing.assert_array_equal(got, expected, err_msg=isa)
+
+
+def _linear_call(p: dict, **finish) -> np.ndarray:
+    return direct.apb_linear(p["x"], p["sign_rows"], *p["csr"], p["act_bits"], p["scale"],
+                             p["dot_scale"], p["sparse_scale"], p["shift"], **finish)
+
+
+@pytest.mark.parametrize(
+    ("finish", "error", "words"),
+    [
+        ({"residual": np.zeros((1, 3, 4, 3), np.float32)}, ValueError, r"\(1, 3, 4, 4\)"),
+        ({"residual": np.zeros((1, 3, 4, 4), np.float64)}, TypeError, "float32"),
+        ({"residual": np.zeros((1, 3, 4, 8), np.float32)[..., ::2]}, ValueError, "contiguous"),
+        ({"lower": 1.0, "upper": 0.0}, ValueError, "lower <= upper"),
+        ({"lower": float("nan")}, ValueError, "lower <= upper"),
+    ],
+)
+def test_extension_rejects_a_bad_residual_or_bounds(finish: dict, error: type[Exception],
+                                                   words: str) -> None:
+    with pytest.raises(error, match=words):
+        _C.apb_conv2d(X, ROWS, *CSR, *GEOMETRY, 1, 1.0, None, ONES, None, None, **finish)
+    linear_finish = dict(finish)
+    if "residual" in finish:  # the same mistakes against the Linear output [2, 3]
+        linear_finish["residual"] = {
+            ValueError: np.zeros((2, 4), np.float32) if "contiguous" not in words
+            else np.zeros((2, 6), np.float32)[:, ::2],
+            TypeError: np.zeros((2, 3), np.float64)}[error]
+    with pytest.raises(error, match=words if "residual" not in finish or error is TypeError
+                       or "contiguous" in words else r"\(2, 3\)"):
+        _C.apb_linear(np.zeros((2, 64), np.float32), ROWS, *CSR, 2, 1.0, ONES, None, None,
+                      **linear_finish)

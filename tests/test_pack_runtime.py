@@ -42,6 +42,9 @@ def test_zoo_models_match_their_packed_model_bit_for_bit(name, act_bits):
     summary = repr(runtime)
     assert ("apb_linear" in summary) == (name in ("lenet5", "mlp"))  # packed classifiers
     assert ("apb_conv2d" in summary) == (name != "mlp")
+    # Each of ResNet-20's nine residual blocks ends in one kernel call.
+    act = "relu" if act_bits == 2 else "hardtanh"
+    assert (f"9 apb_conv2d+add+{act}" in summary) == (name == "resnet20"), summary
 
 
 def _stem_pool_model() -> nn.Module:
@@ -77,6 +80,48 @@ def test_layouts_pools_and_unfolded_batchnorms(act_bits, optimize):
         got_cl = runtime(x.contiguous(memory_format=torch.channels_last))
     assert runtime.planned, runtime.plan_error
     assert torch.equal(got, want) and torch.equal(got_cl, want)
+
+
+class _Blocks(nn.Module):
+    """Residual endings the runtime fuses (ReLU as a function, Hardtanh with odd bounds)
+    and ones it must not or cannot: a convolution read twice, and a residual that only
+    broadcasts to the output (a pooled [B, C, 1, 1] map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv4 = nn.Conv2d(8, 8, 1)
+        self.tanh = nn.Hardtanh(-0.7, 1.3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv1(x) + x)          # fused, ReLU as a function
+        x = self.tanh(x + self.conv2(x))           # fused, the residual first
+        y = self.conv3(x)
+        x = torch.relu(y + x) + y                  # conv3 read twice: not fused
+        return torch.relu(self.conv4(x) + self.pool(x))  # broadcast: the steps run
+
+
+@pytest.mark.parametrize("act_bits", [1, 2])
+def test_residual_block_ends_fuse_where_they_may(act_bits):
+    model = prepare(_Blocks(), APBConfig(fp_fraction=0.05, act_bits=act_bits), (2, 3, 9, 11),
+                    filter_fn=lambda m, name: name != "stem")
+    packed = packed_copy(model)
+    runtime = PackedRuntime(packed)
+    x = torch.randn(3, 3, 9, 11, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, got = packed(x), runtime(x)
+    assert runtime.planned, runtime.plan_error
+    assert torch.equal(got, want)
+    # conv1, conv2 and conv4 fuse (conv4's residual broadcasts: at run time its step runs
+    # the three steps, which the equality above checks); conv3 stays itself.
+    summary = runtime._plan.summary()
+    assert "2 apb_conv2d+add+relu" in summary and "1 apb_conv2d+add+hardtanh" in summary, summary
+    assert "1 apb_conv2d," in summary, summary
 
 
 def test_the_model_runs_where_the_plan_must_not():

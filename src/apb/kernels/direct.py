@@ -18,6 +18,7 @@ convolution geometry is four pairs ``(rows, columns)``, ``scale`` a float.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -118,23 +119,30 @@ def apb_conv2d(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices
                values: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
                padding: Sequence[int], dilation: Sequence[int], act_bits: int, scale: float,
                padding_correction: np.ndarray | None, dot_scale: np.ndarray,
-               sparse_scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+               sparse_scale: np.ndarray | None, shift: np.ndarray | None,
+               residual: np.ndarray | None = None, lower: float = -math.inf,
+               upper: float = math.inf) -> np.ndarray:
     """A packed convolution with 1..8-bit inputs in one call: the im2col packing (hwc), the
     binary product with ``sign_rows`` and :func:`sparse_conv2d`'s epilogue; float32
     ``[B, M, OH, OW]`` (the layer's output). ``padding_correction``: int32 ``[M, OH·OW]`` for
-    padded ±1 inputs."""
+    padded ±1 inputs. Then, in the same pass, ``min(max(out + residual, lower), upper)``
+    (the end of a residual block, ``act(conv(x) + shortcut)``; a NaN stays NaN), with
+    ``residual`` float32 of the output's shape or None."""
     return extension().apb_conv2d(x, sign_rows, indptr, indices, values, *kernel_size, *stride,
                                   *padding, *dilation, act_bits, scale, padding_correction,
-                                  dot_scale, sparse_scale, shift)
+                                  dot_scale, sparse_scale, shift, residual, lower, upper)
 
 
 def apb_linear(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
                values: np.ndarray, act_bits: int, scale: float, dot_scale: np.ndarray,
-               sparse_scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+               sparse_scale: np.ndarray | None, shift: np.ndarray | None,
+               residual: np.ndarray | None = None, lower: float = -math.inf,
+               upper: float = math.inf) -> np.ndarray:
     """A packed Linear layer with 1..8-bit inputs in one call: the rows' packing, the binary
-    product with ``sign_rows``, ``S ⊗ x̂`` and the epilogue; float32 ``[N, M]``."""
+    product with ``sign_rows``, ``S ⊗ x̂`` and the epilogue; float32 ``[N, M]``; then
+    ``min(max(out + residual, lower), upper)`` as :func:`apb_conv2d`."""
     return extension().apb_linear(x, sign_rows, indptr, indices, values, act_bits, scale,
-                                  dot_scale, sparse_scale, shift)
+                                  dot_scale, sparse_scale, shift, residual, lower, upper)
 
 
 def xor_gate_decode(table: np.ndarray, n_out: int, n_in: int, inputs: np.ndarray, n_bits: int,

@@ -210,6 +210,7 @@ class _Plan:
                 output = node.args[0]
                 break
             self.steps.append(self._step(model, node))
+        self._fuse_block_ends()
         if not isinstance(output, fx.Node):
             raise _NotPlannable("the model returns a structure; the runtime plans models that "
                                 "return one tensor")
@@ -242,6 +243,30 @@ class _Plan:
             method = str(node.target)
             return _generic(node, lambda obj, *a, **k: getattr(obj, method)(*a, **k))
         raise _NotPlannable(f"graph node {node.op} is not supported")
+
+    def _fuse_block_ends(self) -> None:
+        """``act(conv(x) + r)`` as one kernel call: a packed convolution read only by an
+        addition, read only by a ReLU or Hardtanh, becomes one step at the activation's
+        place whose kernel adds ``r`` and applies the bounds in its epilogue (the three
+        lines cost a residual ResNet block two passes over its output)."""
+        by_node = {step.node: step for step in self.steps}
+        fused: dict[_Step, _Step] = {}
+        drop: set[_Step] = set()
+        for act in self.steps:
+            bounds = _ACTIVATION_BOUNDS.get(act.kind)
+            add = by_node.get(act.inputs[0]) if len(act.inputs) == 1 else None
+            if bounds is None or add is None or add.kind != "add" or len(add.node.users) != 1:
+                continue
+            for conv_node, residual in (add.inputs, add.inputs[::-1]):
+                conv = by_node.get(conv_node)
+                if (conv is not None and conv.kind == "apb_conv2d" and residual is not conv_node
+                        and len(conv_node.users) == 1):
+                    fused[act] = _Step(act.node, _block_end(conv.fn, add.fn, act.fn, bounds(act)),
+                                       [conv.inputs[0], residual], "array",
+                                       "apb_conv2d+add+" + act.kind)
+                    drop.update((conv, add))
+                    break
+        self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
 
     def _generate(self, placeholder: fx.Node, output: fx.Node) -> Callable:
         """One Python function, a line per step, each value deleted after its last use,
@@ -315,7 +340,33 @@ def _hardtanh(low: float, high: float, inplace: bool) -> Callable:
             return np.clip(a, low32, high32, out=a if inplace else None)
         return F.hardtanh(a, low, high, inplace)
 
+    hardtanh.bounds = (float(low32), float(high32))
     return hardtanh
+
+
+_ACTIVATION_BOUNDS: dict[str, Callable[[_Step], tuple[float, float]]] = {
+    "relu": lambda step: (0.0, np.inf),
+    "hardtanh": lambda step: step.fn.bounds,
+}
+"""The activations a packed convolution's epilogue applies, as ``(lower, upper)``: the
+kernel computes ``min(max(y, lower), upper)``, which keeps NaN as torch's ReLU and
+Hardtanh do, with the bounds rounded to float32 as the planned steps round them."""
+
+
+def _block_end(conv: Callable, add: Callable, act: Callable,
+               bounds: tuple[float, float]) -> Callable:
+    """The fused step: ``act(conv(a) + r)`` in the convolution's kernel call when ``r`` is
+    an array of the output's shape, else the three steps one after the other."""
+    lower, upper = bounds
+
+    def apb_conv2d_add_act(a, r):
+        if type(r) is np.ndarray and r.dtype == np.float32 and r.flags.c_contiguous:
+            out = conv(a, r, lower, upper)
+            if out is not None:
+                return out
+        return _as_array(act(add(conv(a), r)))
+
+    return apb_conv2d_add_act
 
 
 def _add(a, b):
@@ -390,14 +441,21 @@ def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
     geometry = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.act_bits)
     corrections: dict[tuple[int, int], np.ndarray | None] = {}
 
-    def apb_conv2d(a):
+    def apb_conv2d(a, residual=None, lower=-np.inf, upper=np.inf):
+        """The layer's output; with ``residual``, ``min(max(out + residual, lower),
+        upper)`` from the same kernel call, or None when the shapes do not fit."""
         if type(a) is not np.ndarray or a.ndim != 4:
-            return _as_array(layer(_as_tensor(a)))
+            return None if residual is not None else _as_array(layer(_as_tensor(a)))
         hw = a.shape[2:]
         corr = corrections.get(hw, False)
         if corr is False:
             c = layer._sign_padding(torch.from_numpy(a))
             corr = corrections[hw] = None if c is None else c.numpy()
+        if residual is not None:
+            if residual.shape != (a.shape[0], w.shape[0], *layer._out_size(*hw)):
+                return None
+            return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
+                                     dot_scale, sparse_scale, shift, residual, lower, upper)
         return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
                                  dot_scale, sparse_scale, shift)
 
