@@ -65,7 +65,7 @@ void conv_image(const float *x, const Conv2dGeometry &g, const ActivationQuantiz
     fused.dot = dot;
     fused.dot_is_float = false;
     fused.out_nchw = true;
-    sparse_conv2d(x, g, in, a, fused, out);
+    sparse_conv2d_validated(x, g, in, a, fused, out);  // apb_conv2d validated a
 }
 
 // acc[m] = sum of values[e] * x[indices[e]] over row m's nonzeros, four partial sums

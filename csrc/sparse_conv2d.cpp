@@ -110,6 +110,11 @@ void sparse_conv_quantize(const float *x, int64_t rows, int64_t cols,
 void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
                    const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
     spmm_csr_validate(a, g.columns());
+    sparse_conv2d_validated(x, g, in, a, e, out);
+}
+
+void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
+                             const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
     if (e.dot != nullptr && e.dot_scale == nullptr) {
         throw std::invalid_argument("sparse_conv2d: dot needs its dot_scale");
     }

@@ -103,6 +103,10 @@ static inline float finish_output(float y, const ChannelEpilogue &c, int64_t i) 
 // ISA and runs tiles of output channels x positions in parallel.
 void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
                    const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
+// The same without the CSR check, for a caller that made it (spmm_csr_validate(a,
+// g.columns())): apb_conv2d checks once per call, not once per image.
+void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
+                             const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
 
 // out float32 [rows, cols] = x^ (the quantized x, quantize_input below) for x float32
 // [rows, cols], with the active ISA's vector code.

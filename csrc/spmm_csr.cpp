@@ -43,33 +43,48 @@ void spmm_csr_validate(const CsrMatrix &a, int64_t K) {
     with_csr_types(a, [&](auto indptr_tag, auto index_tag, auto) {
         using P = decltype(indptr_tag);
         using I = decltype(index_tag);
-        int64_t previous = load_index<P>(a.indptr, 0);
-        if (previous != 0) {
+        const P *indptr = static_cast<const P *>(a.indptr);
+        const I *indices = static_cast<const I *>(a.indices);
+        if (indptr[0] != 0) {
             throw std::invalid_argument("spmm_csr: indptr[0] must be 0, got " +
-                                        std::to_string(previous));
+                                        std::to_string(static_cast<int64_t>(indptr[0])));
         }
-        for (int64_t m = 1; m <= a.rows; ++m) {
-            const int64_t current = load_index<P>(a.indptr, m);
-            if (current < previous) {
-                throw std::invalid_argument(
-                    "spmm_csr: indptr must be non-decreasing, but indptr[" +
-                    std::to_string(m) + "]=" + std::to_string(current) + " < indptr[" +
-                    std::to_string(m - 1) + "]=" + std::to_string(previous));
+        // Every call checks the whole structure (a packed layer's forward included), so the
+        // common, valid case is branch-free reductions the compiler vectorizes; only a
+        // failure walks the arrays again to name the first bad entry.
+        bool decreasing = false;
+        for (int64_t m = 1; m <= a.rows; ++m) decreasing |= indptr[m] < indptr[m - 1];
+        if (decreasing) {
+            for (int64_t m = 1; m <= a.rows; ++m) {
+                if (indptr[m] < indptr[m - 1]) {
+                    throw std::invalid_argument(
+                        "spmm_csr: indptr must be non-decreasing, but indptr[" +
+                        std::to_string(m) + "]=" + std::to_string(static_cast<int64_t>(indptr[m])) +
+                        " < indptr[" + std::to_string(m - 1) + "]=" +
+                        std::to_string(static_cast<int64_t>(indptr[m - 1])));
+                }
             }
-            previous = current;
         }
-        if (previous != a.nnz) {
-            throw std::invalid_argument("spmm_csr: indptr[-1]=" + std::to_string(previous) +
+        const int64_t last = static_cast<int64_t>(indptr[a.rows]);
+        if (last != a.nnz) {
+            throw std::invalid_argument("spmm_csr: indptr[-1]=" + std::to_string(last) +
                                         " must equal the number of nonzeros, len(indices)=" +
                                         std::to_string(a.nnz));
         }
+        I largest = 0, smallest = 0;
         for (int64_t e = 0; e < a.nnz; ++e) {
-            const int64_t index = load_index<I>(a.indices, e);
-            if (index < 0 || index >= K) {
-                throw std::invalid_argument(
-                    "spmm_csr: indices[" + std::to_string(e) + "]=" + std::to_string(index) +
-                    " is out of range for x with K=" + std::to_string(K) +
-                    " rows (expected 0 <= index < K)");
+            largest = indices[e] > largest ? indices[e] : largest;
+            smallest = indices[e] < smallest ? indices[e] : smallest;
+        }
+        if (smallest < 0 || static_cast<int64_t>(largest) >= K) {
+            for (int64_t e = 0; e < a.nnz; ++e) {
+                const int64_t index = load_index<I>(a.indices, e);
+                if (index < 0 || index >= K) {
+                    throw std::invalid_argument(
+                        "spmm_csr: indices[" + std::to_string(e) + "]=" + std::to_string(index) +
+                        " is out of range for x with K=" + std::to_string(K) +
+                        " rows (expected 0 <= index < K)");
+                }
             }
         }
     });
