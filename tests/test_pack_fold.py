@@ -102,6 +102,38 @@ def test_only_batchnorms_whose_input_is_used_once_fold():
     assert relative_error(got, want) < TOLERANCE
 
 
+def _pooled() -> nn.Module:
+    """VGG-Small's order, conv -> max-pool -> BatchNorm, packed and plain, a padded
+    pool included, and a pool whose output is read twice."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.MaxPool2d(3, 2, padding=1),
+        nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+
+
+@pytest.mark.parametrize("negative_channel", [False, True])
+def test_batchnorms_after_a_max_pool_fold_when_they_increase(negative_channel):
+    """Folded across the pool when every channel's scale is positive (a map that
+    increases commutes with the maximum); left as it is when one channel's scale is
+    negative (the maximum would become a minimum)."""
+    model = prepare(_pooled(), APBConfig(fp_fraction=0.1, act_bits=2), (2, 3, 11, 12),
+                    filter_fn=lambda m, name: name == "4")
+    with torch.no_grad():
+        model[6].weight[3] = -0.5 if negative_channel else 0.5
+        model[6].bias[3] = 0.25  # the channel's maximum is then not its maximum of BN
+    x = torch.randn(3, 3, 11, 12)
+    with torch.no_grad():
+        want = model(x)
+        packed = fold_batchnorm_(packed_copy(model))
+        got = packed(x)
+    assert isinstance(packed[2], nn.Identity)  # the plain stem: fuse_conv_bn_eval
+    assert isinstance(packed[5], nn.MaxPool2d)  # the pool stays, after the folded layer
+    assert packed[4].folded != negative_channel
+    assert isinstance(packed[6], nn.BatchNorm2d) == negative_channel
+    assert relative_error(got, want) < TOLERANCE
+
+
 def test_fold_needs_eval_mode_and_a_traceable_model():
     class Untraceable(nn.Module):
         def __init__(self):

@@ -23,7 +23,11 @@ leaves), never from module order. A BatchNorm folds when, in that graph,
 
 * its input is the output of a packed layer (Conv2d → ``BatchNorm2d``, Linear →
   ``BatchNorm1d``) or of a plain ``nn.Conv2d`` (→ ``BatchNorm2d``) or ``nn.Linear``
-  (→ ``BatchNorm1d``) with as many channels;
+  (→ ``BatchNorm1d``) with as many channels; or such a convolution's output max-pooled
+  (``conv → MaxPool2d → BatchNorm2d``, VGG-Small's order) when every channel's scale
+  ``a`` is positive and finite: a map that increases with ``y`` commutes with the
+  maximum (``max_i (a·y_i + b) = a·max_i y_i + b``, rounding included, since rounding is
+  monotone), so the layer applies the BatchNorm before the pool and the pool stays;
 * that output has no other user, the layer and the BatchNorm are each called once, and
   neither is read as an attribute anywhere else in the graph;
 * the BatchNorm is in eval mode with running statistics (otherwise it normalises with
@@ -168,17 +172,44 @@ def _foldable(graph: fx.Graph, modules: dict[str, nn.Module]) -> set[tuple[str, 
         if not isinstance(bn, _BATCHNORMS) or len(node.args) != 1 or node.kwargs:
             continue
         source = node.args[0]
+        pool = _single_max_pool(source, modules, calls)
+        if pool is not None:  # conv -> max-pool -> BatchNorm: only increasing affine maps
+            if type(bn) is not nn.BatchNorm2d or not _increasing(bn):
+                continue
+            source = source.args[0]
         if not (isinstance(source, fx.Node) and source.op == "call_module"
                 and len(source.users) == 1 and calls[source.target] == 1
                 and calls[node.target] == 1):
             continue
         layer = modules[source.target]
-        if any(a == t or a.startswith(t + ".") for a in attrs
-               for t in (node.target, source.target)):
+        read = [t for t in (node.target, source.target, pool) if t is not None]
+        if any(a == t or a.startswith(t + ".") for a in attrs for t in read):
             continue  # read elsewhere as an attribute: replacing it would change that
         if _fits(layer, bn):
             pairs.add((source.target, node.target))
     return pairs
+
+
+def _single_max_pool(node, modules: dict[str, nn.Module], calls: dict[str, int]) -> str | None:
+    """The name of the ``nn.MaxPool2d`` that ``node`` calls, when it is called once, on
+    one graph value, returns a tensor (no indices), has no hooks and nothing else reads
+    its output; else None."""
+    if not (isinstance(node, fx.Node) and node.op == "call_module"):
+        return None
+    pool = modules.get(node.target)
+    if (isinstance(pool, nn.MaxPool2d) and not pool.return_indices and not _hooked(pool)
+            and calls[node.target] == 1 and len(node.users) == 1 and len(node.args) == 1
+            and not node.kwargs and isinstance(node.args[0], fx.Node)):
+        return node.target
+    return None
+
+
+def _increasing(bn: nn.Module) -> bool:
+    """Whether every channel's ``a`` of an eval-mode BatchNorm is positive and finite."""
+    if bn.running_mean is None or bn.running_var is None:
+        return False
+    a, _ = batchnorm_affine(bn)
+    return bool(torch.all(torch.isfinite(a) & (a > 0)))
 
 
 def _fits(layer: nn.Module, bn: nn.Module) -> bool:
