@@ -14,8 +14,7 @@
 #include <string>
 
 #include "simd_avx512.h"
-// 32 vector registers: four independent sums per row in the sparse AXPY, of 16 floats.
-#define APB_L1XF_ACC_SETS 4
+// The sparse AXPY in 16-float vectors.
 #define APB_L1XF_ZMM 1
 #include "linear_1xf_simd.h"
 

@@ -40,12 +40,12 @@ using spmm_detail::with_csr_types;
 // kSmallBlockTokens when N is at most that (the AXPY's width is the block's).
 constexpr int64_t kBlockTokens = 32;
 constexpr int64_t kSmallBlockTokens = 16;
-// Independent sums per row in the sparse AXPY (breaking the FMA latency chain), as many
-// as the registers allow (the AVX-512 file sets 4).
-#ifndef APB_L1XF_ACC_SETS
-#define APB_L1XF_ACC_SETS 2
-#endif
-constexpr int kAccSets = APB_L1XF_ACC_SETS;
+// Independent sums per row in the sparse AXPY (breaking the FMA latency chain). Two,
+// with 16- or 8-float vectors alike: a transformer's rows hold few nonzeros (MiniLM's
+// about 5 at 1.6 bits per weight), whose per-row setup and reduction four sets made
+// dearer than the chains they broke (sparse part at N = 128: 384 -> 1536 99 -> 66 us,
+// 1536 -> 384 105 -> 79 us; 4096 -> 4096 at 2 % about 8 % slower, docs/performance.md).
+constexpr int kAccSets = 2;
 // At or below this many tokens the sparse part gathers from the rows of x.
 constexpr int64_t kSmallN = 4;
 
@@ -366,6 +366,27 @@ struct AxpyVec {
 };
 #endif
 
+// dst[c * dst_stride + r] = r8[r][c] for an 8 x 8 block held in eight vectors (rows r):
+// unpack pairs, then quads, then halves.
+static inline void transpose8x8_store(const __m256 *r8, float *dst, int64_t dst_stride) {
+    __m256 a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_ps(r8[i], r8[i + 1]);
+        a[i + 1] = _mm256_unpackhi_ps(r8[i], r8[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i] = _mm256_shuffle_ps(a[i], a[i + 2], 0x44);
+        b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], 0xee);
+        b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0x44);
+        b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; ++i) {
+        // Column c of the block: b[i] holds columns {i, i + 4} of rows 0-3 | 4-7.
+        _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(b[i], b[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(b[i], b[i + 4], 0x31));
+    }
+}
+
 template <typename P, typename I, typename V, int W>
 static void sparse_axpy(const CsrMatrix &a, const float *xt, int64_t m0, int rows, int tokens,
                         float (*sp)[kTileRows]) {
@@ -398,8 +419,19 @@ static void sparse_axpy(const CsrMatrix &a, const float *xt, int64_t m0, int row
         }
         for (int h = 0; h < kVecs; ++h) Vec::store(rt[r] + Vec::kWidth * h, acc[0][h]);
     }
-    for (int t = 0; t < tokens; ++t) {
-        for (int r = 0; r < rows; ++r) sp[t][r] = rt[r][t];
+    // rt [rows][W] -> sp [W][rows] in 8 x 8 blocks, in registers (a scalar copy of the
+    // 2,048 values of a tile took a fifth of the sparse part at N = 128). Rows past
+    // `rows` get zeros and tokens past `tokens` whatever their zero columns of xt gave;
+    // the epilogue keeps neither.
+    for (int r0 = 0; r0 < rows; r0 += 8) {
+        const int block_rows = rows - r0 < 8 ? rows - r0 : 8;
+        for (int t0 = 0; t0 < tokens; t0 += 8) {
+            __m256 r8[8];
+            for (int i = 0; i < 8; ++i) {
+                r8[i] = i < block_rows ? _mm256_load_ps(rt[r0 + i] + t0) : _mm256_setzero_ps();
+            }
+            transpose8x8_store(r8, &sp[t0][r0], kTileRows);
+        }
     }
 }
 
@@ -419,25 +451,7 @@ static void transpose(const float *x, int64_t N, int64_t K, int64_t n0, int64_t 
         for (; k + 8 <= k1; k += 8) {
             __m256 r[8];
             for (int i = 0; i < 8; ++i) r[i] = present[i] ? _mm256_loadu_ps(rows[i] + k) : _mm256_setzero_ps();
-            // 8 x 8 transpose: unpack pairs, then quads, then halves.
-            __m256 a[8], b[8];
-            for (int i = 0; i < 8; i += 2) {
-                a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-                a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-            }
-            for (int i = 0; i < 8; i += 4) {
-                b[i] = _mm256_shuffle_ps(a[i], a[i + 2], 0x44);
-                b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], 0xee);
-                b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0x44);
-                b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0xee);
-            }
-            for (int i = 0; i < 4; ++i) {
-                // Column c of the block: b[i] holds columns {i, i + 4} of tokens 0-3 | 4-7.
-                const __m256 lo = _mm256_permute2f128_ps(b[i], b[i + 4], 0x20);
-                const __m256 hi = _mm256_permute2f128_ps(b[i], b[i + 4], 0x31);
-                _mm256_storeu_ps(xt + (k + i) * W + t0, lo);
-                _mm256_storeu_ps(xt + (k + i + 4) * W + t0, hi);
-            }
+            transpose8x8_store(r, xt + k * W + t0, W);
         }
         for (; k < k1; ++k) {
             for (int i = 0; i < 8; ++i) xt[k * W + t0 + i] = present[i] ? rows[i][k] : 0.0f;
