@@ -16,6 +16,7 @@ mask as a single plane) and cached.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -220,7 +221,23 @@ class LinearGeometry(PackedLayer):
 
     def _rows(self, x: Tensor) -> Tensor:
         """The input as contiguous rows ``[N, in_features]``, after checking it."""
-        self._check_dtype_device(x)
+        self._check_rows(x)
+        return x.reshape(-1, self.in_features).contiguous()
+
+    def _rows_array(self, x: Tensor) -> np.ndarray:
+        """The same rows as a C-contiguous numpy array, for the direct kernel calls: numpy
+        reshapes in a fifth of the time torch takes (1.5 µs), a share of a layer's call."""
+        self._check_rows(x)
+        a = x.detach().numpy()
+        if a.ndim != 2:
+            a = a.reshape(-1, self.in_features)
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+    def _check_rows(self, x: Tensor) -> None:
+        """Raises unless ``x`` is a float32 CPU tensor ``[..., in_features]`` (and 2-D with
+        a BatchNorm1d folded in)."""
+        if not (type(x) is Tensor and x.dtype is torch.float32 and x.is_cpu):
+            self._check_dtype_device(x)  # the message; a subclass may pass
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{self._label()} expects inputs whose last dimension is {self.in_features}, "
@@ -233,7 +250,6 @@ class LinearGeometry(PackedLayer):
                 f"exact for [batch, features] input only, got shape {tuple(x.shape)}; run "
                 "the model without folding"
             )
-        return x.reshape(-1, self.in_features).contiguous()
 
     def _columns(self, x: Tensor) -> Tensor:
         return x

@@ -176,7 +176,7 @@ class PackedLayer(nn.Module):
         value must not outlive its trace."""
         if torch.compiler.is_compiling():
             return compute()
-        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        key = [None if t is None else (id(t), t._version) for t in tensors]
         cached = self._constants.get(compute.__name__)
         if cached is None or cached[0] != key:
             cached = self._constants[compute.__name__] = (key, compute())
