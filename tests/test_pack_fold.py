@@ -127,11 +127,15 @@ def test_batchnorms_after_a_max_pool_fold_when_they_increase(negative_channel):
         want = model(x)
         packed = fold_batchnorm_(packed_copy(model))
         got = packed(x)
-    assert isinstance(packed[2], nn.Identity)  # the plain stem: fuse_conv_bn_eval
+    assert isinstance(packed[2], nn.Identity)  # into the plain stem: fuse_conv_bn_eval
     assert isinstance(packed[5], nn.MaxPool2d)  # the pool stays, after the folded layer
     assert packed[4].folded != negative_channel
     assert isinstance(packed[6], nn.BatchNorm2d) == negative_channel
     assert relative_error(got, want) < TOLERANCE
+    # On request the pools keep their BatchNorms (the ONNX Runtime peer's export).
+    kept = fold_batchnorm_(packed_copy(model), across_max_pools=False)
+    assert isinstance(kept[2], nn.BatchNorm2d) and isinstance(kept[6], nn.BatchNorm2d)
+    assert not kept[4].folded
 
 
 def test_fold_needs_eval_mode_and_a_traceable_model():

@@ -81,9 +81,13 @@ def build_apb(name: str, act_bits: int, fp_fraction: float = 0.02, seed: int = 0
     return PackedRuntime(optimize_for_inference_(packed)), model
 
 
-def build_fp32(name: str, act_bits: int, seed: int = 0) -> nn.Module:
-    """The architecture in fp32, eval mode, BatchNorms folded into the convolutions."""
-    return fold_batchnorm_(_architecture(name, act_bits, seed).eval())
+def build_fp32(name: str, act_bits: int, seed: int = 0,
+               across_max_pools: bool = True) -> nn.Module:
+    """The architecture in fp32, eval mode, BatchNorms folded into the convolutions
+    (``across_max_pools``: :func:`~apb.pack.fold_batchnorm_`'s option; the ONNX Runtime
+    peer is exported without it, which its int8 quantizer runs fastest)."""
+    return fold_batchnorm_(_architecture(name, act_bits, seed).eval(),
+                           across_max_pools=across_max_pools)
 
 
 def build_int8(name: str, act_bits: int, seed: int = 0,
