@@ -1,0 +1,237 @@
+"""The lines of a :class:`~apb.pack.PackedRuntime` plan: what each kind of graph node
+becomes (docs/design.md, "The packed runtime"). Every step computes what the module or
+function it replaces computes, with the same kernels, so a plan's output is the model's
+bit for bit; each falls back to the module itself for what it does not handle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from ..kernels import direct
+from .apb_layers import PackedAPBConv2d, PackedAPBLinear
+from .fold import FoldedLinear
+from .inference import FastMaxPool2d, TunedConv2d, pool_windows
+
+_POOLS = (nn.MaxPool2d, FastMaxPool2d)
+
+# -- values: numpy arrays between the planned steps, torch tensors for torch's own ---------
+def _as_array(value):
+    """A tensor's values as a C-contiguous numpy array (no copy when it is contiguous);
+    anything else as it is."""
+    if type(value) is Tensor:
+        if value.dtype != torch.float32 or value.device.type != "cpu":
+            return value
+        return (value if value.is_contiguous() else value.contiguous()).numpy()
+    return value
+
+
+def _as_tensor(value):
+    return torch.from_numpy(value) if type(value) is np.ndarray else value
+
+
+class _Step:
+    """One line of the plan: ``out = fn(*inputs)``, ``inputs`` the graph's nodes, each
+    converted to what ``fn`` takes (``"array"``, ``"tensor"`` or ``"any"``, as it is)."""
+
+    def __init__(self, node: fx.Node, fn: Callable, inputs: list[fx.Node], takes: str,
+                 kind: str):
+        # A step returns what it takes: a step on arrays an array (its fallbacks convert
+        # back), one on tensors whatever torch gives, one on either ("any") either.
+        self.node, self.fn, self.inputs, self.takes, self.kind = node, fn, inputs, takes, kind
+
+
+# -- the planned steps ----------------------------------------------------------------
+# The elementwise steps and the max-pool take arrays or tensors: a channels-last tensor (a
+# stem's output) stays a tensor, computed by torch as the model computes it, instead of
+# being copied to NCHW before the packed layer that copies it anyway; a contiguous one
+# (a full-precision layer's NCHW output) becomes an array, without a copy.
+def _array_if_contiguous(a):
+    if type(a) is Tensor and a.dtype == torch.float32 and a.is_cpu and a.is_contiguous():
+        return a.numpy()
+    return a
+
+
+def _relu(a):
+    a = _array_if_contiguous(a)
+    return np.maximum(a, np.float32(0)) if type(a) is np.ndarray else torch.relu(a)
+
+
+def _relu_in_place(a):
+    a = _array_if_contiguous(a)
+    return np.maximum(a, np.float32(0), out=a) if type(a) is np.ndarray else torch.relu_(a)
+
+
+def _hardtanh(low: float, high: float, inplace: bool) -> Callable:
+    low32, high32 = np.float32(low), np.float32(high)
+
+    def hardtanh(a):
+        a = _array_if_contiguous(a)
+        if type(a) is np.ndarray:
+            return np.clip(a, low32, high32, out=a if inplace else None)
+        return F.hardtanh(a, low, high, inplace)
+
+    hardtanh.bounds = (float(low32), float(high32))
+    return hardtanh
+
+
+_ACTIVATION_BOUNDS: dict[str, Callable[[_Step], tuple[float, float]]] = {
+    "relu": lambda step: (0.0, np.inf),
+    "hardtanh": lambda step: step.fn.bounds,
+}
+"""The activations a packed convolution's epilogue applies, as ``(lower, upper)``: the
+kernel computes ``min(max(y, lower), upper)``, which keeps NaN as torch's ReLU and
+Hardtanh do, with the bounds rounded to float32 as the planned steps round them."""
+
+
+def _block_end(conv: Callable, add: Callable, act: Callable,
+               bounds: tuple[float, float]) -> Callable:
+    """The fused step: ``act(conv(a) + r)`` in the convolution's kernel call when ``r`` is
+    an array of the output's shape, else the three steps one after the other."""
+    lower, upper = bounds
+
+    def apb_conv2d_add_act(a, r):
+        if type(r) is np.ndarray and r.dtype == np.float32 and r.flags.c_contiguous:
+            out = conv(a, r, lower, upper)
+            if out is not None:
+                return out
+        return _as_array(act(add(conv(a), r)))
+
+    return apb_conv2d_add_act
+
+
+def _add(a, b):
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype == np.float32:
+        return a + b
+    return _as_tensor(a) + _as_tensor(b)
+
+
+def _flatten(a):
+    if type(a) is np.ndarray and a.ndim >= 2:
+        return a.reshape(a.shape[0], -1)
+    return torch.flatten(_as_tensor(a), 1)
+
+
+def _module_step(module: nn.Module, node: fx.Node) -> _Step | None:
+    """The planned step for a module call with positional arguments, or None."""
+    args = list(node.args)
+    if len(args) != 1 or not isinstance(args[0], fx.Node):
+        return None
+    kind = type(module)
+    if kind is nn.ReLU:
+        return _Step(node, _relu_in_place if module.inplace else _relu, args, "any", "relu")
+    if kind is nn.Hardtanh:
+        return _Step(node, _hardtanh(module.min_val, module.max_val, module.inplace), args,
+                     "any", "hardtanh")
+    if kind is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+        return _Step(node, _flatten, args, "any", "flatten")
+    if isinstance(module, nn.MaxPool2d) and kind in _POOLS:
+        return _max_pool_step(module, node)
+    if kind is PackedAPBConv2d and module.act_bits <= 8 and module.backend == "kernels":
+        return _Step(node, _apb_conv2d(module), args, "array", "apb_conv2d")
+    if kind is PackedAPBLinear and module.act_bits <= 8 and module.backend == "kernels":
+        return _Step(node, _apb_linear(module), args, "array", "apb_linear")
+    if kind in (nn.Linear, FoldedLinear):
+        return _Step(node, _linear(module), args, "tensor", "linear")
+    if kind is TunedConv2d:
+        def tuned_conv2d(t):
+            if type(t) is Tensor and t.dim() == 4:
+                return module.inference(t)
+            return module(t)
+
+        return _Step(node, tuned_conv2d, args, "tensor", "conv2d")
+    if kind is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(
+            module.padding, str):
+        weight, bias = module.weight, module.bias
+        stride, padding, dilation, groups = (module.stride, module.padding, module.dilation,
+                                             module.groups)
+        return _Step(node, lambda t: F.conv2d(t, weight, bias, stride, padding, dilation,
+                                              groups), args, "tensor", "conv2d")
+    return None
+
+
+def _max_pool_step(pool: nn.MaxPool2d, node: fx.Node) -> _Step | None:
+    windows = pool_windows(pool)
+    if windows is None:
+        return None
+    k, s, p = windows
+
+    def max_pool(a):
+        a = _array_if_contiguous(a)
+        if type(a) is np.ndarray and a.ndim == 4:
+            return direct.max_pool2d(a, k, s, p)
+        # A channels-last map (an ImageNet stem's output) stays channels-last: torch pools
+        # it fast in that layout, and the next packed layer reads it once to make it NCHW.
+        return pool(_as_tensor(a))
+
+    return _Step(node, max_pool, list(node.args), "any", "max_pool2d")
+
+
+def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
+    w, indptr, indices, values, s, dot_scale, sparse_scale, shift = layer._direct_args()
+    geometry = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.act_bits)
+    corrections: dict[tuple[int, int], np.ndarray | None] = {}
+
+    def apb_conv2d(a, residual=None, lower=-np.inf, upper=np.inf):
+        """The layer's output; with ``residual``, ``min(max(out + residual, lower),
+        upper)`` from the same kernel call, or None when the shapes do not fit."""
+        if type(a) is not np.ndarray or a.ndim != 4:
+            return None if residual is not None else _as_array(layer(_as_tensor(a)))
+        hw = a.shape[2:]
+        corr = corrections.get(hw, False)
+        if corr is False:
+            c = layer._sign_padding(torch.from_numpy(a))
+            corr = corrections[hw] = None if c is None else c.numpy()
+        if residual is not None:
+            if residual.shape != (a.shape[0], w.shape[0], *layer._out_size(*hw)):
+                return None
+            return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
+                                     dot_scale, sparse_scale, shift, residual, lower, upper)
+        return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
+                                 dot_scale, sparse_scale, shift)
+
+    return apb_conv2d
+
+
+def _apb_linear(layer: PackedAPBLinear) -> Callable:
+    w, indptr, indices, values, s, dot_scale, sparse_scale, shift = layer._direct_args()
+    act_bits = layer.act_bits
+
+    def apb_linear(a):
+        if type(a) is not np.ndarray or a.ndim != 2:
+            return _as_array(layer(_as_tensor(a)))
+        return direct.apb_linear(a, w, indptr, indices, values, act_bits, s, dot_scale,
+                                 sparse_scale, shift)
+
+    return apb_linear
+
+
+def _linear(layer: nn.Linear) -> Callable:
+    weight, bias = layer.weight, layer.bias
+    folded = type(layer) is FoldedLinear
+
+    def linear(t):
+        if folded and t.dim() != 2:
+            return layer(t)  # raises, saying why
+        return F.linear(t, weight, bias)
+
+    return linear
+
+
+def _generic(node: fx.Node, target: Callable) -> _Step:
+    """A step that calls ``target`` with the node's arguments, its graph values as torch
+    tensors: what the model itself would do."""
+    inputs = list(node.all_input_nodes)
+    position = {n: i for i, n in enumerate(inputs)}
+    template_args, template_kwargs = node.args, node.kwargs
+
+    def call(*values):
+        args = fx.node.map_arg(template_args, lambda n: values[position[n]])
+        kwargs = fx.node.map_arg(template_kwargs, lambda n: values[position[n]])
+        return target(*args, **kwargs)
+
+    return _Step(node, call, inputs, "tensor", "generic")
