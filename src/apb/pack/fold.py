@@ -162,7 +162,7 @@ def _fold_part(part: nn.Module, graphs: list[fx.Graph], across_max_pools: bool) 
 
 
 def _foldable(graph: fx.Graph, modules: dict[str, nn.Module],
-              across_max_pools: bool = True) -> set[tuple[str, str]]:
+              across_max_pools: bool) -> set[tuple[str, str]]:
     """``(layer, BatchNorm)`` names whose fold this graph proves safe (module docstring)."""
     calls: dict[str, int] = {}
     attrs = [n.target for n in graph.nodes if n.op == "get_attr"]

@@ -186,13 +186,11 @@ def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
         if corr is False:
             c = layer._sign_padding(torch.from_numpy(a))
             corr = corrections[hw] = None if c is None else c.numpy()
-        if residual is not None:
-            if residual.shape != (a.shape[0], w.shape[0], *layer._out_size(*hw)):
-                return None
-            return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
-                                     dot_scale, sparse_scale, shift, residual, lower, upper)
+        if residual is not None and residual.shape != (a.shape[0], w.shape[0],
+                                                       *layer._out_size(*hw)):
+            return None
         return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
-                                 dot_scale, sparse_scale, shift)
+                                 dot_scale, sparse_scale, shift, residual, lower, upper)
 
     return apb_conv2d
 
