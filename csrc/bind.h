@@ -15,5 +15,6 @@ void bind_pack_activations(nanobind::module_ &m);
 void bind_sparse_conv2d(nanobind::module_ &m);
 void bind_xor_gate(nanobind::module_ &m);
 void bind_max_pool2d(nanobind::module_ &m);
+void bind_dense(nanobind::module_ &m);
 
 }  // namespace apb::bind

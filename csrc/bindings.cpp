@@ -41,6 +41,7 @@ NB_MODULE(_C, m) {
     apb::bind::bind_sparse_conv2d(m);
     apb::bind::bind_xor_gate(m);
     apb::bind::bind_max_pool2d(m);
+    apb::bind::bind_dense(m);
 
     m.def("active_isa", []() { return std::string(apb::isa_name(apb::active_isa())); },
           "Instruction set the kernels run with: 'scalar', 'avx2' or 'avx512'.");

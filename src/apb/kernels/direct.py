@@ -160,3 +160,25 @@ def max_pool2d(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
     """``torch.nn.functional.max_pool2d`` of float32 NCHW ``x`` (floor mode, no dilation,
     padding at most half the kernel): float32 ``[B, C, OH, OW]``, NaN propagated."""
     return extension().max_pool2d(x, *kernel_size, *stride, *padding)
+
+
+def dense_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                 padding: Sequence[int], lower: float = -math.inf,
+                 upper: float = math.inf) -> np.ndarray:
+    """The stride-1 float32 convolution of NCHW ``x`` with ``weight`` ``[Cout, Cin, KH,
+    KW]`` (zero padding, no dilation or groups) plus ``bias``, then ``min(max(., lower),
+    upper)``, NaN kept: float32 ``[B, Cout, OH, OW]`` (:mod:`apb.pack.dense`)."""
+    return extension().dense_conv2d(x, weight, bias, padding[0], padding[1], lower, upper)
+
+
+def dense_linear_pack(weight: np.ndarray) -> np.ndarray:
+    """A float32 ``[N, K]`` weight in the panels :func:`dense_linear` reads (1-D)."""
+    return extension().dense_linear_pack(weight)
+
+
+def dense_linear(x: np.ndarray, packed: np.ndarray, out_features: int,
+                 bias: np.ndarray | None, lower: float = -math.inf,
+                 upper: float = math.inf) -> np.ndarray:
+    """``x @ weight.T + bias`` for float32 ``x`` ``[M, K]`` and ``weight`` packed by
+    :func:`dense_linear_pack`, then ``min(max(., lower), upper)``: float32 ``[M, N]``."""
+    return extension().dense_linear(x, packed, out_features, bias, lower, upper)

@@ -16,7 +16,8 @@ without a sparse part), :class:`PackedDoReFaConv2d` / :class:`PackedDoReFaLinear
 ``"kernels"`` (the compiled popcount kernels); see :mod:`apb.pack.backend`. For the
 fastest inference, :func:`optimize_for_inference_` folds BatchNorms into the packed layers'
 epilogues (:func:`fold_batchnorm_`), runs a full-precision stem channels-last, each
-full-precision convolution on torch's faster algorithm (:class:`TunedConv2d`) and
+full-precision convolution and Linear layer on the fastest of torch's algorithms and
+apb's float32 kernels (:class:`TunedConv2d`, :class:`TunedLinear`) and
 max-pooling with a compiled kernel (after saving: a folded model is not saved); then
 :class:`PackedRuntime` runs the network as one planned function of direct kernel calls. For transformers,
 :func:`set_input_precision` ``(model, "int8")`` runs the Linear layers with float inputs on
@@ -33,6 +34,7 @@ from . import xor
 from .apb_layers import PackedAPBConv2d, PackedAPBLinear
 from .backend import BACKENDS, DEFAULT_BACKEND
 from .convert import PackError, pack_, pack_layer
+from .dense import TunedConv2d, TunedLinear
 from .dorefa_layers import PackedDoReFaConv2d, PackedDoReFaLinear
 from .fold import fold_batchnorm_
 from .format import load_packed, packed_bytes, read_packed_info, save_packed
@@ -43,7 +45,7 @@ from .header import (
     PackedFormatError,
     UncheckedFileWarning,
 )
-from .inference import FastMaxPool2d, TunedConv2d, optimize_for_inference_
+from .inference import FastMaxPool2d, optimize_for_inference_
 from .layer import INPUT_PRECISIONS, PackedLayer, check_input_precision
 from .layer_tensors import PACKED_TYPES
 from .pruned_layers import PackedPrunedConv2d, PackedPrunedLinear
@@ -57,7 +59,7 @@ __all__ = [
     "PackedPrunedLinear", "UncheckedFileWarning", "fold_batchnorm_", "load_packed",
     "optimize_for_inference_", "pack_",
     "pack_layer", "packed_bytes", "packed_layers", "read_packed_info", "save_packed",
-    "set_backend", "set_input_precision", "TunedConv2d", "xor",
+    "set_backend", "set_input_precision", "TunedConv2d", "TunedLinear", "xor",
 ]
 
 

@@ -22,8 +22,10 @@ idempotent:
    inputs at batch 1 channels-last took 1.4-2.6× as long (0.089 → 0.125 ms for 3 → 128
    channels, 0.022 → 0.058 ms for 3 → 16);
    Every full-precision ``nn.Conv2d`` without groups or dilation then becomes a
-   :class:`TunedConv2d`: per input shape, the faster of torch's oneDNN and im2col
-   convolutions, timed at its first use (LeNet-5's stem at batch 1: 48 → 16 µs);
+   :class:`~apb.pack.dense.TunedConv2d` and every full-precision ``nn.Linear`` (folded or
+   not) a :class:`~apb.pack.dense.TunedLinear`: per input shape, the fastest of torch's
+   algorithms and apb's float32 kernels, timed at its first use (LeNet-5's stem at batch
+   1: 48 µs in oneDNN, 6 µs in apb's direct convolution);
 3. replaces every plain ``nn.MaxPool2d`` by :class:`FastMaxPool2d`, the same pooling
    computed for NCHW inputs as the maximum of its ``k×k`` strided windows (exactly
    ``max_pool2d``'s values; 3.5-5.4× faster at batch 1 than torch's NCHW kernel on these
@@ -43,21 +45,22 @@ idempotent:
    270,000, about 4 % faster).
 
 Nothing here changes what the model computes beyond float rounding in the folded layers
-(see :func:`~apb.pack.fold.fold_batchnorm_`). It is for inference: save a packed model
-before optimizing it (:func:`apb.pack.save_packed` refuses a model with folded layers).
+(see :func:`~apb.pack.fold.fold_batchnorm_`) and the tuned ones (sums in another order).
+It is for inference: save a packed model before optimizing it
+(:func:`apb.pack.save_packed` refuses a model with folded layers).
 """
 
 from __future__ import annotations
 
 import operator
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..kernels import direct
-from .fold import _traced_parts, fold_batchnorm_
+from .dense import TunedConv2d, TunedFoldedLinear, TunedLinear
+from .fold import FoldedLinear, _traced_parts, fold_batchnorm_
 from .layer import PackedLayer
 
 
@@ -123,74 +126,6 @@ def pool_windows(pool: nn.MaxPool2d) -> tuple[tuple[int, int], ...] | None:
     return k, s, p
 
 
-class TunedConv2d(nn.Conv2d):
-    """A full-precision ``nn.Conv2d`` for inference that runs, for each input shape and
-    layout, the faster of torch's two CPU convolutions: oneDNN's (what ``F.conv2d``
-    picks) and its im2col + GEMM (``aten._slow_conv2d_forward``), timed on the first
-    input of that shape (three runs each, the minimum).
-
-    Why: neither wins everywhere, one thread (``docs/performance.md``): LeNet-5's 1→6 5×5
-    stem at batch 1 takes 48 µs in oneDNN and 16 µs by im2col, VGG-small's 3→128 3×3 at
-    batch 64 43 against 23 ms, while ResNet-18's 7×7 stride-2 stem takes 2.2 ms in oneDNN
-    and 5.7 by im2col. The two differ by float rounding only (sums in another order). The
-    choice is kept per shape; with autograd, under tracing and the profiler it is
-    ``F.conv2d`` as in ``nn.Conv2d``.
-    """
-
-    @classmethod
-    def from_module(cls, conv: nn.Conv2d) -> TunedConv2d:
-        tuned = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                    conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
-        tuned.weight, tuned.bias = conv.weight, conv.bias
-        return tuned.train(conv.training)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._choices: dict[tuple, str] = {}
-
-    @staticmethod
-    def tunable(conv: nn.Conv2d) -> bool:
-        """Whether both algorithms compute ``conv``: no groups, dilation or other padding."""
-        return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros"
-                and not isinstance(conv.padding, str) and tuple(conv.dilation) == (1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (type(x) is not Tensor or x.dim() != 4 or x.dtype != torch.float32 or not x.is_cpu
-                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-                or torch.compiler.is_compiling() or torch.autograd._profiler_enabled()
-                or torch._C._get_tracing_state() is not None):
-            return super().forward(x)
-        return self.inference(x)
-
-    def inference(self, x: Tensor) -> Tensor:
-        """The faster algorithm for ``x``'s shape and layout (timed at its first use)."""
-        key = (tuple(x.shape), x.is_contiguous())
-        choice = self._choices.get(key)
-        if choice is None:
-            choice = self._choices[key] = self._tune(x)
-        if choice == "im2col":
-            weight = self.weight
-            if not weight.is_contiguous():
-                weight = weight.contiguous()
-            return torch.ops.aten._slow_conv2d_forward(x, weight, self.kernel_size, self.bias,
-                                                       self.stride, self.padding)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-
-    def _tune(self, x: Tensor) -> str:
-        times = {}
-        for choice in ("onednn", "im2col"):
-            self._choices[(tuple(x.shape), x.is_contiguous())] = choice
-            self.inference(x)  # warm
-            runs = []
-            for _ in range(3):
-                start = time.perf_counter()
-                self.inference(x)
-                runs.append(time.perf_counter() - start)
-            times[choice] = min(runs)
-        return min(times, key=times.get)
-
-
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -211,6 +146,10 @@ def optimize_for_inference_(model: nn.Module) -> nn.Module:
                     memory_format=torch.channels_last)
         if TunedConv2d.tunable(module):
             model.set_submodule(name, TunedConv2d.from_module(module))
+        elif type(module) is nn.Linear:
+            model.set_submodule(name, TunedLinear.from_module(module))
+        elif type(module) is FoldedLinear:
+            model.set_submodule(name, TunedFoldedLinear.from_module(module))
         elif type(module) is nn.MaxPool2d:
             model.set_submodule(name, FastMaxPool2d.from_module(module))
     return model

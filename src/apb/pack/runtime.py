@@ -47,8 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules import module as _module_globals  # global hooks: every module's
 
+from .dense import TunedConv2d, TunedLinear
 from .fold import _PackedLeafTracer
-from .inference import FastMaxPool2d, TunedConv2d
+from .inference import FastMaxPool2d
 from .runtime_steps import (
     _ACTIVATION_BOUNDS,
     _add,
@@ -159,7 +160,7 @@ class _RuntimeTracer(_PackedLeafTracer):
     stay opaque: each becomes one step."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (FastMaxPool2d, TunedConv2d))
+        return (isinstance(m, (FastMaxPool2d, TunedConv2d, TunedLinear))
                 or super().is_leaf_module(m, qualname))
 
 
@@ -193,6 +194,7 @@ class _Plan:
                 break
             self.steps.append(self._step(model, node))
         self._fuse_block_ends()
+        self._fuse_stem_activations()
         if not isinstance(output, fx.Node):
             raise _NotPlannable("the model returns a structure; the runtime plans models that "
                                 "return one tensor")
@@ -248,6 +250,24 @@ class _Plan:
                                        "apb_conv2d+add+" + act.kind)
                     drop.update((conv, add))
                     break
+        self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
+
+    def _fuse_stem_activations(self) -> None:
+        """``act(conv(x))`` as one step for a tuned full-precision convolution read only by
+        a ReLU or Hardtanh: where the layer runs apb's direct kernel, the activation is its
+        epilogue (one pass over the output instead of two)."""
+        by_node = {step.node: step for step in self.steps}
+        fused: dict[_Step, _Step] = {}  # the convolution's step -> the fused one
+        drop: set[_Step] = set()
+        for act in self.steps:
+            bounds = _ACTIVATION_BOUNDS.get(act.kind)
+            conv = by_node.get(act.inputs[0]) if len(act.inputs) == 1 else None
+            if (bounds is None or conv is None or not hasattr(conv.fn, "bounded")
+                    or len(conv.node.users) != 1):
+                continue
+            fused[conv] = _Step(act.node, conv.fn.bounded(act.fn, *bounds(act)), conv.inputs,
+                                "any", "conv2d+" + act.kind)
+            drop.add(act)
         self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
 
     def _generate(self, placeholder: fx.Node, output: fx.Node) -> Callable:

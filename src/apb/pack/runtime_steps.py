@@ -14,8 +14,9 @@ from torch import Tensor, fx, nn
 
 from ..kernels import direct
 from .apb_layers import PackedAPBConv2d, PackedAPBLinear
+from .dense import TunedConv2d, TunedFoldedLinear, TunedLinear
 from .fold import FoldedLinear
-from .inference import FastMaxPool2d, TunedConv2d, pool_windows
+from .inference import FastMaxPool2d, pool_windows
 
 _POOLS = (nn.MaxPool2d, FastMaxPool2d)
 
@@ -137,13 +138,10 @@ def _module_step(module: nn.Module, node: fx.Node) -> _Step | None:
         return _Step(node, _apb_linear(module), args, "array", "apb_linear")
     if kind in (nn.Linear, FoldedLinear):
         return _Step(node, _linear(module), args, "tensor", "linear")
+    if kind in (TunedLinear, TunedFoldedLinear):
+        return _Step(node, _tuned_linear(module), args, "any", "linear")
     if kind is TunedConv2d:
-        def tuned_conv2d(t):
-            if type(t) is Tensor and t.dim() == 4:
-                return module.inference(t)
-            return module(t)
-
-        return _Step(node, tuned_conv2d, args, "tensor", "conv2d")
+        return _Step(node, _tuned_conv2d(module), args, "any", "conv2d")
     if kind is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(
             module.padding, str):
         weight, bias = module.weight, module.bias
@@ -218,6 +216,46 @@ def _linear(layer: nn.Linear) -> Callable:
         return F.linear(t, weight, bias)
 
     return linear
+
+
+def _plain_array(a, ndim: int) -> bool:
+    return (type(a) is np.ndarray and a.ndim == ndim and a.dtype == np.float32
+            and a.flags.c_contiguous)
+
+
+def _tuned_linear(layer: TunedLinear) -> Callable:
+    def tuned_linear(a):
+        if _plain_array(a, 2) and a.shape[1] == layer.in_features:
+            if layer.choice(a.shape[0]) == "dense":
+                return layer.dense(a)
+            return F.linear(torch.from_numpy(a), layer.weight, layer.bias)
+        return layer(_as_tensor(a))
+
+    return tuned_linear
+
+
+def _tuned_conv2d(conv: TunedConv2d) -> Callable:
+    """The convolution as the model runs it (:meth:`TunedConv2d.inference`); ``bounded``
+    is the same followed by an activation, in the direct kernel's epilogue when that is
+    the layer's choice for the input's shape."""
+
+    def tuned_conv2d(a):
+        if _plain_array(a, 4):
+            return (conv.direct(a) if conv.choice(a) == "direct"
+                    else conv.inference(torch.from_numpy(a)))
+        t = _as_tensor(a)
+        return conv.inference(t) if type(t) is Tensor and t.dim() == 4 else conv(t)
+
+    def bounded(act: Callable, lower: float, upper: float) -> Callable:
+        def tuned_conv2d_act(a):
+            if _plain_array(a, 4) and conv.choice(a) == "direct":
+                return conv.direct(a, lower, upper)
+            return act(tuned_conv2d(a))
+
+        return tuned_conv2d_act
+
+    tuned_conv2d.bounded = bounded
+    return tuned_conv2d
 
 
 def _generic(node: fx.Node, target: Callable) -> _Step:
