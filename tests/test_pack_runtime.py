@@ -223,3 +223,50 @@ def test_a_loaded_state_rebuilds_the_plan():
 def test_refuses_what_is_not_a_module():
     with pytest.raises(TypeError, match="nn.Module"):
         PackedRuntime(lambda x: x)
+
+
+class _Stems(nn.Module):
+    """Full-precision convolutions whose activation the runtime fuses (a ReLU module, a
+    Hardtanh with odd bounds, a stride-2 one: no direct kernel) and one read twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 5, 3, padding=1)
+        self.b = nn.Conv2d(5, 6, 5, padding=2, bias=False)
+        self.c = nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.d = nn.Conv2d(6, 4, 1)
+        self.relu, self.tanh = nn.ReLU(), nn.Hardtanh(-0.5, 0.8)
+        self.fc = nn.Linear(4 * 5 * 6, 7)
+
+    def forward(self, x):
+        x = self.tanh(self.b(self.relu(self.a(x))))
+        y = self.d(torch.relu(self.c(x)))
+        return self.fc((torch.relu(y) + y).flatten(1))
+
+
+@pytest.mark.parametrize("choice", ["onednn", "im2col", "direct"])
+def test_stem_activations_fuse_for_every_algorithm(choice):
+    """Whichever algorithm a tuned convolution and Linear layer run, the plan gives the
+    model's output bit for bit, NaN included; a convolution read only by its activation
+    is one step with it."""
+    from apb.pack import TunedConv2d, TunedLinear
+
+    model = optimize_for_inference_(_Stems().eval())
+    runtime = PackedRuntime(model)
+    x = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(4))
+    x[1, 0, 4, 4] = float("nan")
+    with torch.no_grad():
+        model(x)  # tunes
+        for m in model.modules():
+            if isinstance(m, TunedConv2d):
+                for key in m._choices:
+                    m._choices[key] = choice if tuple(m.stride) == (1, 1) else "im2col"
+            elif isinstance(m, TunedLinear):
+                m._choices[2] = "dense" if choice == "direct" else "torch"
+        want, got = model(x), runtime(x)
+    assert runtime.planned, runtime.plan_error
+    assert torch.isnan(want[1]).all() and not torch.isnan(want[0]).any()
+    assert torch.equal(got.nan_to_num(0.5), want.nan_to_num(0.5))
+    summary = runtime._plan.summary()
+    # a, b and c fuse; d stays itself (its output is read twice), as does its ReLU.
+    assert summary.startswith("2 conv2d+relu, 1 conv2d+hardtanh, 1 conv2d, 1 relu,"), summary
