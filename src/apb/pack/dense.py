@@ -61,6 +61,17 @@ def _array(t: Tensor) -> np.ndarray:
     return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
+def _derived(layer: nn.Module, make: Callable[[Tensor, Tensor | None], object]):
+    """``make(weight, bias)`` of ``layer``'s parameters, kept on the layer and made again
+    when either is replaced or changed in place (``load_state_dict`` included)."""
+    w, b = layer.weight, layer.bias
+    state = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+    cached = layer._derived
+    if cached is None or cached[0] is not w or cached[1] is not b or cached[2] != state:
+        cached = layer._derived = (w, b, state, make(w, b))
+    return cached[3]
+
+
 class TunedConv2d(nn.Conv2d):
     """A full-precision ``nn.Conv2d`` for inference that runs, for each input shape and
     layout, the fastest of torch's two CPU convolutions, oneDNN's (what ``F.conv2d``
@@ -86,6 +97,7 @@ class TunedConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._choices: dict[tuple, str] = {}
+        self._derived: tuple | None = None
 
     @staticmethod
     def tunable(conv: nn.Conv2d) -> bool:
@@ -116,8 +128,14 @@ class TunedConv2d(nn.Conv2d):
                upper: float = math.inf) -> np.ndarray:
         """apb's direct convolution of the NCHW float32 array ``a`` (stride 1), then
         ``min(max(., lower), upper)``: the activation after it in the same pass."""
-        bias = None if self.bias is None else _array(self.bias)
-        return direct.dense_conv2d(a, _array(self.weight), bias, self.padding, lower, upper)
+        weight, bias = self.direct_arrays()
+        return direct.dense_conv2d(a, weight, bias, self.padding, lower, upper)
+
+    def direct_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight (NCHW-contiguous) and bias as the direct kernel takes them, copied
+        once and again only when a parameter changes."""
+        return _derived(self, lambda w, b: (_array(w).copy(),
+                                            None if b is None else _array(b).copy()))
 
     def choice(self, x: Tensor | np.ndarray) -> str:
         """``"onednn"``, ``"im2col"`` or ``"direct"``: the algorithm for ``x``'s shape and
@@ -164,7 +182,7 @@ class TunedLinear(nn.Linear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._choices: dict[int, str] = {}
-        self._packed: tuple | None = None
+        self._derived: tuple | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if not (_plain_inference(x, self.weight) and x.dim() == 2
@@ -177,7 +195,7 @@ class TunedLinear(nn.Linear):
 
     def dense(self, a: np.ndarray) -> np.ndarray:
         """apb's kernel on the float32 ``[rows, in_features]`` array ``a``."""
-        packed, bias = self._packed_weight()
+        packed, bias = self.dense_arrays()
         return direct.dense_linear(a, packed, self.out_features, bias)
 
     def choice(self, rows: int) -> str:
@@ -192,16 +210,11 @@ class TunedLinear(nn.Linear):
             })
         return found
 
-    def _packed_weight(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The weight in dense_linear's panels and the bias as arrays, made again when
-        either parameter is replaced or changed in place (``load_state_dict``)."""
-        w, b = self.weight, self.bias
-        state = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-        cached = self._packed
-        if cached is None or cached[0] is not w or cached[1] is not b or cached[2] != state:
-            bias = None if b is None else _array(b).copy()
-            cached = self._packed = (w, b, state, direct.dense_linear_pack(_array(w)), bias)
-        return cached[3], cached[4]
+    def dense_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight in dense_linear's panels and the bias as an array, made once and
+        again only when a parameter changes."""
+        return _derived(self, lambda w, b: (direct.dense_linear_pack(_array(w)),
+                                            None if b is None else _array(b).copy()))
 
 
 class TunedFoldedLinear(TunedLinear, FoldedLinear):
