@@ -45,6 +45,9 @@ def test_zoo_models_match_their_packed_model_bit_for_bit(name, act_bits):
     # Each of ResNet-20's nine residual blocks ends in one kernel call.
     act = "relu" if act_bits == 2 else "hardtanh"
     assert (f"9 apb_conv2d+add+{act}" in summary) == (name == "resnet20"), summary
+    # An activation before a full-precision layer or a pool is its packed layer's epilogue.
+    assert (f"apb_linear+{act}" in summary) == (name in ("lenet5", "mlp")), summary
+    assert (f"apb_conv2d+{act}" in summary) == (name == "lenet5"), summary
 
 
 def _stem_pool_model() -> nn.Module:

@@ -194,7 +194,7 @@ class _Plan:
                 break
             self.steps.append(self._step(model, node))
         self._fuse_block_ends()
-        self._fuse_stem_activations()
+        self._fuse_activations()
         if not isinstance(output, fx.Node):
             raise _NotPlannable("the model returns a structure; the runtime plans models that "
                                 "return one tensor")
@@ -252,21 +252,22 @@ class _Plan:
                     break
         self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
 
-    def _fuse_stem_activations(self) -> None:
-        """``act(conv(x))`` as one step for a tuned full-precision convolution read only by
-        a ReLU or Hardtanh: where the layer runs apb's direct kernel, the activation is its
-        epilogue (one pass over the output instead of two)."""
+    def _fuse_activations(self) -> None:
+        """``act(layer(x))`` as one step for a layer read only by a ReLU or Hardtanh whose
+        kernel has the bounds in its epilogue (a packed convolution or Linear layer, a tuned
+        convolution where it runs the direct kernel): one pass over the output instead of
+        two. Block ends are fused before, so a convolution with a residual is not here."""
         by_node = {step.node: step for step in self.steps}
-        fused: dict[_Step, _Step] = {}  # the convolution's step -> the fused one
+        fused: dict[_Step, _Step] = {}  # the layer's step -> the fused one
         drop: set[_Step] = set()
         for act in self.steps:
             bounds = _ACTIVATION_BOUNDS.get(act.kind)
-            conv = by_node.get(act.inputs[0]) if len(act.inputs) == 1 else None
-            if (bounds is None or conv is None or not hasattr(conv.fn, "bounded")
-                    or len(conv.node.users) != 1):
+            layer = by_node.get(act.inputs[0]) if len(act.inputs) == 1 else None
+            if (bounds is None or layer is None or not hasattr(layer.fn, "bounded")
+                    or len(layer.node.users) != 1):
                 continue
-            fused[conv] = _Step(act.node, conv.fn.bounded(act.fn, *bounds(act)), conv.inputs,
-                                "any", "conv2d+" + act.kind)
+            fused[layer] = _Step(act.node, layer.fn.bounded(act.fn, *bounds(act)),
+                                 layer.inputs, layer.takes, f"{layer.kind}+{act.kind}")
             drop.add(act)
         self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
 

@@ -190,6 +190,15 @@ def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
         return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
                                  dot_scale, sparse_scale, shift, residual, lower, upper)
 
+    def bounded(act: Callable, lower: float, upper: float) -> Callable:
+        def apb_conv2d_act(a):
+            if type(a) is np.ndarray and a.ndim == 4:
+                return apb_conv2d(a, None, lower, upper)
+            return act(apb_conv2d(a))
+
+        return apb_conv2d_act
+
+    apb_conv2d.bounded = bounded
     return apb_conv2d
 
 
@@ -197,12 +206,21 @@ def _apb_linear(layer: PackedAPBLinear) -> Callable:
     w, indptr, indices, values, s, dot_scale, sparse_scale, shift = layer._direct_args()
     act_bits = layer.act_bits
 
-    def apb_linear(a):
+    def apb_linear(a, lower=-np.inf, upper=np.inf):
         if type(a) is not np.ndarray or a.ndim != 2:
             return _as_array(layer(_as_tensor(a)))
         return direct.apb_linear(a, w, indptr, indices, values, act_bits, s, dot_scale,
-                                 sparse_scale, shift)
+                                 sparse_scale, shift, None, lower, upper)
 
+    def bounded(act: Callable, lower: float, upper: float) -> Callable:
+        def apb_linear_act(a):
+            if type(a) is np.ndarray and a.ndim == 2:
+                return apb_linear(a, lower, upper)
+            return act(apb_linear(a))
+
+        return apb_linear_act
+
+    apb_linear.bounded = bounded
     return apb_linear
 
 
