@@ -12,6 +12,7 @@ before it, the array/tensor conversions the plan inserts. One thread.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import numpy as np
@@ -45,9 +46,15 @@ def line_times(model: str, act_bits: int, batch: int, forwards: int) -> list[tup
         for _ in range(forwards):
             planned(x)
     deltas = np.diff(np.array(scope["_times"][forwards // 10:]), axis=1) * 1e6
-    names = ["(input)"] + [step.node.name for step in plan.steps]
-    return [(f"{name}: {label}", float(t))
-            for name, label, t in zip(names, labels, np.median(deltas, axis=0))]
+    steps = {f"f{i}": step.node.name for i, step in enumerate(plan.steps)}
+
+    def name(label: str) -> str:  # the step a line calls, or what the line is
+        match = re.match(r"v\d+ = (f\d+)\(", label)
+        return steps[match.group(1)] if match else (
+            "(input)" if label.endswith("x.numpy()") else "(to an array)")
+
+    return [(f"{name(label)}: {label}", float(t))
+            for label, t in zip(labels, np.median(deltas, axis=0))]
 
 
 def vs_model(model: str, act_bits: int, batch: int, rounds: int) -> tuple[float, float, list]:

@@ -6,6 +6,7 @@ other inputs, torch.export); bad input gets the model's own error; a reloaded st
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -125,6 +126,12 @@ def test_residual_block_ends_fuse_where_they_may(act_bits):
     summary = runtime._plan.summary()
     assert "2 apb_conv2d+add+relu" in summary and "1 apb_conv2d+add+hardtanh" in summary, summary
     assert "1 apb_conv2d," in summary, summary
+    # A value read as an array by several steps (the stem's output: conv1's input and its
+    # residual) is made an array once, on a line of its own.
+    source = runtime._plan.source
+    conversions = re.findall(r"^    (v\d+) = _as_array\((v\d+)\)$", source, re.M)
+    assert conversions and all(a == b for a, b in conversions), source
+    assert source.count("_as_array(") == len(conversions) == len(set(conversions)), source
 
 
 def test_the_model_runs_where_the_plan_must_not():

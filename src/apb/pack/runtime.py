@@ -288,9 +288,16 @@ class _Plan:
             for n in step.inputs:
                 if n not in names:
                     raise _NotPlannable(f"step {step.node.name} reads an unplanned value")
-                convert = ("_as_tensor" if step.takes == "tensor" else "_as_array")
-                args.append(names[n] if kinds[n] == step.takes or step.takes == "any"
-                            else f"{convert}({names[n]})")
+                if kinds[n] == step.takes or step.takes == "any":
+                    args.append(names[n])
+                elif step.takes == "tensor":  # a view of an array: free
+                    args.append(f"_as_tensor({names[n]})")
+                else:
+                    # An array from a tensor may be a copy (a channels-last stem's output to
+                    # NCHW): made once, for every later step that reads it.
+                    lines.append(f"    {names[n]} = _as_array({names[n]})")
+                    kinds[n] = "array"
+                    args.append(names[n])
             name = f"v{i + 1}"
             scope[f"f{i}"] = step.fn
             lines.append(f"    {name} = f{i}({', '.join(args)})")
