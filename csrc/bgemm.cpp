@@ -96,12 +96,11 @@ void run_in_place(const PopcountGemmKernel &kernel, PopcountGemm g, int32_t *out
     const int64_t blocks_n = ceil_div(g.N, nc);
     const int64_t mc = weight_block_rows(g, kWeightBlockRows, blocks_n, kernel.mr, nt);
     const int64_t blocks = ceil_div(g.M, mc) * blocks_n;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+    parallel_for(nt, blocks, [&](int64_t b) {
         const int64_t m0 = (b / blocks_n) * mc;
         const int64_t n0 = (b % blocks_n) * nc;
         kernel.block(g, m0, std::min(g.M, m0 + mc), n0, std::min(g.N, n0 + nc), out);
-    }
+    });
 }
 
 // `total` cut into `parts` near-equal pieces, each a multiple of `step`: the piece size.
@@ -163,8 +162,9 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     const auto w_panel = uninitialized<uint64_t>(kernel.weight_panel_words(g));
     const auto x_panels = uninitialized<uint64_t>(nt * panel_words);
     const auto sums = uninitialized<int32_t>(nt * sums_per_thread);
-#pragma omp parallel num_threads(nt)
-    {
+    // The worksharing loops bind to the team of whoever calls work(): one thread calls it
+    // directly, outside any parallel region (which costs futex calls even for one).
+    const auto work = [&] {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < g.M; m += kPackRows) {
             kernel.pack_weights(g, m, std::min(g.M, m + kPackRows), w_panel.get());
@@ -185,7 +185,10 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
             kernel.block(g, w_panel.get(), x_panel, code_sums, m0, std::min(g.M, m0 + mc), n0,
                          n1, out);
         }
-    }
+    };
+    if (nt == 1) return work();
+#pragma omp parallel num_threads(nt)
+    work();
 }
 
 // Tiles of columns x blocks of rows for the lanes kernel, tile-major and split

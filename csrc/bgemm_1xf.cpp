@@ -34,14 +34,13 @@ void bgemm_1xf(const uint64_t *w, int64_t M, const float *x, int64_t N, int64_t 
     const int64_t mblocks = (M + kBlock - 1) / kBlock;
     const int64_t nblocks = (N + kBlock - 1) / kBlock;
     const int nt = threads_for(M * N * (K > 0 ? K : 1) / 8);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t t = 0; t < mblocks * nblocks; ++t) {
+    parallel_for(nt, mblocks * nblocks, [&](int64_t t) {
         const int64_t m0 = (t % mblocks) * kBlock;
         const int64_t n0 = (t / mblocks) * kBlock;
         Bgemm1xfBlock b{w, x, out, N, K, words, m0, m0 + kBlock < M ? m0 + kBlock : M,
                         n0, n0 + kBlock < N ? n0 + kBlock : N};
         run_block(b);
-    }
+    });
 }
 
 }  // namespace apb

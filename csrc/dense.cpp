@@ -60,8 +60,7 @@ void dense_conv2d(const float *x, const DenseConv2dGeometry &g, const float *wei
     const int64_t in_planes = g.batch * g.in_channels;
     const int64_t out_plane = g.out_h * g.out_w;
     const int copy_threads = threads_for(in_planes * plane);
-#pragma omp parallel for num_threads(copy_threads) schedule(static)
-    for (int64_t p = 0; p < in_planes; ++p) {
+    parallel_for(copy_threads, in_planes, [&](int64_t p) {
         float *dst = in + p * plane;
         std::memset(dst, 0, static_cast<size_t>(plane) * sizeof(float));
         const float *src = x + p * g.height * g.width;
@@ -69,14 +68,13 @@ void dense_conv2d(const float *x, const DenseConv2dGeometry &g, const float *wei
             std::memcpy(dst + (y + g.pad_h) * row_stride + g.pad_w, src + y * g.width,
                         static_cast<size_t>(g.width) * sizeof(float));
         }
-    }
+    });
 
     // Tasks (image, output row, channel block), the block innermost: the rows an output
     // row reads stay in L1 across the blocks, and every block's weights fit there too.
     const int64_t tasks = g.batch * g.out_h * blocks;
     const int threads = threads_for(g.batch * g.out_channels * out_plane * taps / 16);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
+    parallel_for(threads, tasks, [&](int64_t t) {
         const int64_t block = t % blocks, oy = (t / blocks) % g.out_h, n = t / (blocks * g.out_h);
         DenseConvRow r{};
         r.in = in + n * image;
@@ -95,7 +93,7 @@ void dense_conv2d(const float *x, const DenseConv2dGeometry &g, const float *wei
         r.out = out + (n * g.out_channels + block * cb) * out_plane + oy * g.out_w;
         r.channel_stride = out_plane;
         k.conv_row(r);
-    }
+    });
 }
 
 int64_t dense_linear_packed_size(int64_t out_features, int64_t in_features) {
@@ -119,13 +117,12 @@ void dense_linear(const float *x, int64_t rows, int64_t in_features, const float
     const DenseKernels k = kernels_for(active_isa());
     const int64_t panels = (out_features + kDensePanel - 1) / kDensePanel;
     const int threads = threads_for(rows * in_features * out_features / 4);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t p = 0; p < panels; ++p) {
+    parallel_for(threads, panels, [&](int64_t p) {
         const int64_t col0 = p * kDensePanel;
         k.linear_panel(x, rows, in_features, packed + col0 * in_features,
                        bias ? bias + col0 : nullptr, std::min(kDensePanel, out_features - col0),
                        lower, upper, out + col0, out_features);
-    }
+    });
 }
 
 }  // namespace apb

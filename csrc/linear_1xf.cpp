@@ -52,8 +52,7 @@ void linear_1xf_pack(const uint64_t *w, int64_t M, int64_t K, uint8_t *panel) {
     Slot slots[kTileRows];
     for (int r = 0; r < kTileRows; ++r) slots[r] = panel_slot(r);
     const int nt = threads_for(M * K / 8);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(nt, T, [&](int64_t t) {
         uint8_t *tile = panel + t * Q * kTileBytes;
         std::memset(tile, 0, static_cast<size_t>(Q * kTileBytes));
         for (int r = 0; r < kTileRows && t * kTileRows + r < M; ++r) {
@@ -66,7 +65,7 @@ void linear_1xf_pack(const uint64_t *w, int64_t M, int64_t K, uint8_t *panel) {
                 byte = static_cast<uint8_t>(byte | (slots[r].high ? nibble << 4 : nibble));
             }
         }
-    }
+    });
 }
 
 namespace {
@@ -201,8 +200,9 @@ void linear_1xf(const Linear1xf &layer, const float *x, int64_t N, float *out) {
     constexpr int64_t kTransposeColumns = 256;
     std::atomic<bool> bad_indices{false};
     const int64_t k_chunks = (K + kTransposeColumns - 1) / kTransposeColumns;
-#pragma omp parallel num_threads(nt)
-    {
+    // The worksharing loops bind to the team of whoever calls run(): one thread calls it
+    // directly, outside any parallel region (which costs futex calls even for one).
+    const auto run = [&] {
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; ++n) kern.prepare(prep, n, n + 1);
         if (use_xt) {
@@ -230,6 +230,12 @@ void linear_1xf(const Linear1xf &layer, const float *x, int64_t N, float *out) {
                                    n0 + per_block < N ? n0 + per_block : N};
             kern.block(b);
         }
+    };
+    if (nt == 1) {
+        run();
+    } else {
+#pragma omp parallel num_threads(nt)
+        run();
     }
     if (bad_indices.load()) linear_1xf_validate(*layer.sparse, K);  // throws, with the first one
 }

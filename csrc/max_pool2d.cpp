@@ -79,8 +79,7 @@ void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out) {
     // One image row of scratch per thread, allocated here: a throw inside the parallel
     // region would end the process.
     std::vector<float> cols(two_by_two ? 0 : static_cast<size_t>(threads * g.width));
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t p = 0; p < g.planes; ++p) {
+    parallel_for(threads, g.planes, [&](int64_t p) {
         const float *src = x + p * in_plane;
         float *dst = out + p * out_plane;
         float *col = cols.data() + thread_index() * g.width;
@@ -89,7 +88,7 @@ void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out) {
         } else {
             pool_plane(src, g, dst, col);
         }
-    }
+    });
 }
 
 }  // namespace apb

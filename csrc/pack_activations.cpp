@@ -162,8 +162,7 @@ void im2col_pack(const float *x, const Conv2dGeometry &g, const ActivationQuanti
         return;
     }
     const int nt = threads_for(g.positions() * g.columns());
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t row = 0; row < rows; ++row) pack_row(x, g, q, row, out, plane_stride);
+    parallel_for(nt, rows, [&](int64_t row) { pack_row(x, g, q, row, out, plane_stride); });
 }
 
 void quantize_pack(const float *x, int64_t N, int64_t K, const ActivationQuantizer &q,
@@ -172,8 +171,7 @@ void quantize_pack(const float *x, int64_t N, int64_t K, const ActivationQuantiz
     if (N <= 0 || words == 0) return;
     const RowFn pack_row = packers_for(active_isa()).quantize_row;  // may throw: outside the team
     const int nt = threads_for(N * K);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t n = 0; n < N; ++n) pack_row(x, K, q, n, out, N * words);
+    parallel_for(nt, N, [&](int64_t n) { pack_row(x, K, q, n, out, N * words); });
 }
 
 }  // namespace apb

@@ -241,8 +241,7 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
     const int64_t blocks_per_image = (g.height + block_rows - 1) / block_rows;
     const int64_t right = l.lead_bytes + g.width * l.pixel_bytes;
     const int pack_threads = threads_for(image_pixels * g.batch * g.channels);
-#pragma omp parallel for num_threads(pack_threads) schedule(static)
-    for (int64_t block = 0; block < g.batch * blocks_per_image; ++block) {
+    parallel_for(pack_threads, g.batch * blocks_per_image, [&](int64_t block) {
         const int64_t b = block / blocks_per_image;
         const int64_t y0 = block % blocks_per_image * block_rows;
         const int64_t y1 = std::min(g.height, y0 + block_rows);
@@ -256,7 +255,7 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
         if (image_pixels > 0) {
             pack_pixels(x, g.channels, image_pixels, q, l, b, y0 * g.width, y1 * g.width, pixels);
         }
-    }
+    });
     const int64_t span = kernel_span(g.kernel_w, g.dilation_w);
     const int64_t ox_lo = g.pad_w < span ? 0 : (g.pad_w - span) / g.stride_w + 1;
     const int64_t ox_hi = (g.width + g.pad_w + g.stride_w - 1) / g.stride_w;
@@ -272,15 +271,13 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
         strips = thread_workspace<StripWorkspace, uint64_t>(
             static_cast<size_t>(q.planes * strip_plane));
         const int64_t input_rows = q.planes * g.batch * g.height;
-#pragma omp parallel for num_threads(gather_threads) schedule(static)
-        for (int64_t r = 0; r < input_rows; ++r) {
+        parallel_for(gather_threads, input_rows, [&](int64_t r) {
             const int64_t p = r / (g.batch * g.height), by = r % (g.batch * g.height);
             build_strips(s, pixels + p * l.plane_bytes + by * l.row_bytes,
                          strips + p * strip_plane + by * g.out_w);
-        }
+        });
     }
-#pragma omp parallel for num_threads(gather_threads) schedule(static)
-    for (int64_t row = 0; row < rows; ++row) {
+    parallel_for(gather_threads, rows, [&](int64_t row) {
         const int64_t b = row / g.out_h;
         for (int p = 0; p < q.planes; ++p) {
             const unsigned char *image = pixels + p * l.plane_bytes + b * g.height * l.row_bytes;
@@ -290,7 +287,7 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
             gather_row(s, image, image_strips, row % g.out_h,
                        reinterpret_cast<unsigned char *>(row_out));
         }
-    }
+    });
 }
 
 }  // namespace apb

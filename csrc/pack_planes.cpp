@@ -29,6 +29,10 @@ uint8_t pack_planes(const uint8_t *codes, int64_t N, int64_t K, int P, uint64_t 
     const int nt = threads_for(N * K);
     const int64_t plane_stride = N * W;
     unsigned all = 0;
+    if (nt == 1) {  // no parallel region: it costs futex calls even for one thread
+        for (int64_t n = 0; n < N; ++n) all |= pack_row(codes + n * K, K, P, plane_stride, out + n * W);
+        return static_cast<uint8_t>(all);
+    }
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(| : all)
     for (int64_t n = 0; n < N; ++n) all |= pack_row(codes + n * K, K, P, plane_stride, out + n * W);
     return static_cast<uint8_t>(all);

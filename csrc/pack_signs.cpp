@@ -27,21 +27,19 @@ void pack_signs(const float *x, int64_t M, int64_t K, uint64_t *out) {
     if (M <= 0 || W == 0) return;
     const PackRowFn pack_row = pack_row_for(active_isa());  // may throw: outside the team
     const int nt = threads_for(M * K);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t m = 0; m < M; ++m) pack_row(x + m * K, K, out + m * W);
+    parallel_for(nt, M, [&](int64_t m) { pack_row(x + m * K, K, out + m * W); });
 }
 
 void unpack_signs(const uint64_t *bits, int64_t M, int64_t W, int64_t K, float *out) {
     if (M <= 0 || K <= 0) return;
     const int nt = threads_for(M * K);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
+    parallel_for(nt, M, [&](int64_t m) {
         const uint64_t *row = bits + m * W;
         float *y = out + m * K;
         for (int64_t k = 0; k < K; ++k) {
             y[k] = ((row[k / 64] >> (k % 64)) & 1u) ? -1.0f : 1.0f;
         }
-    }
+    });
 }
 
 }  // namespace apb

@@ -146,14 +146,13 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
         offsets = column_offsets(g, layout);
         const int build_threads = threads_for(g.batch * layout.image);
         const int64_t planes = g.batch * g.channels;
-#pragma omp parallel for num_threads(build_threads) schedule(static)
-        for (int64_t bc = 0; bc < planes; ++bc) {
+        parallel_for(build_threads, planes, [&](int64_t bc) {
             if (floats != nullptr) {
                 k.build(x, g, layout, in, bc, floats);
             } else {
                 k.build_bytes(x, g, layout, in, bc, bytes);
             }
-        }
+        });
     }
     const int64_t row_tiles = (a.rows + kTileRows - 1) / kTileRows;
     const int64_t chunks = (layout.span + kSparseConvChunk - 1) / kSparseConvChunk;
@@ -161,8 +160,7 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
     const int nt = threads_for((a.nnz + a.rows) * positions);
     const int64_t *offset_data = offsets.data();
     // Channel blocks vary fastest, so the threads work on the same chunk of the planes.
-#pragma omp parallel for num_threads(nt) schedule(dynamic)
-    for (int64_t i = 0; i < tiles; ++i) {
+    parallel_for_dynamic(nt, tiles, [&](int64_t i) {
         const int64_t b = i / (chunks * row_tiles);
         const int64_t n0 = (i / row_tiles % chunks) * kSparseConvChunk;
         const int64_t m0 = (i % row_tiles) * kTileRows;
@@ -184,7 +182,7 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
                                n0 + kSparseConvChunk < layout.span ? n0 + kSparseConvChunk
                                                                    : layout.span};
         k.tile(t);
-    }
+    });
 }
 
 }  // namespace apb

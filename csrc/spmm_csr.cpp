@@ -97,14 +97,13 @@ void spmm_csr(const CsrMatrix &a, const float *x, int64_t K, int64_t N, float *o
     const int64_t row_tiles = (a.rows + kTileRows - 1) / kTileRows;
     const int64_t column_tiles = (N + kTileColumns - 1) / kTileColumns;
     const int nt = threads_for(a.nnz * N);
-#pragma omp parallel for num_threads(nt) schedule(dynamic)
-    for (int64_t i = 0; i < row_tiles * column_tiles; ++i) {
+    parallel_for_dynamic(nt, row_tiles * column_tiles, [&](int64_t i) {
         const int64_t m0 = (i / column_tiles) * kTileRows;
         const int64_t c0 = (i % column_tiles) * kTileColumns;
         const SpmmTile t{&a, x, out, N, m0, m0 + kTileRows < a.rows ? m0 + kTileRows : a.rows,
                          c0, c0 + kTileColumns < N ? c0 + kTileColumns : N};
         run_tile(t);
-    }
+    });
 }
 
 }  // namespace apb
