@@ -152,3 +152,35 @@ def test_the_extension_checks_its_arguments():
         _C.dense_linear(a, packed, 5, None, math.nan, 1.0)
     assert _C.dense_linear(np.zeros((0, 7), np.float32), packed, 5, None).shape == (0, 5)
     assert _C.dense_conv2d(np.zeros((0, 2, 5, 5), np.float32), w, None, 1, 1).shape == (0, 3, 5, 5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_split_the_work_without_changing_it(threads):
+    """Shapes large enough to split over two threads (dense.cpp asks threads_for for one
+    thread per 64Ki units: the convolution's 9*19*31*33*27/16 and the product's
+    9*300*333/4 are over 2 * 64Ki): the same values as one thread, bit for bit (each output
+    is computed by one thread the same way), and the reference's to rounding."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 3, 31, 33)).astype(np.float32)
+    weight = rng.standard_normal((19, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(19).astype(np.float32)
+    a = rng.standard_normal((9, 300)).astype(np.float32)
+    w = rng.standard_normal((333, 300)).astype(np.float32)
+    packed = direct.dense_linear_pack(w)
+    previous = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        conv1 = direct.dense_conv2d(x, weight, bias, (1, 1), 0.0, math.inf)
+        lin1 = direct.dense_linear(a, packed, 333, bias=None)
+        kernels.set_num_threads(threads)
+        conv = direct.dense_conv2d(x, weight, bias, (1, 1), 0.0, math.inf)
+        lin = direct.dense_linear(a, packed, 333, bias=None)
+    finally:
+        kernels.set_num_threads(previous)
+    np.testing.assert_array_equal(conv, conv1)
+    np.testing.assert_array_equal(lin, lin1)
+    want, scale = conv_reference(dict(x=x, weight=weight, bias=bias, padding=(1, 1),
+                                      bounds=(0.0, math.inf)))
+    assert_float32_close(conv, want, scale)
+    want = a.astype(np.float64) @ w.T.astype(np.float64)
+    assert_float32_close(lin, want, np.abs(a).astype(np.float64) @ np.abs(w).T)
