@@ -6,7 +6,9 @@ interleaved rounds in one process (the machine's speed drifts between separate r
 Each round times ``--per-round`` forwards of the packed APB model (built as ``apb bench
 model`` builds it) on one thread and on two, in alternating order, and the same for the
 fp32 peer; the table gives median ms and the median over rounds of the per-round speed-up
-(one-thread time over two-thread time) with its range.
+(one-thread time over two-thread time) with its range. Run it with OMP_WAIT_POLICY=active
+for steady two-thread times (docs/performance.md, "Two threads: the worker must not fall
+asleep").
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 import apb
 from apb.bench.model_peers import build_apb, build_fp32, input_shape
-from apb.bench.timing import time_ms
+from apb.bench.timing import time_ms, wait_policy_note
 
 
 def set_threads(n: int) -> None:
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--per-round", type=int, default=5)
     args = parser.parse_args()
+    note = wait_policy_note(2)
+    if note:
+        print(note)
     print(f"batch {args.batch}, {args.act_bits}-bit activations, {args.rounds} rounds of "
           f"{args.per_round} forwards; speed-up = 1-thread ms / 2-thread ms")
     print(f"{'model':<10} {'impl':<6} {'1 thread ms':>12} {'2 threads ms':>13} "
