@@ -20,8 +20,12 @@
 //   up to four rows share each weight load, and one row keeps several independent sums
 //   (the FMA latency chain, not the loads, bounds a single-row product otherwise).
 //
-// Results differ from torch's only by float rounding (sums in another order): each output
-// is bias + the taps / products in the order above, a chain of FMAs per accumulator.
+// Results differ from torch's only by float rounding (sums in another order): a
+// convolution output is a chain of FMAs from the bias over the taps in (input channel,
+// kernel row, kernel column) order on every ISA; a linear output is one such chain over
+// the inputs, except a lone row's (a batch's last rows past the 2- or 4-row tiles), whose
+// 2 (AVX2) or 4 (AVX-512) interleaved chains are added at the end. The ISAs can therefore
+// differ in the last bits of a linear layer's output, never by more than rounding.
 #pragma once
 
 #include <cstdint>

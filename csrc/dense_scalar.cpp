@@ -1,5 +1,6 @@
-// The float32 layers (dense.h) in portable C++: the kernels of CPUs without AVX2, and the
-// same arithmetic as the vector kernels (a chain of FMAs per output from the bias).
+// The float32 layers (dense.h) in portable C++: the kernels of CPUs without AVX2, one
+// chain of FMAs per output from the bias (the vector kernels' order, but for a lone row of
+// a linear layer, which they split into interleaved chains).
 #include <algorithm>
 #include <cmath>
 
