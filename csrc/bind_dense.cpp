@@ -31,13 +31,6 @@ const float *bias_of(const OptionalArray &bias, const char *fn, int64_t features
     return static_cast<const float *>(bias->data());
 }
 
-void check_bounds(double lower, double upper, const char *fn) {
-    if (std::isnan(lower) || std::isnan(upper) || lower > upper) {
-        throw std::invalid_argument(std::string(fn) + ": need lower <= upper (not NaN), got " +
-                                    std::to_string(lower) + " and " + std::to_string(upper));
-    }
-}
-
 int64_t dim(const AnyArray &a, size_t i) { return static_cast<int64_t>(a.shape(i)); }
 
 nb::ndarray<nb::numpy, float> py_dense_conv2d(const AnyArray &x, const AnyArray &weight,

@@ -4,7 +4,6 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
-#include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
@@ -52,10 +51,7 @@ apb::SparseConvEpilogue fused_epilogue(const AnyArray &dot_scale,
 // residual (or None) float32, C-contiguous, of the output's shape.
 void set_finish(apb::SparseConvEpilogue &e, const OptionalArray &residual, double lower,
                 double upper, const char *fn, const std::vector<size_t> &out_shape) {
-    if (std::isnan(lower) || std::isnan(upper) || lower > upper) {
-        throw std::invalid_argument(std::string(fn) + ": need lower <= upper (not NaN), got " +
-                                    std::to_string(lower) + " and " + std::to_string(upper));
-    }
+    check_bounds(lower, upper, fn);
     e.lower = static_cast<float>(lower);
     e.upper = static_cast<float>(upper);
     if (!residual) return;

@@ -6,6 +6,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <new>
@@ -106,6 +107,14 @@ void check_array(const AnyArray &a, const char *fn, const char *arg, const char 
 template <typename T>
 void check_matrix(const AnyArray &a, const char *fn, const char *arg, const char *expected) {
     check_array<T>(a, fn, arg, expected, 2);
+}
+
+// The bounds of an epilogue's min(max(y, lower), upper): lower <= upper, neither NaN.
+inline void check_bounds(double lower, double upper, const char *fn) {
+    if (std::isnan(lower) || std::isnan(upper) || lower > upper) {
+        throw std::invalid_argument(std::string(fn) + ": need lower <= upper (not NaN), got " +
+                                    std::to_string(lower) + " and " + std::to_string(upper));
+    }
 }
 
 // Result memory comes from the result pool (result_pool.h): large blocks are recycled

@@ -189,8 +189,7 @@ class TunedLinear(nn.Linear):
                 and x.shape[1] == self.in_features):
             return super().forward(x)
         if self.choice(x.shape[0]) == "dense":
-            return torch.from_numpy(self.dense(x.numpy() if x.is_contiguous()
-                                               else x.contiguous().numpy()))
+            return torch.from_numpy(self.dense(_array(x)))
         return F.linear(x, self.weight, self.bias)
 
     def dense(self, a: np.ndarray) -> np.ndarray:

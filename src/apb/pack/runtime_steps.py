@@ -246,13 +246,14 @@ def _plain_array(a, ndim: int) -> bool:
 # caches cost 2 µs.
 def _tuned_linear(layer: TunedLinear) -> Callable:
     packed, bias = layer.dense_arrays()
-    weight, out_features = layer.weight, layer.out_features
+    weight, bias_t = layer.weight, layer.bias
+    in_features, out_features = layer.in_features, layer.out_features
 
     def tuned_linear(a):
-        if _plain_array(a, 2) and a.shape[1] == layer.in_features:
+        if _plain_array(a, 2) and a.shape[1] == in_features:
             if layer.choice(a.shape[0]) == "dense":
                 return direct.dense_linear(a, packed, out_features, bias)
-            return F.linear(torch.from_numpy(a), weight, layer.bias)
+            return F.linear(torch.from_numpy(a), weight, bias_t)
         return layer(_as_tensor(a))
 
     return tuned_linear
