@@ -217,17 +217,3 @@ def test_bad_arguments_one_line_exit_2(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
-
-
-def test_several_threads_without_a_spinning_openmp_get_a_note(monkeypatch):
-    """Two-thread timings collapse when libgomp's idle worker sleeps between regions
-    (docs/performance.md): the command says how to avoid it, and only when it applies."""
-    from apb.bench.timing import wait_policy_note
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert wait_policy_note(1) is None
-    assert "OMP_WAIT_POLICY=active" in wait_policy_note(2)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert wait_policy_note(2) is None
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-    assert wait_policy_note(2) is not None

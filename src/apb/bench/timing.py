@@ -4,7 +4,6 @@ fixed number of threads for torch and apb's kernels alike."""
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -91,15 +90,3 @@ def thread_count(threads: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(saved[0])
         set_num_threads(saved[1])
-
-
-def wait_policy_note(threads: int) -> str | None:
-    """What to tell a user timing several threads while libgomp's idle workers may sleep
-    between parallel regions (docs/performance.md, "Two threads: the worker must not fall
-    asleep"), or None."""
-    if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").lower() != "active":
-        return ("note: OMP_WAIT_POLICY is not 'active': in some runs OpenMP's idle worker "
-                "sleeps between the packed layers' parallel regions and apb's multi-thread "
-                "times fall to its one-thread times; set OMP_WAIT_POLICY=active before "
-                "starting Python for steady timings")
-    return None

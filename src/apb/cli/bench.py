@@ -6,7 +6,6 @@ from rich.console import Console
 
 from .. import models
 from ..bench import gemm, linear, model, transformer, xor
-from ..bench.timing import wait_policy_note
 from ..jobs.common import write_json
 from ..methods import APBPTQConfig
 from .command import Command
@@ -97,9 +96,6 @@ def _model_arguments(parser) -> None:
 
 def _model(args) -> int:
     names = model.parse_models(args.model)
-    note = wait_policy_note(args.threads)
-    if note:
-        Console(stderr=True).print(note, style="yellow")
     with Console(stderr=True).status("apb bench model") as status:
         report = model.run_model_benchmark(
             names, args.act_bits, batch=args.batch, threads=args.threads, rounds=args.rounds,
