@@ -7,6 +7,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bgemm.h"
 #include "pack_signs.h"
@@ -43,9 +44,10 @@ void check_product(const BinaryProduct &p, const CsrMatrix &a, const SparseConvE
 namespace {
 
 // One image (g.batch == 1): x its input, out its [M, OH, OW] output.
+// offsets: sparse_conv2d_offsets(g), or null when the sparse part is empty.
 void conv_image(const float *x, const Conv2dGeometry &g, const ActivationQuantizer &q,
                 const SparseConvInput &in, const BinaryProduct &p, const CsrMatrix &a,
-                const SparseConvEpilogue &e, float *out) {
+                const SparseConvEpilogue &e, const int64_t *offsets, float *out) {
     const int64_t M = p.rows;
     const int64_t N = g.positions();
     const int64_t W = g.words();
@@ -65,7 +67,7 @@ void conv_image(const float *x, const Conv2dGeometry &g, const ActivationQuantiz
     fused.dot = dot;
     fused.dot_is_float = false;
     fused.out_nchw = true;
-    sparse_conv2d_validated(x, g, in, a, fused, out);  // apb_conv2d validated a
+    sparse_conv2d_validated(x, g, in, a, fused, out, offsets);  // apb_conv2d validated a
 }
 
 // acc[m] = sum of values[e] * x[indices[e]] over row m's nonzeros, four partial sums
@@ -134,10 +136,14 @@ void apb_conv2d(const float *x, const Conv2dGeometry &g, const BinaryProduct &p,
     const int64_t out_stride = p.rows * g.out_h * g.out_w;
     const int64_t team = g.batch > 1 ? threads_for(g.positions() * g.columns()) : 1;
     const int nt = static_cast<int>(team < g.batch ? team : g.batch);
+    const std::vector<int64_t> offsets =
+        a.nnz > 0 ? sparse_conv2d_offsets(image) : std::vector<int64_t>{};
+    const int64_t *offset_data = a.nnz > 0 ? offsets.data() : nullptr;
     const auto run_image = [&](int64_t b) {
         SparseConvEpilogue item = e;  // the residual is laid out as out: image b's part
         if (e.residual != nullptr) item.residual = e.residual + b * out_stride;
-        conv_image(x + b * in_stride, image, q, in, p, a, item, out + b * out_stride);
+        conv_image(x + b * in_stride, image, q, in, p, a, item, offset_data,
+                   out + b * out_stride);
     };
     if (nt <= 1) {
         for (int64_t b = 0; b < g.batch; ++b) run_image(b);

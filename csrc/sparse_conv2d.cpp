@@ -113,8 +113,13 @@ void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInpu
     sparse_conv2d_validated(x, g, in, a, e, out);
 }
 
+std::vector<int64_t> sparse_conv2d_offsets(const Conv2dGeometry &g) {
+    return column_offsets(g, phase_layout(g));
+}
+
 void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
-                             const CsrMatrix &a, const SparseConvEpilogue &e, float *out) {
+                             const CsrMatrix &a, const SparseConvEpilogue &e, float *out,
+                             const int64_t *offsets) {
     if (e.dot != nullptr && e.dot_scale == nullptr) {
         throw std::invalid_argument("sparse_conv2d: dot needs its dot_scale");
     }
@@ -129,7 +134,7 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
     const float unit = in.kind == InputQuantizer::codes ? in.step : 1.0f;
     const size_t element = type == PhaseType::f32 ? sizeof(float) : 1;
     const char *phase_data = nullptr;
-    std::vector<int64_t> offsets;
+    std::vector<int64_t> own_offsets;
     if (a.nnz > 0) {
         const size_t count = static_cast<size_t>(g.batch * layout.image);
         float *floats = nullptr;
@@ -143,7 +148,10 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
             std::memset(bytes + count, 0, kPhaseSlack);
             phase_data = reinterpret_cast<const char *>(bytes);
         }
-        offsets = column_offsets(g, layout);
+        if (offsets == nullptr) {
+            own_offsets = column_offsets(g, layout);
+            offsets = own_offsets.data();
+        }
         const int build_threads = threads_for(g.batch * layout.image);
         const int64_t planes = g.batch * g.channels;
         parallel_for(build_threads, planes, [&](int64_t bc) {
@@ -158,7 +166,7 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
     const int64_t chunks = (layout.span + kSparseConvChunk - 1) / kSparseConvChunk;
     const int64_t tiles = g.batch * chunks * row_tiles;
     const int nt = threads_for((a.nnz + a.rows) * positions);
-    const int64_t *offset_data = offsets.data();
+    const int64_t *offset_data = offsets;
     // Channel blocks vary fastest, so the threads work on the same chunk of the planes.
     parallel_for_dynamic(nt, tiles, [&](int64_t i) {
         const int64_t b = i / (chunks * row_tiles);

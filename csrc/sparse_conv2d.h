@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "pack_activations.h"
 #include "spmm_csr.h"
@@ -104,9 +105,17 @@ static inline float finish_output(float y, const ChannelEpilogue &c, int64_t i) 
 void sparse_conv2d(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
                    const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
 // The same without the CSR check, for a caller that made it (spmm_csr_validate(a,
-// g.columns())): apb_conv2d checks once per call, not once per image.
+// g.columns())): apb_conv2d checks once per call, not once per image. `offsets` are
+// sparse_conv2d_offsets(g) made by the caller, or null (made here).
 void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const SparseConvInput &in,
-                             const CsrMatrix &a, const SparseConvEpilogue &e, float *out);
+                             const CsrMatrix &a, const SparseConvEpilogue &e, float *out,
+                             const int64_t *offsets = nullptr);
+
+// [g.columns()]: where column j reads in the phase planes, relative to the output index
+// (SparseConvTile::offsets). They depend on the geometry but not on the batch, so
+// apb_conv2d makes them once per call instead of once per image (a loop of divisions
+// over the columns and an allocation: 4 % of ResNet-20's time at batch 64).
+std::vector<int64_t> sparse_conv2d_offsets(const Conv2dGeometry &g);
 
 // out float32 [rows, cols] = x^ (the quantized x, quantize_input below) for x float32
 // [rows, cols], with the active ISA's vector code.
