@@ -42,6 +42,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -361,6 +362,46 @@ static void build_phases(const float *x, const Conv2dGeometry &g, const PhaseLay
                 } else {
                     row(image + iy * g.width + ix_lo, sw, k_lo, k_hi, p.wq, dst);
                 }
+            }
+        }
+    }
+}
+
+// Whether bc's phase plane is the input plane itself inside a zero border as wide as the
+// padding (stride 1: one phase, input (y, x) at row y + pad_h, column x + pad_w).
+static inline bool contiguous_phase_plane(const Conv2dGeometry &g, const PhaseLayout &p) {
+    return p.phases_h == 1 && p.phases_w == 1 && p.hq == g.height + 2 * g.pad_h &&
+           p.wq == g.width + 2 * g.pad_w;
+}
+
+// Byte plane bc of such a layer (contiguous_phase_plane): zeros, then the inputs in their
+// own order, V at a time across row ends, each vector's codes stored row piece by row
+// piece. build_phases goes row by row instead, and on small images its per-row cost is
+// most of the time (8 x 8: 2.8 cycles an element, 0.7 at 32 x 32, AVX-512 on Zen 4).
+// quantize(src, count) returns the codes of src[0, count) in a vector (lanes past count
+// unspecified); store(dst, codes, first, count) writes lanes [first, first + count) of
+// it to dst[0, count).
+template <int V, typename Quantize, typename Store>
+static void build_contiguous_plane(const float *x, const Conv2dGeometry &g,
+                                   const PhaseLayout &p, int64_t bc, uint8_t *phases,
+                                   Quantize &&quantize, Store &&store) {
+    const int64_t n = g.height * g.width;
+    const float *image = x + bc * n;
+    uint8_t *plane = phases + bc * p.plane;
+    std::memset(plane, 0, static_cast<size_t>(p.plane));
+    uint8_t *row = plane + g.pad_h * p.wq + g.pad_w;  // input row 0
+    int64_t col = 0;
+    for (int64_t i = 0; i < n; i += V) {
+        const int64_t count = n - i < V ? n - i : V;
+        const auto codes = quantize(image + i, count);
+        for (int64_t done = 0; done < count;) {
+            const int64_t run = count - done < g.width - col ? count - done : g.width - col;
+            store(row + col, codes, done, run);
+            done += run;
+            col += run;
+            if (col == g.width) {
+                col = 0;
+                row += p.wq;
             }
         }
     }

@@ -249,6 +249,23 @@ void sparse_conv2d_build_bytes_avx2(const float *x, const Conv2dGeometry &g,
                                     int64_t bc, uint8_t *phases) {
     const Quantize quantize{in.kind, _mm256_set1_ps(in.scale), _mm256_set1_ps(in.levels),
                             _mm256_set1_ps(in.step), true};
+    if (sparse_conv_detail::contiguous_phase_plane(g, p)) {
+        sparse_conv_detail::build_contiguous_plane<8>(
+            x, g, p, bc, phases,
+            [&](const float *src, int64_t count) {
+                return to_bytes(quantize(load_first(src, count)));
+            },
+            [](uint8_t *dst, __m128i codes, int64_t first, int64_t count) {
+                if (count == 8) {
+                    _mm_storel_epi64(reinterpret_cast<__m128i *>(dst), codes);
+                    return;
+                }
+                alignas(16) uint8_t lanes[16];
+                _mm_store_si128(reinterpret_cast<__m128i *>(lanes), codes);
+                for (int64_t i = 0; i < count; ++i) dst[i] = lanes[first + i];
+            });
+        return;
+    }
     sparse_conv_detail::build_phases(
         x, g, p, bc, phases,
         [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq,

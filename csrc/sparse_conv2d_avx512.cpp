@@ -194,6 +194,26 @@ void sparse_conv2d_build_avx512(const float *x, const Conv2dGeometry &g, const P
 void sparse_conv2d_build_bytes_avx512(const float *x, const Conv2dGeometry &g,
                                       const PhaseLayout &p, const SparseConvInput &in,
                                       int64_t bc, uint8_t *phases) {
+    if (sparse_conv_detail::contiguous_phase_plane(g, p)) {
+        sparse_conv_detail::build_contiguous_plane<16>(
+            x, g, p, bc, phases,
+            [&](const float *src, int64_t count) {
+                const __m512 v = _mm512_maskz_loadu_ps(first_lanes(count), src);
+                return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(quantize16(v, in, true)));
+            },
+            [](uint8_t *dst, __m128i codes, int64_t first, int64_t count) {
+                if (count == 16) {
+                    _mm_storeu_si128(reinterpret_cast<__m128i *>(dst), codes);
+                } else {
+                    // Lanes [first, first + count) of a store at dst - first: the lanes
+                    // outside the mask are not touched.
+                    _mm_mask_storeu_epi8(dst - first,
+                                         static_cast<__mmask16>(first_lanes(count) << first),
+                                         codes);
+                }
+            });
+        return;
+    }
     sparse_conv_detail::build_phases(
         x, g, p, bc, phases,
         [&](const float *src, int64_t sw, int64_t k_lo, int64_t k_hi, int64_t wq,
