@@ -242,6 +242,11 @@ inline void pixel_bits(const float *src, int64_t channel_stride, int64_t c_begin
     }
     for (int64_t c = c_end - 1; c >= c_begin; --c) {
         const float *at = src + c * channel_stride;
+        // Each channel is its own stream, more streams than the hardware prefetcher
+        // follows on wide layers: fetch this channel's line four steps ahead (batch 64,
+        // 128 x 32 x 32 and 256 x 16 x 16: 1.6x faster; no change at 16 to 64 channels,
+        // eight steps ahead no better; docs/performance.md). A prefetch never faults.
+        _mm_prefetch(reinterpret_cast<const char *>(at + 4 * kPixelStep), _MM_HINT_T0);
         for (int h = 0; h < 2; ++h) {
             const __m256 v = lanes == kPixelStep ? _mm256_loadu_ps(at + 8 * h)
                                                  : _mm256_maskload_ps(at + 8 * h, valid[h]);
