@@ -236,9 +236,13 @@ inline void pixel_bits(const float *src, int64_t channel_stride, int64_t c_begin
                        int64_t c_end, int64_t lanes, const Bits &bits, __m256i (*acc)[Planes]) {
     // Masked loads read nothing past pixel p1 - 1 (an empty mask reads nothing at all).
     const __m256i valid[2] = {avx2::first_lanes(lanes), avx2::first_lanes(lanes - 8)};
+    // Local accumulators, stored to acc once at the end: updated through the pointer,
+    // they went through the stack at every channel (im2col of 64 x 8 x 8 images at batch
+    // 64, one thread, in C++: 1.76 -> 1.19 us an image; 16 and 32 channels unchanged).
+    __m256i sum[2][Planes];
     _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
-        acc[0][p] = _mm256_setzero_si256();
-        acc[1][p] = _mm256_setzero_si256();
+        sum[0][p] = _mm256_setzero_si256();
+        sum[1][p] = _mm256_setzero_si256();
     }
     for (int64_t c = c_end - 1; c >= c_begin; --c) {
         const float *at = src + c * channel_stride;
@@ -247,15 +251,19 @@ inline void pixel_bits(const float *src, int64_t channel_stride, int64_t c_begin
         // 128 x 32 x 32 and 256 x 16 x 16: 1.6x faster; no change at 16 to 64 channels,
         // eight steps ahead no better; docs/performance.md). A prefetch never faults.
         _mm_prefetch(reinterpret_cast<const char *>(at + 4 * kPixelStep), _MM_HINT_T0);
-        for (int h = 0; h < 2; ++h) {
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; ++h) {
             const __m256 v = lanes == kPixelStep ? _mm256_loadu_ps(at + 8 * h)
                                                  : _mm256_maskload_ps(at + 8 * h, valid[h]);
             __m256i masks[Planes];
             bits(v, masks);
             _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
-                acc[h][p] = _mm256_sub_epi32(_mm256_add_epi32(acc[h][p], acc[h][p]), masks[p]);
+                sum[h][p] = _mm256_sub_epi32(_mm256_add_epi32(sum[h][p], sum[h][p]), masks[p]);
             }
         }
+    }
+    _Pragma("GCC unroll 8") for (int p = 0; p < Planes; ++p) {
+        acc[0][p] = sum[0][p];
+        acc[1][p] = sum[1][p];
     }
 }
 
