@@ -98,11 +98,21 @@ struct Gather {
 // taps in it, the run's bytes for every position. `runs` runs per kernel row, `run`
 // bytes each, `run_step` bytes apart in the pixel rows; Run is `run` as a constant
 // for the common sizes (the copies then compile to a few moves), 0 for any other.
+// `slack`: bytes that may be read past the end of the row's last run (kWide below).
 template <int Run>
 void gather_runs(const Gather &s, const unsigned char *image, int64_t oy, int64_t runs,
-                 int64_t run, int64_t run_step, unsigned char *out) {
+                 int64_t run, int64_t run_step, int64_t slack, unsigned char *out) {
     const Conv2dGeometry &g = s.g;
     const int64_t size = Run > 0 ? Run : run;
+    // A single run of 6 or 12 bytes a kernel row (3 x 3 taps of 16 or 32 channels) is
+    // copied as 8 or 16, two moves instead of three or four, in every kernel row but
+    // the last: the extra bytes land on the next kernel row's run of the same position,
+    // which is written after them (dy is the outer loop), and are read from the pixel
+    // row's room past the run when `slack` allows (the whole hwc im2col of 16 x 32 x 32
+    // and 32 x 16 x 16 images at batch 64, one thread, in C++: 9.45 -> 9.08 and
+    // 3.08 -> 2.96 us an image).
+    constexpr int64_t kWide = Run % 8 == 0 ? Run : (Run + 7) / 8 * 8;
+    const bool widen = kWide != Run && runs == 1 && slack >= kWide - Run;
     const int64_t step = g.stride_w * s.l.pixel_bytes;
     // Locals, not members: stores through unsigned char may alias s, which would
     // otherwise be read again after every copy.
@@ -113,6 +123,15 @@ void gather_runs(const Gather &s, const unsigned char *image, int64_t oy, int64_
         const int64_t iy = tap(oy, g.stride_h, g.pad_h, dy, g.dilation_h);
         const unsigned char *line =
             (0 <= iy && iy < g.height ? image + iy * s.l.row_bytes : s.zero_row) + first;
+        if (widen && dy + 1 < g.kernel_h) {
+            const unsigned char *src = line;
+            unsigned char *dst = at;
+            for (int64_t ox = ox_lo; ox < ox_hi; ++ox, dst += out_bytes, src += step) {
+                std::memcpy(dst, src, static_cast<size_t>(kWide));
+            }
+            at += size;
+            continue;
+        }
         for (int64_t r = 0; r < runs; ++r, at += size, line += run_step) {
             const unsigned char *src = line;
             unsigned char *dst = at;
@@ -206,17 +225,21 @@ void gather_row(const Gather &s, const unsigned char *image, const uint64_t *str
     const int64_t tap_bytes = g.channels / 8;
     if (g.dilation_w != 1 || s.l.pixel_bytes != tap_bytes) {
         return gather_runs<0>(s, image, oy, g.kernel_w, tap_bytes,
-                              g.dilation_w * s.l.pixel_bytes, out);
+                              g.dilation_w * s.l.pixel_bytes, 0, out);
     }
     const int64_t run = g.kernel_w * tap_bytes;
+    // Where the last position's run ends in its pixel row, and the room after it.
+    const int64_t end = s.l.lead_bytes +
+                        ((ox_hi - 1) * g.stride_w - g.pad_w) * s.l.pixel_bytes + run;
+    const int64_t slack = ox_hi > ox_lo ? s.l.row_bytes - end : 0;
     switch (run) {  // 1 x 1 and 3 x 3 kernels over 16, 32 and 64 channels
-        case 2: return gather_runs<2>(s, image, oy, 1, run, 0, out);
-        case 4: return gather_runs<4>(s, image, oy, 1, run, 0, out);
-        case 6: return gather_runs<6>(s, image, oy, 1, run, 0, out);
-        case 8: return gather_runs<8>(s, image, oy, 1, run, 0, out);
-        case 12: return gather_runs<12>(s, image, oy, 1, run, 0, out);
-        case 24: return gather_runs<24>(s, image, oy, 1, run, 0, out);
-        default: return gather_runs<0>(s, image, oy, 1, run, 0, out);
+        case 2: return gather_runs<2>(s, image, oy, 1, run, 0, slack, out);
+        case 4: return gather_runs<4>(s, image, oy, 1, run, 0, slack, out);
+        case 6: return gather_runs<6>(s, image, oy, 1, run, 0, slack, out);
+        case 8: return gather_runs<8>(s, image, oy, 1, run, 0, slack, out);
+        case 12: return gather_runs<12>(s, image, oy, 1, run, 0, slack, out);
+        case 24: return gather_runs<24>(s, image, oy, 1, run, 0, slack, out);
+        default: return gather_runs<0>(s, image, oy, 1, run, 0, slack, out);
     }
 }
 
