@@ -111,7 +111,9 @@ void gather_runs(const Gather &s, const unsigned char *image, int64_t oy, int64_
     // row's room past the run when `slack` allows (the whole hwc im2col of 16 x 32 x 32
     // and 32 x 16 x 16 images at batch 64, one thread, in C++: 9.45 -> 9.08 and
     // 3.08 -> 2.96 us an image).
-    constexpr int64_t kWide = Run % 8 == 0 ? Run : (Run + 7) / 8 * 8;
+    // (Only these two: a wider copy must spill no further than the next run, and for
+    // runs of 2 or 4 bytes one move copies them already.)
+    constexpr int64_t kWide = Run == 6 ? 8 : Run == 12 ? 16 : Run;
     const bool widen = kWide != Run && runs == 1 && slack >= kWide - Run;
     const int64_t step = g.stride_w * s.l.pixel_bytes;
     // Locals, not members: stores through unsigned char may alias s, which would

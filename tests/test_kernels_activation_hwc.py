@@ -60,6 +60,28 @@ def test_resnet20_layers_match_reference(isa: str, batch: int, layer: tuple) -> 
 
 
 @pytest.mark.parametrize("isa", kernels.ISA_NAMES)
+@pytest.mark.parametrize("channels, kernel_w", [(8, 2), (16, 2), (24, 2), (16, 3), (32, 3),
+                                                (8, 3), (48, 2)])
+@pytest.mark.parametrize("padding", [(0, 0), (1, 1), (3, 1), (1, 3)])
+def test_runs_of_whole_bytes_over_several_kernel_rows(isa: str, channels: int, kernel_w: int,
+                                                      padding: tuple) -> None:
+    """Kernel rows of 2 to 12 bytes (dense pixels) over 2-3 kernel rows, tiny images and
+    padding beyond the kernel: the gather copies 6- and 12-byte runs as 8 and 16 bytes
+    except in the last kernel row, which must leave the bits past the taps zero."""
+    require_isa(isa)
+    for h, w in [(1, 1), (1, 2), (3, 4)]:
+        if h + 2 * padding[0] < 3 or w + 2 * padding[1] < kernel_w:
+            continue  # the kernel does not fit (the packers' error is tested elsewhere)
+        x = _inputs(np.random.default_rng(channels * h * w + kernel_w), (2, channels, h, w))
+        args = ((3, kernel_w), (1, 1), padding, (1, 1))
+        with kernels.use_isa(isa):
+            codes = kernels.im2col_pack_codes(x, 1.0, 2, *args, column_order="hwc")
+            signs = kernels.im2col_pack_signs(x - 0.5, *args, column_order="hwc")
+        np.testing.assert_array_equal(codes, im2col_pack_codes_ref(x, 1.0, 2, *args, "hwc"))
+        np.testing.assert_array_equal(signs, im2col_pack_signs_ref(x - 0.5, *args, "hwc"))
+
+
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("geometry", OTHER_GEOMETRIES)
 def test_other_geometries_match_reference(isa: str, threads: int, geometry: tuple) -> None:
