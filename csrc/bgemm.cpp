@@ -162,8 +162,7 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
     const auto w_panel = uninitialized<uint64_t>(kernel.weight_panel_words(g));
     const auto x_panels = uninitialized<uint64_t>(nt * panel_words);
     const auto sums = uninitialized<int32_t>(nt * sums_per_thread);
-    // The worksharing loops bind to the team of whoever calls work(): one thread calls it
-    // directly, outside any parallel region (which costs futex calls even for one).
+    // Worksharing loops: run_team gives them a team of their own (threads.h).
     const auto work = [&] {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < g.M; m += kPackRows) {
@@ -186,9 +185,7 @@ void run_packed(const PackedPopcountGemmKernel &kernel, const PopcountGemm &g, i
                          n1, out);
         }
     };
-    if (nt == 1) return work();
-#pragma omp parallel num_threads(nt)
-    work();
+    run_team(nt, work);
 }
 
 // Tiles of columns x blocks of rows for the lanes kernel, tile-major and split

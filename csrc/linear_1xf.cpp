@@ -200,8 +200,7 @@ void linear_1xf(const Linear1xf &layer, const float *x, int64_t N, float *out) {
     constexpr int64_t kTransposeColumns = 256;
     std::atomic<bool> bad_indices{false};
     const int64_t k_chunks = (K + kTransposeColumns - 1) / kTransposeColumns;
-    // The worksharing loops bind to the team of whoever calls run(): one thread calls it
-    // directly, outside any parallel region (which costs futex calls even for one).
+    // Worksharing loops: run_team gives them a team of their own (threads.h).
     const auto run = [&] {
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; ++n) kern.prepare(prep, n, n + 1);
@@ -231,12 +230,7 @@ void linear_1xf(const Linear1xf &layer, const float *x, int64_t N, float *out) {
             kern.block(b);
         }
     };
-    if (nt == 1) {
-        run();
-    } else {
-#pragma omp parallel num_threads(nt)
-        run();
-    }
+    run_team(nt, run);
     if (bad_indices.load()) linear_1xf_validate(*layer.sparse, K);  // throws, with the first one
 }
 

@@ -35,6 +35,14 @@ void set_num_threads(int n) {
     g_num_threads.store(n, std::memory_order_relaxed);
 }
 
+bool in_parallel_region() {
+#if defined(_OPENMP)
+    return omp_in_parallel() != 0;
+#else
+    return false;
+#endif
+}
+
 int threads_for(int64_t work) {
 #if defined(_OPENMP)
     // Called from a parallel region (a fused layer splitting its batch over the threads):

@@ -37,6 +37,26 @@ void parallel_for(int threads, int64_t n, Body &&body) {
     for (int64_t i = 0; i < n; ++i) body(i);
 }
 
+// Whether the calling thread is inside an active parallel region (a team of more than
+// one thread); false without OpenMP.
+bool in_parallel_region();
+
+// body() run by a team of `threads`, for a body made of `#pragma omp for` worksharing
+// loops. One thread runs it directly, outside any region (as parallel_for, for the futex
+// call a region costs), but not inside an active region: an orphaned worksharing loop
+// binds to the innermost enclosing team, so it would split this call's iterations among
+// threads busy with other work (apb_conv2d's images) and wait for them at its barriers.
+// There a nested region of one thread gives the loops a team of their own.
+template <class Body>
+void run_team(int threads, Body &&body) {
+    if (threads <= 1 && !in_parallel_region()) {
+        body();
+        return;
+    }
+#pragma omp parallel num_threads(threads > 1 ? threads : 1)
+    body();
+}
+
 // The same with a dynamic schedule (items of uneven cost).
 template <class Body>
 void parallel_for_dynamic(int threads, int64_t n, Body &&body) {

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _csr import random_csr
-from _isa import isas_under_test
+from _isa import isas_under_test, require_isa
 from apb import _C, kernels
 from apb.kernels import direct
 from apb.kernels.spmm import INDEX_DTYPES, INDPTR_DTYPES, VALUE_DTYPES
@@ -128,17 +128,22 @@ def test_identical_to_the_three_kernels_and_close_to_the_reference(problem: dict
         np.testing.assert_allclose(fused, expected, rtol=0, atol=2e-5 * scale, err_msg=isa)
 
 
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
 @pytest.mark.parametrize("act_bits", [1, 2])
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_threads_split_the_batch_with_identical_results(batch: int, act_bits: int) -> None:
+def test_threads_split_the_batch_with_identical_results(batch: int, act_bits: int,
+                                                        isa: str) -> None:
     """Two threads: a batch splits by image (each image's kernels on one thread), a single
-    image splits inside its kernels; both give the one-thread result bit for bit."""
+    image splits inside its kernels; both give the one-thread result bit for bit. Every
+    ISA: the GEMM kernels inside an image differ, and one whose worksharing loops bound to
+    the batch's team computed part of each image (and could hang) while the others held."""
+    require_isa(isa)
     rng = np.random.default_rng(batch)
-    c, h, w, m = 16, 20, 20, 24
+    c, h, w, m = 32, 24, 24, 24  # enough work for apb_conv2d to split a batch
     geometry = ((3, 3), (1, 1), (1, 1), (1, 1))
-    sign_rows = random_sign_rows(rng, m, 144)
+    sign_rows = random_sign_rows(rng, m, 288)
     p = {"x": rng.standard_normal((batch, c, h, w)).astype(np.float32),
-         "sign_rows": sign_rows, "csr": random_csr(rng, m, 144, 0.05), "geometry": geometry,
+         "sign_rows": sign_rows, "csr": random_csr(rng, m, 288, 0.05), "geometry": geometry,
          "act_bits": act_bits, "scale": 1.1 if act_bits > 1 else 1.0,
          "padding_correction": (padding_correction(sign_rows, c, h, w, geometry)
                                 if act_bits == 1 else None),
@@ -146,14 +151,16 @@ def test_threads_split_the_batch_with_identical_results(batch: int, act_bits: in
          "shift": rng.standard_normal(m).astype(np.float32)}
     previous = kernels.get_num_threads()
     try:
-        kernels.set_num_threads(1)
-        one = _fused(p)
-        kernels.set_num_threads(2)
-        two = _fused(p)
+        with kernels.use_isa(isa):
+            kernels.set_num_threads(1)
+            one = _fused(p)
+            kernels.set_num_threads(2)
+            two = _fused(p)
+            unfused = _unfused(p)
     finally:
         kernels.set_num_threads(previous)
     np.testing.assert_array_equal(two, one)
-    np.testing.assert_array_equal(one.reshape(batch, m, -1), _unfused(p))
+    np.testing.assert_array_equal(one.reshape(batch, m, -1), unfused)
 
 
 def test_the_op_runs_each_backend_and_traces() -> None:
