@@ -148,32 +148,147 @@ void check_act_bits(int64_t act_bits, const char *fn) {
     }
 }
 
+// A packed layer's arguments other than its input, checked and held once. The packed
+// runtime calls a layer with the same weights at every forward; converting and checking
+// eight arrays and a dozen numbers per call cost about as much as a small layer's
+// kernels (LeNet-5's layers at batch 1, docs/performance.md). The arrays are held, not
+// copied: the memory stays alive as long as the layer, and the kernel validates the CSR
+// structure at every call, so a caller that changes an array in place cannot make it
+// read out of bounds. The functions apb_conv2d / apb_linear build one per call.
+class PackedLayerArgs {
+  public:
+    PackedLayerArgs(const char *fn, const AnyArray &sign_rows, const AnyArray &indptr,
+                    const AnyArray &indices, const AnyArray &values, int64_t act_bits,
+                    double scale, const AnyArray &dot_scale, const OptionalArray &sparse_scale,
+                    const OptionalArray &shift)
+        : fn_(fn), sign_rows_(sign_rows), indptr_(indptr), indices_(indices), values_(values),
+          dot_scale_(dot_scale), sparse_scale_(sparse_scale), shift_(shift) {
+        check_act_bits(act_bits, fn);
+        a_ = csr_matrix(indptr_, indices_, values_, fn);
+        check_matrix<uint64_t>(sign_rows_, fn, "sign_rows", "uint64");
+        epilogue_ = fused_epilogue(dot_scale_, sparse_scale_, shift_, a_.rows);
+        product_ = apb::BinaryProduct{nullptr, a_.rows, static_cast<int>(act_bits),
+                                      static_cast<float>(scale), nullptr};
+    }
+
+    int64_t rows() const { return a_.rows; }
+    int act_bits() const { return product_.act_bits; }
+
+  protected:
+    // The product for inputs of `words` words a row (its sign rows checked against them).
+    apb::BinaryProduct product(int64_t words, const char *columns) const {
+        apb::BinaryProduct p = product_;
+        p.sign_rows = sign_rows_of(sign_rows_, fn_, a_.rows, words, columns);
+        return p;
+    }
+
+    const char *fn_;
+    AnyArray sign_rows_, indptr_, indices_, values_, dot_scale_;
+    OptionalArray sparse_scale_, shift_;
+    apb::CsrMatrix a_{};
+    apb::SparseConvEpilogue epilogue_{};
+    apb::BinaryProduct product_{};
+};
+
+class ApbLinearLayer : public PackedLayerArgs {
+  public:
+    ApbLinearLayer(const AnyArray &sign_rows, const AnyArray &indptr, const AnyArray &indices,
+                   const AnyArray &values, int64_t act_bits, double scale,
+                   const AnyArray &dot_scale, const OptionalArray &sparse_scale,
+                   const OptionalArray &shift)
+        : PackedLayerArgs("apb_linear", sign_rows, indptr, indices, values, act_bits, scale,
+                          dot_scale, sparse_scale, shift) {}
+
+    NumpyMatrix<float> operator()(const AnyArray &x, const OptionalArray &residual,
+                                  double lower, double upper) const {
+        check_matrix<float>(x, fn_, "x", "float32");
+        const int64_t M = a_.rows;
+        const int64_t N = static_cast<int64_t>(x.shape(0));
+        const int64_t K = static_cast<int64_t>(x.shape(1));
+        const apb::BinaryProduct p = product((K + 63) / 64, "ceil(K/64)");
+        apb::SparseConvEpilogue e = epilogue_;
+        set_finish(e, residual, lower, upper, fn_,
+                   {static_cast<size_t>(N), static_cast<size_t>(M)});
+        NumpyMatrix<float> out = new_matrix<float>(N, M);
+        const float *src = static_cast<const float *>(x.data());
+        float *dst = out.data();
+        apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+        {
+            nb::gil_scoped_release release;
+            apb::apb_linear(src, N, K, p, a_, e, dst);
+        }
+        return out;
+    }
+};
+
+class ApbConv2dLayer : public PackedLayerArgs {
+  public:
+    ApbConv2dLayer(const AnyArray &sign_rows, const AnyArray &indptr, const AnyArray &indices,
+                   const AnyArray &values, int64_t kernel_h, int64_t kernel_w,
+                   int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                   int64_t dilation_h, int64_t dilation_w, int64_t act_bits, double scale,
+                   const AnyArray &dot_scale, const OptionalArray &sparse_scale,
+                   const OptionalArray &shift)
+        : PackedLayerArgs("apb_conv2d", sign_rows, indptr, indices, values, act_bits, scale,
+                          dot_scale, sparse_scale, shift),
+          kernel_h_(kernel_h), kernel_w_(kernel_w), stride_h_(stride_h), stride_w_(stride_w),
+          pad_h_(pad_h), pad_w_(pad_w), dilation_h_(dilation_h), dilation_w_(dilation_w) {}
+
+    nb::ndarray<nb::numpy, float> operator()(const AnyArray &x,
+                                             const OptionalArray &padding_correction,
+                                             const OptionalArray &residual, double lower,
+                                             double upper) const {
+        const apb::Conv2dGeometry g =
+            conv2d_geometry_of(x, fn_, kernel_h_, kernel_w_, stride_h_, stride_w_, pad_h_,
+                               pad_w_, dilation_h_, dilation_w_);
+        const int64_t M = a_.rows;
+        apb::BinaryProduct p = product(g.words(), "ceil(C*kh*kw/64)");
+        if (padding_correction) {
+            if (p.act_bits != 1) {
+                throw std::invalid_argument("apb_conv2d: padding_correction is for 1-bit "
+                                            "(sign) inputs only");
+            }
+            check_matrix<int32_t>(*padding_correction, fn_, "padding_correction", "int32");
+            const int64_t L = g.out_h * g.out_w;
+            if (static_cast<int64_t>(padding_correction->shape(0)) != M ||
+                static_cast<int64_t>(padding_correction->shape(1)) != L) {
+                throw std::invalid_argument(
+                    "apb_conv2d: padding_correction has shape " +
+                    shape_string(*padding_correction) + ", expected [M, OH*OW] = [" +
+                    std::to_string(M) + ", " + std::to_string(L) + "]");
+            }
+            p.padding_correction = static_cast<const int32_t *>(padding_correction->data());
+        }
+        apb::SparseConvEpilogue e = epilogue_;
+        const std::vector<size_t> shape{static_cast<size_t>(g.batch), static_cast<size_t>(M),
+                                        static_cast<size_t>(g.out_h),
+                                        static_cast<size_t>(g.out_w)};
+        set_finish(e, residual, lower, upper, fn_, shape);
+        auto out = new_array<float>({shape[0], shape[1], shape[2], shape[3]});
+        const float *src = static_cast<const float *>(x.data());
+        float *dst = out.data();
+        apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
+        {
+            nb::gil_scoped_release release;
+            apb::apb_conv2d(src, g, p, a_, e, dst);
+        }
+        return out;
+    }
+
+  private:
+    int64_t kernel_h_, kernel_w_, stride_h_, stride_w_, pad_h_, pad_w_, dilation_h_,
+        dilation_w_;
+};
+
 NumpyMatrix<float> py_apb_linear(const AnyArray &x, const AnyArray &sign_rows,
                                  const AnyArray &indptr, const AnyArray &indices,
                                  const AnyArray &values, int64_t act_bits, double scale,
                                  const AnyArray &dot_scale, const OptionalArray &sparse_scale,
                                  const OptionalArray &shift, const OptionalArray &residual,
                                  double lower, double upper) {
-    constexpr const char *fn = "apb_linear";
-    check_matrix<float>(x, fn, "x", "float32");
-    check_act_bits(act_bits, fn);
-    const apb::CsrMatrix a = csr_matrix(indptr, indices, values, fn);
-    const int64_t M = a.rows;
-    const int64_t N = static_cast<int64_t>(x.shape(0));
-    const int64_t K = static_cast<int64_t>(x.shape(1));
-    const apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, (K + 63) / 64, "ceil(K/64)"), M,
-                               static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
-    apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
-    set_finish(e, residual, lower, upper, fn, {static_cast<size_t>(N), static_cast<size_t>(M)});
-    NumpyMatrix<float> out = new_matrix<float>(N, M);
-    const float *src = static_cast<const float *>(x.data());
-    float *dst = out.data();
-    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
-    {
-        nb::gil_scoped_release release;
-        apb::apb_linear(src, N, K, p, a, e, dst);
-    }
-    return out;
+    check_matrix<float>(x, "apb_linear", "x", "float32");
+    return ApbLinearLayer(sign_rows, indptr, indices, values, act_bits, scale, dot_scale,
+                          sparse_scale, shift)(x, residual, lower, upper);
 }
 
 nb::ndarray<nb::numpy, float> py_apb_conv2d(const AnyArray &x, const AnyArray &sign_rows,
@@ -186,43 +301,13 @@ nb::ndarray<nb::numpy, float> py_apb_conv2d(const AnyArray &x, const AnyArray &s
                                  const AnyArray &dot_scale, const OptionalArray &sparse_scale,
                                  const OptionalArray &shift, const OptionalArray &residual,
                                  double lower, double upper) {
-    constexpr const char *fn = "apb_conv2d";
-    const apb::Conv2dGeometry g = conv2d_geometry_of(x, fn, kernel_h, kernel_w, stride_h,
-                                                     stride_w, pad_h, pad_w, dilation_h,
-                                                     dilation_w);
-    check_act_bits(act_bits, fn);
-    const apb::CsrMatrix a = csr_matrix(indptr, indices, values, fn);
-    const int64_t M = a.rows;
-    apb::BinaryProduct p{sign_rows_of(sign_rows, fn, M, g.words(), "ceil(C*kh*kw/64)"), M,
-                         static_cast<int>(act_bits), static_cast<float>(scale), nullptr};
-    if (padding_correction) {
-        if (act_bits != 1) {
-            throw std::invalid_argument("apb_conv2d: padding_correction is for 1-bit (sign) "
-                                        "inputs only");
-        }
-        check_matrix<int32_t>(*padding_correction, fn, "padding_correction", "int32");
-        const int64_t L = g.out_h * g.out_w;
-        if (static_cast<int64_t>(padding_correction->shape(0)) != M ||
-            static_cast<int64_t>(padding_correction->shape(1)) != L) {
-            throw std::invalid_argument(
-                "apb_conv2d: padding_correction has shape " + shape_string(*padding_correction) +
-                ", expected [M, OH*OW] = [" + std::to_string(M) + ", " + std::to_string(L) + "]");
-        }
-        p.padding_correction = static_cast<const int32_t *>(padding_correction->data());
-    }
-    apb::SparseConvEpilogue e = fused_epilogue(dot_scale, sparse_scale, shift, M);
-    const std::vector<size_t> shape{static_cast<size_t>(g.batch), static_cast<size_t>(M),
-                                    static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)};
-    set_finish(e, residual, lower, upper, fn, shape);
-    auto out = new_array<float>({shape[0], shape[1], shape[2], shape[3]});
-    const float *src = static_cast<const float *>(x.data());
-    float *dst = out.data();
-    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
-    {
-        nb::gil_scoped_release release;
-        apb::apb_conv2d(src, g, p, a, e, dst);
-    }
-    return out;
+    // The geometry first: a bad input or kernel is reported before the weights are.
+    conv2d_geometry_of(x, "apb_conv2d", kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w);
+    return ApbConv2dLayer(sign_rows, indptr, indices, values, kernel_h, kernel_w, stride_h,
+                          stride_w, pad_h, pad_w, dilation_h, dilation_w, act_bits, scale,
+                          dot_scale, sparse_scale, shift)(x, padding_correction, residual,
+                                                          lower, upper);
 }
 
 }  // namespace
@@ -255,6 +340,42 @@ void apb::bind::bind_sparse_conv2d(nb::module_ &m) {
           "[M, OH*OW], when padded) or code*scale/L (2..8), S the CSR matrix [M, C*kh*kw] "
           "(columns (c, dy, dx)); then min(max(out + residual, lower), upper), residual "
           "float32 of the output's shape or None (NaN kept).");
+    nb::class_<ApbConv2dLayer>(
+        m, "ApbConv2dLayer",
+        "apb_conv2d's arguments other than x, padding_correction, residual and the bounds, "
+        "checked and held once; call it as apb_conv2d without them.")
+        .def(nb::init<const AnyArray &, const AnyArray &, const AnyArray &, const AnyArray &,
+                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                      int64_t, double, const AnyArray &, const OptionalArray &,
+                      const OptionalArray &>(),
+             nb::arg("sign_rows"), nb::arg("indptr"), nb::arg("indices"), nb::arg("values"),
+             nb::arg("kernel_h"), nb::arg("kernel_w"), nb::arg("stride_h"), nb::arg("stride_w"),
+             nb::arg("pad_h"), nb::arg("pad_w"), nb::arg("dilation_h"), nb::arg("dilation_w"),
+             nb::arg("act_bits"), nb::arg("scale"), nb::arg("dot_scale"),
+             nb::arg("sparse_scale").none(), nb::arg("shift").none())
+        .def("__call__", &ApbConv2dLayer::operator(), nb::arg("x"),
+             nb::arg("padding_correction").none() = nb::none(),
+             nb::arg("residual").none() = nb::none(),
+             nb::arg("lower") = -std::numeric_limits<double>::infinity(),
+             nb::arg("upper") = std::numeric_limits<double>::infinity())
+        .def_prop_ro("rows", &ApbConv2dLayer::rows)
+        .def_prop_ro("act_bits", &ApbConv2dLayer::act_bits);
+    nb::class_<ApbLinearLayer>(
+        m, "ApbLinearLayer",
+        "apb_linear's arguments other than x, residual and the bounds, checked and held "
+        "once; call it as apb_linear without them.")
+        .def(nb::init<const AnyArray &, const AnyArray &, const AnyArray &, const AnyArray &,
+                      int64_t, double, const AnyArray &, const OptionalArray &,
+                      const OptionalArray &>(),
+             nb::arg("sign_rows"), nb::arg("indptr"), nb::arg("indices"), nb::arg("values"),
+             nb::arg("act_bits"), nb::arg("scale"), nb::arg("dot_scale"),
+             nb::arg("sparse_scale").none(), nb::arg("shift").none())
+        .def("__call__", &ApbLinearLayer::operator(), nb::arg("x"),
+             nb::arg("residual").none() = nb::none(),
+             nb::arg("lower") = -std::numeric_limits<double>::infinity(),
+             nb::arg("upper") = std::numeric_limits<double>::infinity())
+        .def_prop_ro("rows", &ApbLinearLayer::rows)
+        .def_prop_ro("act_bits", &ApbLinearLayer::act_bits);
     m.def("apb_linear", &py_apb_linear, nb::arg("x"), nb::arg("sign_rows"), nb::arg("indptr"),
           nb::arg("indices"), nb::arg("values"), nb::arg("act_bits"), nb::arg("scale"),
           nb::arg("dot_scale"), nb::arg("sparse_scale").none(), nb::arg("shift").none(),

@@ -348,3 +348,63 @@ def test_extension_rejects_a_bad_residual_or_bounds(finish: dict, error: type[Ex
                        or "contiguous" in words else r"\(2, 3\)"):
         _C.apb_linear(np.zeros((2, 64), np.float32), ROWS, *CSR, 2, 1.0, ONES, None, None,
                       **linear_finish)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv=problems(), linear=linear_problems(), bounds=st.sampled_from(BOUNDS),
+       with_residual=st.booleans())
+def test_held_layers_equal_the_functions(conv: dict, linear: dict, bounds: tuple,
+                                         with_residual: bool) -> None:
+    """``apb_conv2d_layer`` / ``apb_linear_layer`` (the runtime's steps): the arguments held
+    once, then bit for bit the functions' results, finish included, on every ISA."""
+    lower, upper = bounds
+    rng = np.random.default_rng(len(conv["csr"][1]))
+    for isa in isas_under_test():
+        with kernels.use_isa(isa):
+            want = _fused(conv)
+            residual = (rng.standard_normal(want.shape).astype(np.float32)
+                        if with_residual else None)
+            want = _fused(conv, residual=residual, lower=lower, upper=upper)
+            layer = direct.apb_conv2d_layer(conv["sign_rows"], *conv["csr"], *conv["geometry"],
+                                            conv["act_bits"], conv["scale"], conv["dot_scale"],
+                                            conv["sparse_scale"], conv["shift"])
+            got = layer(conv["x"], conv["padding_correction"], residual, lower, upper)
+            np.testing.assert_array_equal(got, want, err_msg=isa)
+            assert layer.rows == conv["sign_rows"].shape[0]
+            assert layer.act_bits == conv["act_bits"]
+            p = linear
+            want = direct.apb_linear(p["x"], p["sign_rows"], *p["csr"], p["act_bits"],
+                                     p["scale"], p["dot_scale"], p["sparse_scale"], p["shift"],
+                                     None, lower, upper)
+            held = direct.apb_linear_layer(p["sign_rows"], *p["csr"], p["act_bits"], p["scale"],
+                                           p["dot_scale"], p["sparse_scale"], p["shift"])
+            np.testing.assert_array_equal(held(p["x"], None, lower, upper), want, err_msg=isa)
+
+
+def test_a_held_layer_keeps_its_arrays_alive_and_checks_each_input() -> None:
+    """The layer holds its arrays (the caller's references may go); a call checks its input
+    against them, a bad argument fails when the layer is made."""
+    import gc
+
+    rng = np.random.default_rng(3)
+    c, m = 16, 5
+    geometry = ((3, 3), (1, 1), (1, 1), (1, 1))
+    x = rng.standard_normal((2, c, 6, 7)).astype(np.float32)
+    arrays = [random_sign_rows(rng, m, 9 * c), *random_csr(rng, m, 9 * c, 0.1),
+              rng.standard_normal(m).astype(np.float32)]
+    want = direct.apb_conv2d(x, *arrays[:4], *geometry, 2, 1.2, None, arrays[4], None, None)
+    layer = direct.apb_conv2d_layer(*[a.copy() for a in arrays[:4]], *geometry, 2, 1.2,
+                                    arrays[4].copy(), None, None)
+    gc.collect()
+    np.testing.assert_array_equal(layer(x), want)
+    with pytest.raises(ValueError, match="sign_rows has shape"):
+        layer(np.ascontiguousarray(x[:, :8]))  # 72 columns: 2 words a row, not 3
+    with pytest.raises(TypeError, match="float32"):
+        layer(x.astype(np.float64))
+    with pytest.raises(ValueError, match="padding_correction is for 1-bit"):
+        layer(x, np.zeros((m, 42), np.int32))
+    with pytest.raises(ValueError, match="act_bits"):
+        direct.apb_conv2d_layer(*arrays[:4], *geometry, 9, 1.2, arrays[4], None, None)
+    with pytest.raises(ValueError, match="one value per output channel"):
+        direct.apb_linear_layer(np.ascontiguousarray(arrays[0][:, :1]), *arrays[1:4], 2, 1.0, arrays[4][:3], None,
+                                None)

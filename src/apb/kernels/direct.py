@@ -133,6 +133,29 @@ def apb_conv2d(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices
                                   dot_scale, sparse_scale, shift, residual, lower, upper)
 
 
+def apb_conv2d_layer(sign_rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                     values: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
+                     padding: Sequence[int], dilation: Sequence[int], act_bits: int,
+                     scale: float, dot_scale: np.ndarray, sparse_scale: np.ndarray | None,
+                     shift: np.ndarray | None):
+    """:func:`apb_conv2d` with every argument but the input, ``padding_correction``,
+    ``residual`` and the bounds checked and held once: call it as
+    ``layer(x, padding_correction=None, residual=None, lower=-inf, upper=inf)``. The packed
+    runtime's steps hold one per layer (the arrays stay alive with it, not copied)."""
+    return extension().ApbConv2dLayer(sign_rows, indptr, indices, values, *kernel_size,
+                                      *stride, *padding, *dilation, act_bits, scale,
+                                      dot_scale, sparse_scale, shift)
+
+
+def apb_linear_layer(sign_rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                     values: np.ndarray, act_bits: int, scale: float, dot_scale: np.ndarray,
+                     sparse_scale: np.ndarray | None, shift: np.ndarray | None):
+    """:func:`apb_linear` held as :func:`apb_conv2d_layer`: call it as
+    ``layer(x, residual=None, lower=-inf, upper=inf)``."""
+    return extension().ApbLinearLayer(sign_rows, indptr, indices, values, act_bits, scale,
+                                      dot_scale, sparse_scale, shift)
+
+
 def apb_linear(x: np.ndarray, sign_rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
                values: np.ndarray, act_bits: int, scale: float, dot_scale: np.ndarray,
                sparse_scale: np.ndarray | None, shift: np.ndarray | None,

@@ -171,29 +171,35 @@ def _max_pool_step(pool: nn.MaxPool2d, node: fx.Node) -> _Step | None:
 
 def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
     w, indptr, indices, values, s, dot_scale, sparse_scale, shift = layer._direct_args()
-    geometry = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.act_bits)
+    # Its arguments checked and held once: a call passes only what changes.
+    call = direct.apb_conv2d_layer(w, indptr, indices, values, layer.kernel_size,
+                                   layer.stride, layer.padding, layer.dilation,
+                                   layer.act_bits, s, dot_scale, sparse_scale, shift)
+    signs = layer.act_bits == 1  # only ±1 inputs need a padding correction
     corrections: dict[tuple[int, int], np.ndarray | None] = {}
+
+    def correction(a: np.ndarray) -> np.ndarray | None:
+        hw = a.shape[2:]
+        corr = corrections.get(hw, False)
+        if corr is False:
+            c = layer._sign_padding(torch.from_numpy(a))
+            corr = corrections[hw] = None if c is None else c.numpy()
+        return corr
 
     def apb_conv2d(a, residual=None, lower=-np.inf, upper=np.inf):
         """The layer's output; with ``residual``, ``min(max(out + residual, lower),
         upper)`` from the same kernel call, or None when the shapes do not fit."""
         if type(a) is not np.ndarray or a.ndim != 4:
             return None if residual is not None else _as_array(layer(_as_tensor(a)))
-        hw = a.shape[2:]
-        corr = corrections.get(hw, False)
-        if corr is False:
-            c = layer._sign_padding(torch.from_numpy(a))
-            corr = corrections[hw] = None if c is None else c.numpy()
         if residual is not None and residual.shape != (a.shape[0], w.shape[0],
-                                                       *layer._out_size(*hw)):
+                                                       *layer._out_size(*a.shape[2:])):
             return None
-        return direct.apb_conv2d(a, w, indptr, indices, values, *geometry, s, corr,
-                                 dot_scale, sparse_scale, shift, residual, lower, upper)
+        return call(a, correction(a) if signs else None, residual, lower, upper)
 
     def bounded(act: Callable, lower: float, upper: float) -> Callable:
         def apb_conv2d_act(a):
             if type(a) is np.ndarray and a.ndim == 4:
-                return apb_conv2d(a, None, lower, upper)
+                return call(a, correction(a) if signs else None, None, lower, upper)
             return act(apb_conv2d(a))
 
         return apb_conv2d_act
@@ -204,18 +210,18 @@ def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
 
 def _apb_linear(layer: PackedAPBLinear) -> Callable:
     w, indptr, indices, values, s, dot_scale, sparse_scale, shift = layer._direct_args()
-    act_bits = layer.act_bits
+    call = direct.apb_linear_layer(w, indptr, indices, values, layer.act_bits, s, dot_scale,
+                                   sparse_scale, shift)
 
     def apb_linear(a, lower=-np.inf, upper=np.inf):
         if type(a) is not np.ndarray or a.ndim != 2:
             return _as_array(layer(_as_tensor(a)))
-        return direct.apb_linear(a, w, indptr, indices, values, act_bits, s, dot_scale,
-                                 sparse_scale, shift, None, lower, upper)
+        return call(a, None, lower, upper)
 
     def bounded(act: Callable, lower: float, upper: float) -> Callable:
         def apb_linear_act(a):
             if type(a) is np.ndarray and a.ndim == 2:
-                return apb_linear(a, lower, upper)
+                return call(a, None, lower, upper)
             return act(apb_linear(a))
 
         return apb_linear_act
