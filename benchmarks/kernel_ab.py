@@ -26,7 +26,8 @@ IM2COL_SHAPES = [  # (batch, channels, height, width, kernel, stride, padding)
     (1, 16, 32, 32, 3, 1, 1), (1, 32, 16, 16, 3, 1, 1), (1, 16, 32, 32, 3, 2, 1),
     (1, 32, 16, 16, 3, 2, 1), (1, 64, 8, 8, 3, 1, 1), (1, 16, 32, 32, 1, 2, 0),
     (1, 32, 16, 16, 1, 2, 0), (1, 64, 56, 56, 3, 1, 1), (1, 256, 14, 14, 3, 1, 1),
-    (64, 16, 32, 32, 3, 1, 1), (64, 32, 16, 16, 3, 1, 1),
+    (64, 16, 32, 32, 3, 1, 1), (64, 32, 16, 16, 3, 1, 1), (64, 64, 8, 8, 3, 1, 1),
+    (64, 128, 32, 32, 3, 1, 1), (64, 256, 16, 16, 3, 1, 1),  # VGG-Small's, batch 64
 ]
 # ResNet-20's convolutions as GEMMs at batch 1 (M, K = C*kh*kw, N = OH*OW): the 3 x 3
 # layers of its three stages (stride 1 and the strided first layer), the 1 x 1 strided
