@@ -119,11 +119,7 @@ NumpyMatrix<float> py_sparse_conv2d(const AnyArray &x, const AnyArray &indptr,
     NumpyMatrix<float> out = new_matrix<float>(M, N);
     const float *src = static_cast<const float *>(x.data());
     float *dst = out.data();
-    apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
-    {
-        nb::gil_scoped_release release;
-        apb::sparse_conv2d(src, g, in, a, e, dst);
-    }
+    run_without_gil([&] { apb::sparse_conv2d(src, g, in, a, e, dst); });
     return out;
 }
 
@@ -212,11 +208,7 @@ class ApbLinearLayer : public PackedLayerArgs {
         NumpyMatrix<float> out = new_matrix<float>(N, M);
         const float *src = static_cast<const float *>(x.data());
         float *dst = out.data();
-        apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
-        {
-            nb::gil_scoped_release release;
-            apb::apb_linear(src, N, K, p, a_, e, dst);
-        }
+        run_without_gil([&] { apb::apb_linear(src, N, K, p, a_, e, dst); });
         return out;
     }
 };
@@ -267,11 +259,7 @@ class ApbConv2dLayer : public PackedLayerArgs {
         auto out = new_array<float>({shape[0], shape[1], shape[2], shape[3]});
         const float *src = static_cast<const float *>(x.data());
         float *dst = out.data();
-        apb::active_isa();  // surface a bad APB_ISA before letting go of the GIL
-        {
-            nb::gil_scoped_release release;
-            apb::apb_conv2d(src, g, p, a_, e, dst);
-        }
+        run_without_gil([&] { apb::apb_conv2d(src, g, p, a_, e, dst); });
         return out;
     }
 

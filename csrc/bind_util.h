@@ -14,6 +14,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cpu_features.h"
 #include "pack_activations.h"
 #include "result_pool.h"
 #include "spmm_csr.h"
@@ -137,6 +138,15 @@ NumpyMatrix<T> new_matrix(int64_t rows, int64_t cols) {
     T *buf = new_result<T>(static_cast<size_t>(rows) * static_cast<size_t>(cols));
     return NumpyMatrix<T>(buf, {static_cast<size_t>(rows), static_cast<size_t>(cols)},
                           result_owner(buf));
+}
+
+// kernel() without the GIL, once a bad APB_ISA has been reported (it throws, which needs
+// the GIL held).
+template <class Kernel>
+void run_without_gil(Kernel &&kernel) {
+    apb::active_isa();
+    nb::gil_scoped_release release;
+    kernel();
 }
 
 // A C-contiguous numpy array of any rank, owned by the returned object.
