@@ -82,7 +82,9 @@ void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out) {
     parallel_for(threads, g.planes, [&](int64_t p) {
         const float *src = x + p * in_plane;
         float *dst = out + p * out_plane;
-        float *col = cols.data() + thread_index() * g.width;
+        // One thread runs the loop itself, in no team of its own (parallel_for): inside
+        // another region thread_index() would be that region's, past this scratch.
+        float *col = cols.data() + (threads > 1 ? thread_index() : 0) * g.width;
         if (two_by_two) {
             pool_plane_2x2(src, g, dst);
         } else {

@@ -44,11 +44,9 @@ bool in_parallel_region() {
 }
 
 int threads_for(int64_t work) {
-#if defined(_OPENMP)
     // Called from a parallel region (a fused layer splitting its batch over the threads):
     // the caller's threads are all busy already.
-    if (omp_in_parallel()) return 1;
-#endif
+    if (in_parallel_region()) return 1;
     const int64_t useful = work / kMinWorkPerThread;
     const int n = get_num_threads();
     if (useful < 2) return 1;

@@ -26,7 +26,8 @@ int threads_for(int64_t work);
 // order on the calling thread when threads <= 1 without entering a parallel region:
 // libgomp makes a futex system call for every region, a team of one included (0.34 us
 // each, measured), and a packed layer's kernels enter several per image. Exceptions
-// must not leave body when threads > 1.
+// must not leave body when threads > 1. With one thread body runs in no team of its own,
+// so omp_get_thread_num() there is the enclosing region's number (or 0).
 template <class Body>
 void parallel_for(int threads, int64_t n, Body &&body) {
     if (threads <= 1) {
@@ -34,6 +35,17 @@ void parallel_for(int threads, int64_t n, Body &&body) {
         return;
     }
 #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+// The same with a dynamic schedule (items of uneven cost).
+template <class Body>
+void parallel_for_dynamic(int threads, int64_t n, Body &&body) {
+    if (threads <= 1) {
+        for (int64_t i = 0; i < n; ++i) body(i);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
     for (int64_t i = 0; i < n; ++i) body(i);
 }
 
@@ -55,17 +67,6 @@ void run_team(int threads, Body &&body) {
     }
 #pragma omp parallel num_threads(threads > 1 ? threads : 1)
     body();
-}
-
-// The same with a dynamic schedule (items of uneven cost).
-template <class Body>
-void parallel_for_dynamic(int threads, int64_t n, Body &&body) {
-    if (threads <= 1) {
-        for (int64_t i = 0; i < n; ++i) body(i);
-        return;
-    }
-#pragma omp parallel for num_threads(threads) schedule(dynamic)
-    for (int64_t i = 0; i < n; ++i) body(i);
 }
 
 }  // namespace apb

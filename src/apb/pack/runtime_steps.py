@@ -179,6 +179,8 @@ def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
     corrections: dict[tuple[int, int], np.ndarray | None] = {}
 
     def correction(a: np.ndarray) -> np.ndarray | None:
+        if not signs:
+            return None
         hw = a.shape[2:]
         corr = corrections.get(hw, False)
         if corr is False:
@@ -194,12 +196,12 @@ def _apb_conv2d(layer: PackedAPBConv2d) -> Callable:
         if residual is not None and residual.shape != (a.shape[0], w.shape[0],
                                                        *layer._out_size(*a.shape[2:])):
             return None
-        return call(a, correction(a) if signs else None, residual, lower, upper)
+        return call(a, correction(a), residual, lower, upper)
 
     def bounded(act: Callable, lower: float, upper: float) -> Callable:
         def apb_conv2d_act(a):
             if type(a) is np.ndarray and a.ndim == 4:
-                return call(a, correction(a) if signs else None, None, lower, upper)
+                return call(a, correction(a), None, lower, upper)
             return act(apb_conv2d(a))
 
         return apb_conv2d_act
