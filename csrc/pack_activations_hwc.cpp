@@ -260,13 +260,26 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
     const unsigned char *zero_row = pixels + planes_bytes;
     std::memset(pixels + planes_bytes, 0, static_cast<size_t>(l.row_bytes));
     const int64_t image_pixels = g.height * g.width;
-    // Blocks of whole image rows (pack_pixels's contract), about 256 pixels each, so
-    // that the threads split them.
-    const int64_t block_rows = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.width));
+    const int64_t span = kernel_span(g.kernel_w, g.dilation_w);
+    const int64_t ox_lo = g.pad_w < span ? 0 : (g.pad_w - span) / g.stride_w + 1;
+    const int64_t ox_hi = (g.width + g.pad_w + g.stride_w - 1) / g.stride_w;
+    const Gather s{g, l, zero_row, std::min(ox_lo, g.out_w), std::min(ox_hi, g.out_w),
+                   8 * g.words(), g.columns() / 8};
+    const int64_t rows = g.batch * g.out_h;
+    const int64_t plane_words = g.positions() * g.words();
+    // One team for the three steps, sized by the larger of their works: split by their
+    // own sizes, the pixel packing of a 14 x 14 or 7 x 7 layer ran on one thread while
+    // the gather after it ran on two, in separate regions.
+    const int nt = std::max(threads_for(image_pixels * g.batch * g.channels),
+                            threads_for(plane_words * 64));
+    // Blocks of whole image rows (pack_pixels's contract), about 256 pixels each, and at
+    // least one per thread, so that the threads split them.
+    int64_t block_rows = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.width));
+    if (g.batch < nt) block_rows = std::min(block_rows, (g.height + nt - 1) / nt);
     const int64_t blocks_per_image = (g.height + block_rows - 1) / block_rows;
+    const int64_t blocks = g.batch * blocks_per_image;
     const int64_t right = l.lead_bytes + g.width * l.pixel_bytes;
-    const int pack_threads = threads_for(image_pixels * g.batch * g.channels);
-    parallel_for(pack_threads, g.batch * blocks_per_image, [&](int64_t block) {
+    const auto pack_block = [&](int64_t block) {
         const int64_t b = block / blocks_per_image;
         const int64_t y0 = block % blocks_per_image * block_rows;
         const int64_t y1 = std::min(g.height, y0 + block_rows);
@@ -280,29 +293,21 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
         if (image_pixels > 0) {
             pack_pixels(x, g.channels, image_pixels, q, l, b, y0 * g.width, y1 * g.width, pixels);
         }
-    });
-    const int64_t span = kernel_span(g.kernel_w, g.dilation_w);
-    const int64_t ox_lo = g.pad_w < span ? 0 : (g.pad_w - span) / g.stride_w + 1;
-    const int64_t ox_hi = (g.width + g.pad_w + g.stride_w - 1) / g.stride_w;
-    const Gather s{g, l, zero_row, std::min(ox_lo, g.out_w), std::min(ox_hi, g.out_w),
-                   8 * g.words(), g.columns() / 8};
-    const int64_t rows = g.batch * g.out_h;
-    const int64_t plane_words = g.positions() * g.words();
-    const int gather_threads = threads_for(plane_words * 64);
+    };
     // Strips (uses_strips): one word per input row and output column, per plane.
     uint64_t *strips = nullptr;
     const int64_t strip_plane = g.batch * g.height * g.out_w;
-    if (uses_strips(g)) {
+    const int64_t input_rows = uses_strips(g) ? q.planes * g.batch * g.height : 0;
+    if (input_rows > 0) {
         strips = thread_workspace<StripWorkspace, uint64_t>(
             static_cast<size_t>(q.planes * strip_plane));
-        const int64_t input_rows = q.planes * g.batch * g.height;
-        parallel_for(gather_threads, input_rows, [&](int64_t r) {
-            const int64_t p = r / (g.batch * g.height), by = r % (g.batch * g.height);
-            build_strips(s, pixels + p * l.plane_bytes + by * l.row_bytes,
-                         strips + p * strip_plane + by * g.out_w);
-        });
     }
-    parallel_for(gather_threads, rows, [&](int64_t row) {
+    const auto strip_row = [&](int64_t r) {
+        const int64_t p = r / (g.batch * g.height), by = r % (g.batch * g.height);
+        build_strips(s, pixels + p * l.plane_bytes + by * l.row_bytes,
+                     strips + p * strip_plane + by * g.out_w);
+    };
+    const auto gather = [&](int64_t row) {
         const int64_t b = row / g.out_h;
         for (int p = 0; p < q.planes; ++p) {
             const unsigned char *image = pixels + p * l.plane_bytes + b * g.height * l.row_bytes;
@@ -312,7 +317,22 @@ void im2col_pack_hwc(const float *x, const Conv2dGeometry &g, const ActivationQu
             gather_row(s, image, image_strips, row % g.out_h,
                        reinterpret_cast<unsigned char *>(row_out));
         }
-    });
+    };
+    if (nt <= 1) {
+        for (int64_t i = 0; i < blocks; ++i) pack_block(i);
+        for (int64_t r = 0; r < input_rows; ++r) strip_row(r);
+        for (int64_t row = 0; row < rows; ++row) gather(row);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < blocks; ++i) pack_block(i);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < input_rows; ++r) strip_row(r);
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) gather(row);
+    }
 }
 
 }  // namespace apb

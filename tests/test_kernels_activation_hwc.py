@@ -83,6 +83,28 @@ def test_runs_of_whole_bytes_over_several_kernel_rows(isa: str, channels: int, k
 
 @pytest.mark.parametrize("isa", kernels.ISA_NAMES)
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("channels", "size", "stride"), [(512, 7, 1), (256, 14, 2), (64, 3, 1)])
+def test_one_small_image_splits_its_rows(isa: str, threads: int, channels: int, size: int,
+                                         stride: int) -> None:
+    """One image of few rows and many channels: large enough for a team, whose threads
+    share its rows in blocks of fewer than 256 pixels (7 x 7: 4 and 3 rows)."""
+    require_isa(isa)
+    x = _inputs(np.random.default_rng(channels + size), (1, channels, size, size))
+    args = ((3, 3), (stride, stride), (1, 1), (1, 1))
+    previous = kernels.get_num_threads()
+    kernels.set_num_threads(threads)
+    try:
+        with kernels.use_isa(isa):
+            codes = kernels.im2col_pack_codes(x, 0.8, 2, *args, column_order="hwc")
+            signs = kernels.im2col_pack_signs(x - 0.4, *args, column_order="hwc")
+    finally:
+        kernels.set_num_threads(previous)
+    np.testing.assert_array_equal(codes, im2col_pack_codes_ref(x, 0.8, 2, *args, "hwc"))
+    np.testing.assert_array_equal(signs, im2col_pack_signs_ref(x - 0.4, *args, "hwc"))
+
+
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("geometry", OTHER_GEOMETRIES)
 def test_other_geometries_match_reference(isa: str, threads: int, geometry: tuple) -> None:
     require_isa(isa)

@@ -76,10 +76,13 @@ def test_either_side_of_the_in_place_switch(isa: str, n: int) -> None:
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("m", "k", "n"), [(512, 4608, 16), (100, 1000, 17), (37, 700, 9),
-                                           (260, 2304, 40), (64, 576, 300), (16, 144, 1024)])
+                                           (260, 2304, 40), (64, 576, 300), (16, 144, 1024),
+                                           (512, 4608, 49), (256, 2304, 196)])
 def test_threads_split_rows_and_tiles(isa: str, threads: int, m: int, k: int, n: int) -> None:
     """Large enough for a thread team: few tiles split their rows among the threads
-    (each packs its tile), many tiles are split among them."""
+    (each packs its tile), many tiles are split among them, and tiles that the threads
+    cannot share evenly (a 7 x 7 or 14 x 14 image's 49 or 196 columns) are split by
+    rows."""
     require_isa(isa)
     rng = np.random.default_rng(m + n)
     w, x = _random(rng, (m, _words(k))), _random(rng, (2, n, _words(k)))
