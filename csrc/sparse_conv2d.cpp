@@ -69,20 +69,28 @@ PhaseLayout phase_layout(const Conv2dGeometry &g) {
 }
 
 // Where column j = (c*kh + dy)*kw + dx reads: its plane's start plus the tap's fixed
-// offset, so that output index i reads phases[offsets[j] + i].
+// offset, so that output index i reads phases[offsets[j] + i]. The taps' offsets are the
+// same in every channel: computed once (their divisions by the stride were per column,
+// a serial 0.6 % of a two-thread ResNet-18 forward), then shifted by whole channels.
 std::vector<int64_t> column_offsets(const Conv2dGeometry &g, const PhaseLayout &p) {
+    const int64_t taps = g.kernel_h * g.kernel_w;
     std::vector<int64_t> offsets(static_cast<size_t>(g.columns()));
-    size_t j = 0;
-    for (int64_t c = 0; c < g.channels; ++c) {
-        for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
-            const int64_t ry = dy * g.dilation_h % g.stride_h;
-            const int64_t qy = dy * g.dilation_h / g.stride_h;
-            for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
-                const int64_t rx = dx * g.dilation_w % g.stride_w;
-                const int64_t qx = dx * g.dilation_w / g.stride_w;
-                offsets[j++] = ((c * p.phases_h + ry) * p.phases_w + rx) * p.plane +
-                               qy * p.wq + qx;
-            }
+    if (offsets.empty()) return offsets;
+    for (int64_t dy = 0; dy < g.kernel_h; ++dy) {
+        const int64_t ry = dy * g.dilation_h % g.stride_h;
+        const int64_t qy = dy * g.dilation_h / g.stride_h;
+        for (int64_t dx = 0; dx < g.kernel_w; ++dx) {
+            const int64_t rx = dx * g.dilation_w % g.stride_w;
+            const int64_t qx = dx * g.dilation_w / g.stride_w;
+            offsets[static_cast<size_t>(dy * g.kernel_w + dx)] =
+                (ry * p.phases_w + rx) * p.plane + qy * p.wq + qx;
+        }
+    }
+    const int64_t channel = p.phases_h * p.phases_w * p.plane;
+    for (int64_t c = 1; c < g.channels; ++c) {
+        for (int64_t t = 0; t < taps; ++t) {
+            offsets[static_cast<size_t>(c * taps + t)] =
+                offsets[static_cast<size_t>(t)] + c * channel;
         }
     }
     return offsets;
