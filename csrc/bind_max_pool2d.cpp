@@ -58,6 +58,29 @@ nb::ndarray<nb::numpy, float> py_max_pool2d(const AnyArray &x, int64_t kernel_h,
     return out;
 }
 
+// The same over x float32 [B, H, W, C] C-contiguous (a channels-last tensor's storage,
+// tensor.permute(0, 2, 3, 1)), out still [B, C, OH, OW].
+nb::ndarray<nb::numpy, float> py_max_pool2d_channels_last(const AnyArray &x, int64_t kernel_h,
+                                                          int64_t kernel_w, int64_t stride_h,
+                                                          int64_t stride_w, int64_t pad_h,
+                                                          int64_t pad_w) {
+    check_array<float>(x, "max_pool2d_channels_last", "x", "float32", 4);
+    const auto B = static_cast<int64_t>(x.shape(0)), H = static_cast<int64_t>(x.shape(1));
+    const auto W = static_cast<int64_t>(x.shape(2)), C = static_cast<int64_t>(x.shape(3));
+    const apb::MaxPool2dGeometry g{B * C, H, W, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                                   pad_w, out_size(H, kernel_h, stride_h, pad_h, "height"),
+                                   out_size(W, kernel_w, stride_w, pad_w, "width")};
+    auto out = new_array<float>({static_cast<size_t>(B), static_cast<size_t>(C),
+                                 static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)});
+    const float *src = static_cast<const float *>(x.data());
+    float *dst = out.data();
+    if (g.planes > 0) {
+        nb::gil_scoped_release release;
+        apb::max_pool2d_channels_last(src, g, C, dst);
+    }
+    return out;
+}
+
 }  // namespace
 
 void apb::bind::bind_max_pool2d(nb::module_ &m) {
@@ -67,4 +90,10 @@ void apb::bind::bind_max_pool2d(nb::module_ &m) {
           "[B, C, H, W] C-contiguous; padding never wins (-inf) and NaN propagates, as in "
           "torch.nn.functional.max_pool2d (floor mode, no dilation). Padding at most half "
           "the kernel.");
+    m.def("max_pool2d_channels_last", &py_max_pool2d_channels_last, nb::arg("x"),
+          nb::arg("kernel_h"), nb::arg("kernel_w"), nb::arg("stride_h"), nb::arg("stride_w"),
+          nb::arg("pad_h"), nb::arg("pad_w"),
+          "max_pool2d of a channels-last map: x float32 [B, H, W, C] C-contiguous (the "
+          "storage of a channels-last [B, C, H, W] tensor), out float32 [B, C, OH, OW] "
+          "C-contiguous, the same values as max_pool2d.");
 }

@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu_features.h"
 #include "threads.h"
 
 namespace apb {
@@ -64,6 +65,19 @@ void pool_plane(const float *x, const MaxPool2dGeometry &g, float *out, float *c
     }
 }
 
+using ClRowFn = void (*)(const float *, const MaxPool2dGeometry &, int64_t, int64_t, float *,
+                        float *);
+
+ClRowFn cl_row_for(Isa isa) {
+    switch (isa) {
+#if defined(APB_HAVE_X86_KERNELS)
+        case Isa::avx512: return max_pool2d_cl_row_avx512;
+        case Isa::avx2: return max_pool2d_cl_row_avx2;
+#endif
+        default: return max_pool2d_cl_row_scalar;
+    }
+}
+
 }  // namespace
 
 int64_t max_pool2d_out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad) {
@@ -90,6 +104,24 @@ void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out) {
         } else {
             pool_plane(src, g, dst, col);
         }
+    });
+}
+
+void max_pool2d_channels_last(const float *x, const MaxPool2dGeometry &g, int64_t channels,
+                              float *out) {
+    if (g.planes <= 0 || channels <= 0) return;
+    const ClRowFn pool_row = cl_row_for(active_isa());  // may throw: outside the team
+    const int64_t batch = g.planes / channels;
+    const int64_t in_image = g.height * g.width * channels;
+    const int64_t out_image = channels * g.out_h * g.out_w;
+    const int64_t row_floats = g.out_w * channels;
+    const int threads = threads_for(g.planes * g.height * g.width);
+    // One output row of scratch per thread, allocated here (see max_pool2d).
+    std::vector<float> rows(static_cast<size_t>(threads * row_floats));
+    parallel_for(threads, batch * g.out_h, [&](int64_t i) {
+        const int64_t b = i / g.out_h;
+        float *row = rows.data() + (threads > 1 ? thread_index() : 0) * row_floats;
+        pool_row(x + b * in_image, g, channels, i % g.out_h, row, out + b * out_image);
     });
 }
 

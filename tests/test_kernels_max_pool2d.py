@@ -1,6 +1,7 @@
-"""The compiled max pooling (``apb.kernels.direct.max_pool2d``) against torch's
-``max_pool2d``, over window shapes, strides, padding and odd sizes, NaN and infinities
-included; and its argument checks."""
+"""The compiled max pooling (``apb.kernels.direct.max_pool2d``, and
+``max_pool2d_channels_last`` on every ISA) against torch's ``max_pool2d``, over window
+shapes, strides, padding and odd sizes, NaN and infinities included; and its argument
+checks."""
 
 import itertools
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _isa import require_isa
+from apb import kernels
 from apb.kernels import direct
 from apb.pack import FastMaxPool2d
 
@@ -86,6 +89,86 @@ def test_bad_geometry_is_refused(args, message):
 def test_bad_input_is_refused(x, error):
     with pytest.raises(error):
         direct.max_pool2d(x, (2, 2), (2, 2), (0, 0))
+
+
+def _channels_last(x: torch.Tensor, k, s, p) -> torch.Tensor:
+    """direct.max_pool2d_channels_last of x made channels-last, as an NCHW tensor."""
+    cl = x.contiguous(memory_format=torch.channels_last)
+    out = direct.max_pool2d_channels_last(cl.permute(0, 2, 3, 1).numpy(), k, s, p)
+    assert out.flags.c_contiguous and out.shape == _torch(x, k, s, p).shape
+    return torch.from_numpy(out)
+
+
+# Channel counts around the AVX2 and AVX-512 vectors, their chains of four and the 8 x 8
+# transposition: remainders of each.
+CL_SIZES = [(1, 1, 2, 2), (2, 3, 5, 7), (1, 8, 8, 8), (1, 16, 9, 16), (3, 21, 11, 6),
+            (1, 64, 17, 15), (2, 72, 12, 12), (1, 100, 7, 9)]
+
+
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
+@pytest.mark.parametrize(("window", "size"), list(itertools.product(WINDOWS, CL_SIZES)))
+def test_channels_last_matches_torch(isa, window, size):
+    require_isa(isa)
+    k, s, p = window
+    if size[2] + 2 * p[0] < k[0] or size[3] + 2 * p[1] < k[1]:
+        pytest.skip("window larger than the padded input")
+    gen = torch.Generator().manual_seed(hash((window, size)) % 2**31)
+    x = torch.randn(size, generator=gen)
+    with kernels.use_isa(isa):
+        got = _channels_last(x, k, s, p)
+    assert torch.equal(got, _torch(x, k, s, p))
+
+
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
+@pytest.mark.parametrize("window", WINDOWS)
+def test_channels_last_nan_infinities_and_ties_as_torch(isa, window):
+    """NaN wins its windows, infinities and signed zeros as torch (ties keep the earlier
+    tap: -0.0 before 0.0 stays -0.0)."""
+    require_isa(isa)
+    k, s, p = window
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 37, 9, 10, generator=gen)
+    flat = x.view(-1)
+    flat[torch.randperm(flat.numel(), generator=gen)[:40]] = float("nan")
+    flat[torch.randperm(flat.numel(), generator=gen)[:40]] = float("-inf")
+    flat[torch.randperm(flat.numel(), generator=gen)[:20]] = float("inf")
+    zeros = torch.zeros(1, 37, 4, 4)
+    zeros[..., ::2, :] = -0.0
+    with kernels.use_isa(isa):
+        got = _channels_last(x, k, s, p)
+        got_zeros = _channels_last(zeros, (2, 2), (2, 2), (0, 0))
+    want = _torch(x, k, s, p)
+    assert torch.equal(got.isnan(), want.isnan())
+    keep = ~want.isnan()
+    assert torch.equal(got[keep], want[keep])
+    want_zeros = _torch(zeros, (2, 2), (2, 2), (0, 0))
+    assert torch.equal(got_zeros.signbit(), want_zeros.signbit())
+
+
+def test_channels_last_threads_and_batch():
+    """Rows of several images over a team of threads."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 64, 40, 40, generator=gen)
+    previous = kernels.get_num_threads()
+    kernels.set_num_threads(2)
+    try:
+        got = _channels_last(x, (3, 3), (2, 2), (1, 1))
+    finally:
+        kernels.set_num_threads(previous)
+    assert torch.equal(got, _torch(x, (3, 3), (2, 2), (1, 1)))
+
+
+@pytest.mark.parametrize(("x", "args", "error", "message"), [
+    (np.zeros((2, 4, 4), np.float32), ((2, 2), (2, 2), (0, 0)), ValueError, "4"),
+    (np.zeros((1, 4, 4, 2), np.float64), ((2, 2), (2, 2), (0, 0)), TypeError, ""),
+    (np.zeros((1, 4, 4, 4), np.float32)[..., ::2], ((2, 2), (2, 2), (0, 0)), ValueError, ""),
+    (np.zeros((1, 4, 4, 2), np.float32), ((2, 2), (2, 2), (2, 0)), ValueError, "at most half"),
+    (np.zeros((1, 4, 4, 2), np.float32), ((9, 2), (1, 1), (0, 0)), ValueError,
+     "smaller than the kernel"),
+])
+def test_channels_last_bad_input_is_refused(x, args, error, message):
+    with pytest.raises(error, match=message):
+        direct.max_pool2d_channels_last(x, *args)
 
 
 def test_fast_max_pool_module_takes_the_kernel_and_keeps_autograd():

