@@ -21,8 +21,12 @@
 namespace apb::max_pool_cl {
 
 // max(a, b) with NaN winning, one float (the scalar ISA and the channels past the last
-// whole vector).
-static inline float nan_max1(float a, float b) { return ((b > a) | (b != b)) ? b : a; }
+// whole vector): two selects, which compile to a max and a masked blend rather than
+// branches (max_pool2d.cpp's nan_max_scalar).
+static inline float nan_max1(float a, float b) {
+    const float larger = b > a ? b : a;
+    return b != b ? b : larger;
+}
 
 #if defined(__AVX2__)
 // dst[j * ds + i] = src[i * ss + j] for i, j < 8: an 8 x 8 block transposed in registers.
