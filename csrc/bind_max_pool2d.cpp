@@ -38,12 +38,16 @@ int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, cons
     return n;
 }
 
-nb::ndarray<nb::numpy, float> py_max_pool2d(const AnyArray &x, int64_t kernel_h,
-                                            int64_t kernel_w, int64_t stride_h,
-                                            int64_t stride_w, int64_t pad_h, int64_t pad_w) {
-    check_array<float>(x, kFn, "x", "float32", 4);
-    const auto B = static_cast<int64_t>(x.shape(0)), C = static_cast<int64_t>(x.shape(1));
-    const auto H = static_cast<int64_t>(x.shape(2)), W = static_cast<int64_t>(x.shape(3));
+// Both layouts: x float32 4-d C-contiguous, NCHW or (channels_last) NHWC; out float32
+// [B, C, OH, OW] C-contiguous.
+nb::ndarray<nb::numpy, float> pool(const AnyArray &x, bool channels_last, int64_t kernel_h,
+                                   int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                                   int64_t pad_h, int64_t pad_w) {
+    check_array<float>(x, channels_last ? "max_pool2d_channels_last" : kFn, "x", "float32", 4);
+    const auto B = static_cast<int64_t>(x.shape(0));
+    const auto C = static_cast<int64_t>(x.shape(channels_last ? 3 : 1));
+    const auto H = static_cast<int64_t>(x.shape(channels_last ? 1 : 2));
+    const auto W = static_cast<int64_t>(x.shape(channels_last ? 2 : 3));
     const apb::MaxPool2dGeometry g{B * C, H, W, kernel_h, kernel_w, stride_h, stride_w, pad_h,
                                    pad_w, out_size(H, kernel_h, stride_h, pad_h, "height"),
                                    out_size(W, kernel_w, stride_w, pad_w, "width")};
@@ -53,9 +57,19 @@ nb::ndarray<nb::numpy, float> py_max_pool2d(const AnyArray &x, int64_t kernel_h,
     float *dst = out.data();
     if (g.planes > 0) {
         nb::gil_scoped_release release;
-        apb::max_pool2d(src, g, dst);
+        if (channels_last) {
+            apb::max_pool2d_channels_last(src, g, C, dst);
+        } else {
+            apb::max_pool2d(src, g, dst);
+        }
     }
     return out;
+}
+
+nb::ndarray<nb::numpy, float> py_max_pool2d(const AnyArray &x, int64_t kernel_h,
+                                            int64_t kernel_w, int64_t stride_h,
+                                            int64_t stride_w, int64_t pad_h, int64_t pad_w) {
+    return pool(x, false, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
 }
 
 // The same over x float32 [B, H, W, C] C-contiguous (a channels-last tensor's storage,
@@ -64,21 +78,7 @@ nb::ndarray<nb::numpy, float> py_max_pool2d_channels_last(const AnyArray &x, int
                                                           int64_t kernel_w, int64_t stride_h,
                                                           int64_t stride_w, int64_t pad_h,
                                                           int64_t pad_w) {
-    check_array<float>(x, "max_pool2d_channels_last", "x", "float32", 4);
-    const auto B = static_cast<int64_t>(x.shape(0)), H = static_cast<int64_t>(x.shape(1));
-    const auto W = static_cast<int64_t>(x.shape(2)), C = static_cast<int64_t>(x.shape(3));
-    const apb::MaxPool2dGeometry g{B * C, H, W, kernel_h, kernel_w, stride_h, stride_w, pad_h,
-                                   pad_w, out_size(H, kernel_h, stride_h, pad_h, "height"),
-                                   out_size(W, kernel_w, stride_w, pad_w, "width")};
-    auto out = new_array<float>({static_cast<size_t>(B), static_cast<size_t>(C),
-                                 static_cast<size_t>(g.out_h), static_cast<size_t>(g.out_w)});
-    const float *src = static_cast<const float *>(x.data());
-    float *dst = out.data();
-    if (g.planes > 0) {
-        nb::gil_scoped_release release;
-        apb::max_pool2d_channels_last(src, g, C, dst);
-    }
-    return out;
+    return pool(x, true, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
 }
 
 }  // namespace

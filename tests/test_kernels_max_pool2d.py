@@ -41,20 +41,28 @@ def test_matches_torch(window, size):
     torch.testing.assert_close(got, _torch(x, k, s, p), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-def test_nan_and_infinities_as_torch(window):
-    k, s, p = window
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 9, 10, generator=gen)
+def _with_specials(shape, seed: int, nans: int, infs: int) -> torch.Tensor:
+    """Random values with `nans` NaNs, `nans` -infs and `infs` +infs at random places."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
     flat = x.view(-1)
-    flat[torch.randperm(flat.numel(), generator=gen)[:12]] = float("nan")
-    flat[torch.randperm(flat.numel(), generator=gen)[:12]] = float("-inf")
-    flat[torch.randperm(flat.numel(), generator=gen)[:6]] = float("inf")
-    got = torch.from_numpy(direct.max_pool2d(x.numpy(), k, s, p))
-    want = _torch(x, k, s, p)
+    for value, count in ((float("nan"), nans), (float("-inf"), nans), (float("inf"), infs)):
+        flat[torch.randperm(flat.numel(), generator=gen)[:count]] = value
+    return x
+
+
+def _assert_same_nans_and_values(got: torch.Tensor, want: torch.Tensor) -> None:
     assert torch.equal(got.isnan(), want.isnan())
     keep = ~want.isnan()
     assert torch.equal(got[keep], want[keep])
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_nan_and_infinities_as_torch(window):
+    k, s, p = window
+    x = _with_specials((2, 3, 9, 10), 1, 12, 6)
+    got = torch.from_numpy(direct.max_pool2d(x.numpy(), k, s, p))
+    _assert_same_nans_and_values(got, _torch(x, k, s, p))
 
 
 def test_all_negative_infinity_window_stays_negative_infinity():
@@ -126,21 +134,13 @@ def test_channels_last_nan_infinities_and_ties_as_torch(isa, window):
     tap: -0.0 before 0.0 stays -0.0)."""
     require_isa(isa)
     k, s, p = window
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 37, 9, 10, generator=gen)
-    flat = x.view(-1)
-    flat[torch.randperm(flat.numel(), generator=gen)[:40]] = float("nan")
-    flat[torch.randperm(flat.numel(), generator=gen)[:40]] = float("-inf")
-    flat[torch.randperm(flat.numel(), generator=gen)[:20]] = float("inf")
+    x = _with_specials((2, 37, 9, 10), 3, 40, 20)
     zeros = torch.zeros(1, 37, 4, 4)
     zeros[..., ::2, :] = -0.0
     with kernels.use_isa(isa):
         got = _channels_last(x, k, s, p)
         got_zeros = _channels_last(zeros, (2, 2), (2, 2), (0, 0))
-    want = _torch(x, k, s, p)
-    assert torch.equal(got.isnan(), want.isnan())
-    keep = ~want.isnan()
-    assert torch.equal(got[keep], want[keep])
+    _assert_same_nans_and_values(got, _torch(x, k, s, p))
     want_zeros = _torch(zeros, (2, 2), (2, 2), (0, 0))
     assert torch.equal(got_zeros.signbit(), want_zeros.signbit())
 
