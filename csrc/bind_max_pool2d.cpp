@@ -2,6 +2,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <cmath>
 #include <string>
 
 #include "bind.h"
@@ -42,7 +43,7 @@ int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, cons
 // [B, C, OH, OW] C-contiguous.
 nb::ndarray<nb::numpy, float> pool(const AnyArray &x, bool channels_last, int64_t kernel_h,
                                    int64_t kernel_w, int64_t stride_h, int64_t stride_w,
-                                   int64_t pad_h, int64_t pad_w) {
+                                   int64_t pad_h, int64_t pad_w, double lower, double upper) {
     check_array<float>(x, channels_last ? "max_pool2d_channels_last" : kFn, "x", "float32", 4);
     const auto B = static_cast<int64_t>(x.shape(0));
     const auto C = static_cast<int64_t>(x.shape(channels_last ? 3 : 1));
@@ -57,10 +58,11 @@ nb::ndarray<nb::numpy, float> pool(const AnyArray &x, bool channels_last, int64_
     float *dst = out.data();
     if (g.planes > 0) {
         nb::gil_scoped_release release;
+        const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
         if (channels_last) {
-            apb::max_pool2d_channels_last(src, g, C, dst);
+            apb::max_pool2d_channels_last(src, g, C, dst, lo, hi);
         } else {
-            apb::max_pool2d(src, g, dst);
+            apb::max_pool2d(src, g, dst, lo, hi);
         }
     }
     return out;
@@ -68,8 +70,9 @@ nb::ndarray<nb::numpy, float> pool(const AnyArray &x, bool channels_last, int64_
 
 nb::ndarray<nb::numpy, float> py_max_pool2d(const AnyArray &x, int64_t kernel_h,
                                             int64_t kernel_w, int64_t stride_h,
-                                            int64_t stride_w, int64_t pad_h, int64_t pad_w) {
-    return pool(x, false, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
+                                            int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                            double lower, double upper) {
+    return pool(x, false, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, lower, upper);
 }
 
 // The same over x float32 [B, H, W, C] C-contiguous (a channels-last tensor's storage,
@@ -77,8 +80,9 @@ nb::ndarray<nb::numpy, float> py_max_pool2d(const AnyArray &x, int64_t kernel_h,
 nb::ndarray<nb::numpy, float> py_max_pool2d_channels_last(const AnyArray &x, int64_t kernel_h,
                                                           int64_t kernel_w, int64_t stride_h,
                                                           int64_t stride_w, int64_t pad_h,
-                                                          int64_t pad_w) {
-    return pool(x, true, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
+                                                          int64_t pad_w, double lower,
+                                                          double upper) {
+    return pool(x, true, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, lower, upper);
 }
 
 }  // namespace
@@ -86,13 +90,15 @@ nb::ndarray<nb::numpy, float> py_max_pool2d_channels_last(const AnyArray &x, int
 void apb::bind::bind_max_pool2d(nb::module_ &m) {
     m.def("max_pool2d", &py_max_pool2d, nb::arg("x"), nb::arg("kernel_h"), nb::arg("kernel_w"),
           nb::arg("stride_h"), nb::arg("stride_w"), nb::arg("pad_h"), nb::arg("pad_w"),
+          nb::arg("lower") = -INFINITY, nb::arg("upper") = INFINITY,
           "float32 [B, C, OH, OW]: the maximum of each kernel window of x, float32 "
           "[B, C, H, W] C-contiguous; padding never wins (-inf) and NaN propagates, as in "
           "torch.nn.functional.max_pool2d (floor mode, no dilation). Padding at most half "
-          "the kernel.");
+          "the kernel. Then min(max(., lower), upper) in float32, NaN kept.");
     m.def("max_pool2d_channels_last", &py_max_pool2d_channels_last, nb::arg("x"),
           nb::arg("kernel_h"), nb::arg("kernel_w"), nb::arg("stride_h"), nb::arg("stride_w"),
-          nb::arg("pad_h"), nb::arg("pad_w"),
+          nb::arg("pad_h"), nb::arg("pad_w"), nb::arg("lower") = -INFINITY,
+          nb::arg("upper") = INFINITY,
           "max_pool2d of a channels-last map: x float32 [B, H, W, C] C-contiguous (the "
           "storage of a channels-last [B, C, H, W] tensor), out float32 [B, C, OH, OW] "
           "C-contiguous, the same values as max_pool2d.");

@@ -40,14 +40,21 @@ inline float nan_max_scalar(float a, float b) {
     return b != b ? b : larger;
 }
 
-void pool_plane_2x2(const float *x, const MaxPool2dGeometry &g, float *out) {
+// min(max(y, lower), upper), NaN kept (it fails both comparisons).
+inline float bound(float y, float lower, float upper) {
+    y = lower > y ? lower : y;
+    return upper < y ? upper : y;
+}
+
+void pool_plane_2x2(const float *x, const MaxPool2dGeometry &g, float lower, float upper,
+                    float *out) {
     for (int64_t oy = 0; oy < g.out_h; ++oy) {
         const float *r0 = x + 2 * oy * g.width;
         const float *r1 = r0 + g.width;
         float *o = out + oy * g.out_w;
         for (int64_t ox = 0; ox < g.out_w; ++ox) {
             const float top = nan_max(r0[2 * ox], r0[2 * ox + 1]);
-            o[ox] = nan_max(top, nan_max(r1[2 * ox], r1[2 * ox + 1]));
+            o[ox] = bound(nan_max(top, nan_max(r1[2 * ox], r1[2 * ox + 1])), lower, upper);
         }
     }
 }
@@ -56,7 +63,8 @@ void pool_plane_2x2(const float *x, const MaxPool2dGeometry &g, float *out) {
 // over whole image rows into `col`), then over each window's columns: 3x faster than
 // torch's NCHW kernel on ResNet-18's 3x3 stride-2 pool, which a channels-last stem
 // output does not reach (torch pools that layout faster still).
-void pool_plane(const float *x, const MaxPool2dGeometry &g, float *out, float *col) {
+void pool_plane(const float *x, const MaxPool2dGeometry &g, float lower, float upper,
+                float *out, float *col) {
     for (int64_t oy = 0; oy < g.out_h; ++oy) {
         const int64_t y0 = std::max<int64_t>(0, oy * g.stride_h - g.pad_h);
         const int64_t y1 = std::min(g.height, oy * g.stride_h - g.pad_h + g.kernel_h);
@@ -70,13 +78,13 @@ void pool_plane(const float *x, const MaxPool2dGeometry &g, float *out, float *c
             const int64_t x1 = std::min(g.width, ox * g.stride_w - g.pad_w + g.kernel_w);
             float m = col[x0];
             for (int64_t ix = x0 + 1; ix < x1; ++ix) m = nan_max_scalar(m, col[ix]);
-            out[oy * g.out_w + ox] = m;
+            out[oy * g.out_w + ox] = bound(m, lower, upper);
         }
     }
 }
 
-using ClRowFn = void (*)(const float *, const MaxPool2dGeometry &, int64_t, int64_t, float *,
-                        float *);
+using ClRowFn = void (*)(const float *, const MaxPool2dGeometry &, int64_t, int64_t, PoolBounds,
+                        float *, float *);
 
 ClRowFn cl_row_for(Isa isa) {
     switch (isa) {
@@ -95,7 +103,8 @@ int64_t max_pool2d_out_size(int64_t size, int64_t kernel, int64_t stride, int64_
     return span < 0 ? -1 : span / stride + 1;
 }
 
-void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out) {
+void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out, float lower,
+                float upper) {
     const bool two_by_two = g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 &&
                             g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0;
     const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
@@ -110,15 +119,15 @@ void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out) {
         // another region thread_index() would be that region's, past this scratch.
         float *col = cols.data() + (threads > 1 ? thread_index() : 0) * g.width;
         if (two_by_two) {
-            pool_plane_2x2(src, g, dst);
+            pool_plane_2x2(src, g, lower, upper, dst);
         } else {
-            pool_plane(src, g, dst, col);
+            pool_plane(src, g, lower, upper, dst, col);
         }
     });
 }
 
 void max_pool2d_channels_last(const float *x, const MaxPool2dGeometry &g, int64_t channels,
-                              float *out) {
+                              float *out, float lower, float upper) {
     if (g.planes <= 0 || channels <= 0) return;
     const ClRowFn pool_row = cl_row_for(active_isa());  // may throw: outside the team
     const int64_t batch = g.planes / channels;
@@ -131,7 +140,8 @@ void max_pool2d_channels_last(const float *x, const MaxPool2dGeometry &g, int64_
     parallel_for(threads, batch * g.out_h, [&](int64_t i) {
         const int64_t b = i / g.out_h;
         float *row = rows.data() + (threads > 1 ? thread_index() : 0) * row_floats;
-        pool_row(x + b * in_image, g, channels, i % g.out_h, row, out + b * out_image);
+        pool_row(x + b * in_image, g, channels, i % g.out_h, PoolBounds{lower, upper}, row,
+                 out + b * out_image);
     });
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace apb {
 
@@ -14,10 +15,14 @@ struct MaxPool2dGeometry {
     int64_t out_h, out_w;
 };
 
-// out[p, oy, ox] = max over the window's in-image taps of x[p, iy, ix]. The geometry must
-// be valid (max_pool2d_out_size's sizes; padding at most half the kernel, so every window
-// holds at least one pixel); the binding checks it.
-void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out);
+// out[p, oy, ox] = max over the window's in-image taps of x[p, iy, ix], then
+// min(max(., lower), upper) (a ReLU or Hardtanh after the pool, or before it: both are
+// non-decreasing, so they commute with the maximum; NaN kept). The geometry must be valid
+// (max_pool2d_out_size's sizes; padding at most half the kernel, so every window holds at
+// least one pixel); the binding checks it.
+void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out,
+                float lower = -std::numeric_limits<float>::infinity(),
+                float upper = std::numeric_limits<float>::infinity());
 
 // The same over a channels-last map, written NCHW: x holds [B, H, W, C] (the storage of a
 // channels-last [B, C, H, W] tensor, such as an ImageNet stem's output), out is
@@ -25,16 +30,21 @@ void max_pool2d(const float *x, const MaxPool2dGeometry &g, float *out);
 // one pass: torch's channels-last pool followed by .contiguous() took 313 + 133 us on
 // ResNet-18's 64 x 112 x 112 stem output at batch 1.
 void max_pool2d_channels_last(const float *x, const MaxPool2dGeometry &g, int64_t channels,
-                              float *out);
+                              float *out,
+                              float lower = -std::numeric_limits<float>::infinity(),
+                              float upper = std::numeric_limits<float>::infinity());
 
 // Per ISA: output row oy of one image, image [H, W, C] -> out [C, OH, OW] (that image's),
-// through `row`, OW * C floats of scratch (max_pool2d_cl.h).
+// through `row`, OW * C floats of scratch, bounded to [lower, upper] (max_pool2d_cl.h).
+struct PoolBounds {
+    float lower, upper;
+};
 void max_pool2d_cl_row_scalar(const float *image, const MaxPool2dGeometry &g, int64_t channels,
-                              int64_t oy, float *row, float *out);
+                              int64_t oy, PoolBounds bounds, float *row, float *out);
 void max_pool2d_cl_row_avx2(const float *image, const MaxPool2dGeometry &g, int64_t channels,
-                            int64_t oy, float *row, float *out);
+                            int64_t oy, PoolBounds bounds, float *row, float *out);
 void max_pool2d_cl_row_avx512(const float *image, const MaxPool2dGeometry &g, int64_t channels,
-                              int64_t oy, float *row, float *out);
+                              int64_t oy, PoolBounds bounds, float *row, float *out);
 
 // Output size along one axis: (size + 2*pad - kernel) / stride + 1 (floor), or -1 when
 // the padded input is smaller than the kernel.

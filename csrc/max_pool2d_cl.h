@@ -4,9 +4,10 @@
 // held in registers over its taps. Include it from those files only, after defining the
 // vector struct; everything is `static`.
 //
-// A vector struct V provides: reg, kLanes, load, store and nan_max(a, b), which is b where
-// b > a or b is NaN and a elsewhere, lane by lane (max_pool2d.cpp's rule: a NaN in a
-// window wins, and ties keep the earlier tap).
+// A vector struct V provides: reg, kLanes, load, store, broadcast, nan_max(a, b), which is
+// b where b > a or b is NaN and a elsewhere, lane by lane (max_pool2d.cpp's rule: a NaN
+// in a window wins, and ties keep the earlier tap), and bound(y, lower, upper), which is
+// min(max(y, lower), upper) with NaN kept.
 #pragma once
 
 #include <algorithm>
@@ -26,6 +27,12 @@ namespace apb::max_pool_cl {
 static inline float nan_max1(float a, float b) {
     const float larger = b > a ? b : a;
     return b != b ? b : larger;
+}
+
+// min(max(y, lower), upper), NaN kept (it fails both comparisons).
+static inline float bound1(float y, float lower, float upper) {
+    y = lower > y ? lower : y;
+    return upper < y ? upper : y;
 }
 
 #if defined(__AVX2__)
@@ -58,7 +65,7 @@ static inline void transpose8x8(const float *src, int64_t ss, float *dst, int64_
 template <class V, int kVectors>
 static inline void window_max(const float *image, const MaxPool2dGeometry &g, int64_t C,
                               int64_t c, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
-                              float *r) {
+                              typename V::reg lower, typename V::reg upper, float *r) {
     using reg = typename V::reg;
     reg m[kVectors];
     const float *first = image + (y0 * g.width + x0) * C + c;
@@ -71,7 +78,7 @@ static inline void window_max(const float *image, const MaxPool2dGeometry &g, in
             }
         }
     }
-    for (int q = 0; q < kVectors; ++q) V::store(r + c + q * V::kLanes, m[q]);
+    for (int q = 0; q < kVectors; ++q) V::store(r + c + q * V::kLanes, V::bound(m[q], lower, upper));
 }
 
 // Output row oy of one image: row[ox * C + c] = the maximum of channel c over the window
@@ -80,8 +87,9 @@ static inline void window_max(const float *image, const MaxPool2dGeometry &g, in
 // (in registers with AVX2).
 template <class V>
 static void pool_row(const float *image, const MaxPool2dGeometry &g, int64_t C, int64_t oy,
-                     float *__restrict row, float *__restrict out) {
+                     PoolBounds bounds, float *__restrict row, float *__restrict out) {
     constexpr int kChains = 4;
+    const typename V::reg lower = V::broadcast(bounds.lower), upper = V::broadcast(bounds.upper);
     const int64_t y0 = std::max<int64_t>(0, oy * g.stride_h - g.pad_h);
     const int64_t y1 = std::min(g.height, oy * g.stride_h - g.pad_h + g.kernel_h);
     const int64_t OW = g.out_w;
@@ -91,10 +99,10 @@ static void pool_row(const float *image, const MaxPool2dGeometry &g, int64_t C, 
         float *r = row + ox * C;
         int64_t c = 0;
         for (; c + kChains * V::kLanes <= C; c += kChains * V::kLanes) {
-            window_max<V, kChains>(image, g, C, c, y0, y1, x0, x1, r);
+            window_max<V, kChains>(image, g, C, c, y0, y1, x0, x1, lower, upper, r);
         }
         for (; c + V::kLanes <= C; c += V::kLanes) {
-            window_max<V, 1>(image, g, C, c, y0, y1, x0, x1, r);
+            window_max<V, 1>(image, g, C, c, y0, y1, x0, x1, lower, upper, r);
         }
         for (; c < C; ++c) {  // past the last whole vector
             float m = image[(y0 * g.width + x0) * C + c];
@@ -103,7 +111,7 @@ static void pool_row(const float *image, const MaxPool2dGeometry &g, int64_t C, 
                     m = nan_max1(m, image[(iy * g.width + ix) * C + c]);
                 }
             }
-            r[c] = m;
+            r[c] = bound1(m, bounds.lower, bounds.upper);
         }
     }
     float *dst = out + oy * OW;

@@ -11,6 +11,11 @@ struct Ymm {
     static constexpr int64_t kLanes = 8;
     static __m256 load(const float *p) { return _mm256_loadu_ps(p); }
     static void store(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+    static __m256 broadcast(float v) { return _mm256_set1_ps(v); }
+    // max/min return their second operand when one is NaN: a NaN y stays NaN.
+    static __m256 bound(__m256 y, __m256 lower, __m256 upper) {
+        return _mm256_min_ps(upper, _mm256_max_ps(lower, y));
+    }
     // max_ps(b, a) is b where b > a, else a (a too when either is NaN); then b where b is
     // NaN.
     static __m256 nan_max(__m256 a, __m256 b) {
@@ -21,6 +26,7 @@ struct Ymm {
 }  // namespace
 
 void apb::max_pool2d_cl_row_avx2(const float *image, const MaxPool2dGeometry &g,
-                                 int64_t channels, int64_t oy, float *row, float *out) {
-    max_pool_cl::pool_row<Ymm>(image, g, channels, oy, row, out);
+                                 int64_t channels, int64_t oy, PoolBounds bounds, float *row,
+                                 float *out) {
+    max_pool_cl::pool_row<Ymm>(image, g, channels, oy, bounds, row, out);
 }

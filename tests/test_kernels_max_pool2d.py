@@ -145,6 +145,26 @@ def test_channels_last_nan_infinities_and_ties_as_torch(isa, window):
     assert torch.equal(got_zeros.signbit(), want_zeros.signbit())
 
 
+@pytest.mark.parametrize("isa", kernels.ISA_NAMES)
+@pytest.mark.parametrize(("lower", "upper"), [(0.0, float("inf")), (-0.5, 0.75),
+                                              (float("-inf"), 0.25)])
+def test_bounds_clamp_after_the_maximum_nan_kept(isa, lower, upper):
+    """min(max(pool, lower), upper) as torch's clamp computes it, in both layouts, NaN
+    staying NaN; the ReLU / Hardtanh a plan moves into the pool."""
+    require_isa(isa)
+    x = _with_specials((2, 21, 9, 10), 6, 10, 10)
+    want = torch.clamp(_torch(x, (3, 3), (2, 2), (1, 1)), lower, upper)
+    with kernels.use_isa(isa):
+        nchw = direct.max_pool2d(x.numpy(), (3, 3), (2, 2), (1, 1), lower, upper)
+        cl = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+        last = direct.max_pool2d_channels_last(cl, (3, 3), (2, 2), (1, 1), lower, upper)
+        two = direct.max_pool2d(x.numpy(), (2, 2), (2, 2), (0, 0), lower, upper)
+    _assert_same_nans_and_values(torch.from_numpy(nchw), want)
+    _assert_same_nans_and_values(torch.from_numpy(last), want)
+    _assert_same_nans_and_values(torch.from_numpy(two),
+                                 torch.clamp(_torch(x, (2, 2), (2, 2), (0, 0)), lower, upper))
+
+
 def test_channels_last_threads_and_batch():
     """Rows of several images over a team of threads."""
     gen = torch.Generator().manual_seed(4)

@@ -90,18 +90,45 @@ def test_layouts_pools_and_unfolded_batchnorms(act_bits, optimize):
 
 def test_max_pool_step_takes_a_channels_last_map_to_nchw():
     """An ImageNet stem's channels-last output (oneDNN's layout): the plan's max-pool step
-    pools it and hands the next packed layer an NCHW array in one pass, torch's values."""
+    pools it and hands the next packed layer an NCHW array in one pass, with the stem's
+    ReLU, which it took over, applied as it stores: torch's values."""
     packed = _packed_stem_pool(2)
     optimize_for_inference_(packed)
     runtime = PackedRuntime(packed)
     x = torch.randn(2, 3, 23, 25, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         runtime(x)
-    step = next(s for s in runtime._plan.steps if s.kind == "max_pool2d")
+    step = next(s for s in runtime._plan.steps if s.kind.startswith("max_pool2d"))
+    assert step.kind == "max_pool2d+relu", runtime._plan.summary()
     stem_out = torch.randn(2, 8, 12, 13, generator=torch.Generator().manual_seed(3))
     got = step.fn(stem_out.contiguous(memory_format=torch.channels_last))
     assert type(got) is np.ndarray and got.flags.c_contiguous
-    assert torch.equal(torch.from_numpy(got), F.max_pool2d(stem_out, 3, 2, 1))
+    assert torch.equal(torch.from_numpy(got), F.max_pool2d(F.relu(stem_out), 3, 2, 1))
+
+
+def test_activations_move_into_the_max_pools_around_them():
+    """A ReLU or Hardtanh before a max-pool (after a full-precision stem) or after one
+    runs inside the pool's step; one after a packed layer stays in its epilogue. The
+    plan's output is the model's, NaN and -inf included."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(-0.5, 0.75), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+    )
+    packed = packed_copy(prepare(model, APBConfig(fp_fraction=0.05, act_bits=2), (2, 3, 16, 16),
+                                 filter_fn=lambda m, name: name == "3"))
+    optimize_for_inference_(packed)
+    runtime = PackedRuntime(packed)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    x[0, 1, 3, 3], x[1, 2, 7, 8] = float("nan"), float("-inf")
+    with torch.no_grad():
+        want, got = packed(x), runtime(x)
+    assert runtime.planned, runtime.plan_error
+    summary = runtime._plan.summary()
+    assert "max_pool2d+hardtanh" in summary and "apb_conv2d+relu" in summary, summary
+    assert "max_pool2d+relu" in summary, summary  # the ReLU after the second pool
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(0.5), want.nan_to_num(0.5))
 
 
 class _Blocks(nn.Module):

@@ -179,18 +179,23 @@ def xor_gate_decode(table: np.ndarray, n_out: int, n_in: int, inputs: np.ndarray
 
 
 def max_pool2d(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
-               padding: Sequence[int]) -> np.ndarray:
+               padding: Sequence[int], lower: float = -math.inf,
+               upper: float = math.inf) -> np.ndarray:
     """``torch.nn.functional.max_pool2d`` of float32 NCHW ``x`` (floor mode, no dilation,
-    padding at most half the kernel): float32 ``[B, C, OH, OW]``, NaN propagated."""
-    return extension().max_pool2d(x, *kernel_size, *stride, *padding)
+    padding at most half the kernel): float32 ``[B, C, OH, OW]``, NaN propagated; then
+    ``min(max(., lower), upper)`` (a ReLU or Hardtanh on either side of the pool), NaN
+    kept."""
+    return extension().max_pool2d(x, *kernel_size, *stride, *padding, lower, upper)
 
 
 def max_pool2d_channels_last(x: np.ndarray, kernel_size: Sequence[int], stride: Sequence[int],
-                             padding: Sequence[int]) -> np.ndarray:
+                             padding: Sequence[int], lower: float = -math.inf,
+                             upper: float = math.inf) -> np.ndarray:
     """:func:`max_pool2d` of a channels-last map: ``x`` float32 ``[B, H, W, C]``
     C-contiguous (``tensor.permute(0, 2, 3, 1).numpy()`` of a channels-last tensor), the
-    result NCHW ``[B, C, OH, OW]`` C-contiguous, in one pass."""
-    return extension().max_pool2d_channels_last(x, *kernel_size, *stride, *padding)
+    result NCHW ``[B, C, OH, OW]`` C-contiguous, in one pass, bounded as there."""
+    return extension().max_pool2d_channels_last(x, *kernel_size, *stride, *padding, lower,
+                                                upper)
 
 
 def dense_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

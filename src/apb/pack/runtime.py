@@ -194,6 +194,7 @@ class _Plan:
                 break
             self.steps.append(self._step(model, node))
         self._fuse_block_ends()
+        self._fuse_pooled_activations()
         self._fuse_activations()
         if not isinstance(output, fx.Node):
             raise _NotPlannable("the model returns a structure; the runtime plans models that "
@@ -250,6 +251,31 @@ class _Plan:
                                        "apb_conv2d+add+" + act.kind)
                     drop.update((conv, add))
                     break
+        self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
+
+    def _fuse_pooled_activations(self) -> None:
+        """``pool(act(x))`` as ``act(pool(x))`` in the pool's step, for a max-pool whose
+        input is a ReLU or Hardtanh read by nothing else, of a value read by nothing else
+        and not made by a packed layer (whose kernel applies the bounds for free). The
+        activation is non-decreasing, so it commutes with the maximum exactly; applied as
+        the pool stores its output, it touches a quarter of the values (a 2 × 2 stride) or
+        fewer: ResNet-18's stem ReLU was a pass over 3.2 MB of its output."""
+        by_node = {step.node: step for step in self.steps}
+        fused: dict[_Step, _Step] = {}
+        drop: set[_Step] = set()
+        for pool in self.steps:
+            act = by_node.get(pool.inputs[0]) if len(pool.inputs) == 1 else None
+            if (pool.kind != "max_pool2d" or act is None or act.kind not in _ACTIVATION_BOUNDS
+                    or len(act.inputs) != 1 or len(act.node.users) != 1
+                    or len(act.inputs[0].users) != 1):
+                continue
+            producer = by_node.get(act.inputs[0])
+            if producer is not None and producer.kind.startswith("apb_"):
+                continue
+            bounds = _ACTIVATION_BOUNDS[act.kind](act)
+            fused[pool] = _Step(pool.node, pool.fn.bounded(act.fn, *bounds), act.inputs,
+                                pool.takes, f"{pool.kind}+{act.kind}")
+            drop.add(act)
         self.steps = [fused.get(step, step) for step in self.steps if step not in drop]
 
     def _fuse_activations(self) -> None:

@@ -158,17 +158,35 @@ def _max_pool_step(pool: nn.MaxPool2d, node: fx.Node) -> _Step | None:
         return None
     k, s, p = windows
 
-    def max_pool(a):
+    def compiled(a, lower: float, upper: float):
+        """The pooled map from apb's kernels, bounded, or None where they do not apply."""
         a = _array_if_contiguous(a)
         if type(a) is np.ndarray and a.ndim == 4:
-            return direct.max_pool2d(a, k, s, p)
+            return direct.max_pool2d(a, k, s, p, lower, upper)
         if (type(a) is Tensor and a.dim() == 4 and a.dtype == torch.float32 and a.is_cpu
                 and a.is_contiguous(memory_format=torch.channels_last)):
             # A channels-last map (an ImageNet stem's output): pooled and made NCHW, what
             # the packed layer after it reads, in one pass. torch's channels-last pool and
             # the copy to NCHW took 0.31 + 0.13 ms on ResNet-18's stem output, this 0.09.
-            return direct.max_pool2d_channels_last(a.permute(0, 2, 3, 1).numpy(), k, s, p)
-        return pool(_as_tensor(a))
+            return direct.max_pool2d_channels_last(a.permute(0, 2, 3, 1).numpy(), k, s, p,
+                                                   lower, upper)
+        return None
+
+    def max_pool(a):
+        out = compiled(a, -np.inf, np.inf)
+        return out if out is not None else pool(_as_tensor(a))
+
+    def bounded(act: Callable, lower: float, upper: float) -> Callable:
+        """The pool with a ReLU or Hardtanh after it, or before it (both are
+        non-decreasing, so they commute with a maximum, NaN and ties included), the
+        bounds applied as the kernel stores each output."""
+        def max_pool_act(a):
+            out = compiled(a, lower, upper)
+            return out if out is not None else act(pool(_as_tensor(a)))
+
+        return max_pool_act
+
+    max_pool.bounded = bounded
 
     return _Step(node, max_pool, list(node.args), "any", "max_pool2d")
 
