@@ -57,13 +57,16 @@ nb::ndarray<nb::numpy, float> pool(const AnyArray &x, bool channels_last, int64_
     const float *src = static_cast<const float *>(x.data());
     float *dst = out.data();
     if (g.planes > 0) {
-        nb::gil_scoped_release release;
         const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
-        if (channels_last) {
-            apb::max_pool2d_channels_last(src, g, C, dst, lo, hi);
-        } else {
-            apb::max_pool2d(src, g, dst, lo, hi);
-        }
+        // The channels-last kernel dispatches on the ISA: a bad APB_ISA is reported before
+        // the GIL is let go.
+        run_without_gil([&] {
+            if (channels_last) {
+                apb::max_pool2d_channels_last(src, g, C, dst, lo, hi);
+            } else {
+                apb::max_pool2d(src, g, dst, lo, hi);
+            }
+        });
     }
     return out;
 }

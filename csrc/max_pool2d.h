@@ -46,6 +46,26 @@ void max_pool2d_cl_row_avx2(const float *image, const MaxPool2dGeometry &g, int6
 void max_pool2d_cl_row_avx512(const float *image, const MaxPool2dGeometry &g, int64_t channels,
                               int64_t oy, PoolBounds bounds, float *row, float *out);
 
+namespace max_pool_detail {
+
+// max(a, b) that returns NaN if either is NaN (torch's rule), for a not yet NaN-checked:
+// b where b > a or b is NaN, else a. Written as two selects, which compile to a max and a
+// masked blend in scalar code; one condition with || compiled to branches, which on
+// random maps mispredicted about every other tap (a 64 x 112 x 112 map with 3 x 3
+// windows: 2.2 ms, then 0.52).
+inline float nan_max_scalar(float a, float b) {
+    const float larger = b > a ? b : a;
+    return b != b ? b : larger;
+}
+
+// min(max(y, lower), upper), NaN kept (it fails both comparisons).
+inline float bound(float y, float lower, float upper) {
+    y = lower > y ? lower : y;
+    return upper < y ? upper : y;
+}
+
+}  // namespace max_pool_detail
+
 // Output size along one axis: (size + 2*pad - kernel) / stride + 1 (floor), or -1 when
 // the padded input is smaller than the kernel.
 int64_t max_pool2d_out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad);

@@ -21,20 +21,6 @@
 
 namespace apb::max_pool_cl {
 
-// max(a, b) with NaN winning, one float (the scalar ISA and the channels past the last
-// whole vector): two selects, which compile to a max and a masked blend rather than
-// branches (max_pool2d.cpp's nan_max_scalar).
-static inline float nan_max1(float a, float b) {
-    const float larger = b > a ? b : a;
-    return b != b ? b : larger;
-}
-
-// min(max(y, lower), upper), NaN kept (it fails both comparisons).
-static inline float bound1(float y, float lower, float upper) {
-    y = lower > y ? lower : y;
-    return upper < y ? upper : y;
-}
-
 #if defined(__AVX2__)
 // dst[j * ds + i] = src[i * ss + j] for i, j < 8: an 8 x 8 block transposed in registers.
 static inline void transpose8x8(const float *src, int64_t ss, float *dst, int64_t ds) {
@@ -78,7 +64,9 @@ static inline void window_max(const float *image, const MaxPool2dGeometry &g, in
             }
         }
     }
-    for (int q = 0; q < kVectors; ++q) V::store(r + c + q * V::kLanes, V::bound(m[q], lower, upper));
+    for (int q = 0; q < kVectors; ++q) {
+        V::store(r + c + q * V::kLanes, V::bound(m[q], lower, upper));
+    }
 }
 
 // Output row oy of one image: row[ox * C + c] = the maximum of channel c over the window
@@ -108,10 +96,11 @@ static void pool_row(const float *image, const MaxPool2dGeometry &g, int64_t C, 
             float m = image[(y0 * g.width + x0) * C + c];
             for (int64_t iy = y0; iy < y1; ++iy) {
                 for (int64_t ix = iy == y0 ? x0 + 1 : x0; ix < x1; ++ix) {
-                    m = nan_max1(m, image[(iy * g.width + ix) * C + c]);
+                    m = max_pool_detail::nan_max_scalar(m,
+                                                        image[(iy * g.width + ix) * C + c]);
                 }
             }
-            r[c] = bound1(m, bounds.lower, bounds.upper);
+            r[c] = max_pool_detail::bound(m, bounds.lower, bounds.upper);
         }
     }
     float *dst = out + oy * OW;

@@ -10,9 +10,9 @@ struct Scalar {
     static float load(const float *p) { return *p; }
     static void store(float *p, float v) { *p = v; }
     static float broadcast(float v) { return v; }
-    static float nan_max(float a, float b) { return apb::max_pool_cl::nan_max1(a, b); }
+    static float nan_max(float a, float b) { return apb::max_pool_detail::nan_max_scalar(a, b); }
     static float bound(float y, float lower, float upper) {
-        return apb::max_pool_cl::bound1(y, lower, upper);
+        return apb::max_pool_detail::bound(y, lower, upper);
     }
 };
 

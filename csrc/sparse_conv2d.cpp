@@ -167,11 +167,10 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
     const int64_t tiles = g.batch * chunks * row_tiles;
     // One team for both phases, sized by the sweeps' work: the planes are split over it
     // whenever the sweeps are, however small they are. Sized by their own elements they
-    // stayed on one thread below 128 Ki elements (every VGG-Small layer after the first) while
-    // the other thread waited at the region's start: the sparse part
-    // scaled 1.02-1.5x on two threads.
+    // stayed on one thread below 128 Ki elements (every VGG-Small layer after the first)
+    // while the other thread waited at the region's start: the sparse part scaled
+    // 1.02-1.5x on two threads.
     const int nt = threads_for((a.nnz + a.rows) * positions);
-    const int64_t *offset_data = offsets;
     const auto build = [&](int64_t bc) {
         if (floats != nullptr) {
             k.build(x, g, layout, in, bc, floats);
@@ -191,7 +190,7 @@ void sparse_conv2d_validated(const float *x, const Conv2dGeometry &g, const Spar
                                    : phase_data + static_cast<size_t>(b * layout.image) * element,
                                type,
                                unit,
-                               offset_data,
+                               offsets,
                                &e,
                                out,
                                b,
